@@ -1,0 +1,179 @@
+"""Command-line arguments of ``run_glue.py`` as dataclasses for ``transformers.HfArgumentParser``.
+
+The same dataclasses can be filled from one JSON file (``python run_glue.py config.json``), which is how sweeps
+describe their runs. ``GlueTrainingArguments`` extends ``TrainingArguments`` with the flags the paper's scripts
+pass and transformers 5 dropped or renamed, so those command lines run as written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from peftlab.modeling import BUNDLED_MODEL, HEADS, POOLINGS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """Which pretrained encoder to start from, and the head put on it."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Pretrained model: a local folder, a hub name, or a folder written by an earlier run (its "
+            f"saved model is then loaded for eval/predict). Default: the bundled {BUNDLED_MODEL} (all-MiniLM-L6-v2)."
+        },
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models (never saved)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub."})
+    pooling: str = field(
+        default="pooler",
+        metadata={
+            "help": f"How token states become one vector: {', '.join(POOLINGS)} (first token; attention-masked "
+            "mean, the paper's 'avg'; the model's own pooler, as *ForSequenceClassification uses)."
+        },
+    )
+    head: str = field(
+        default="linear",
+        metadata={"help": f"Classification head: {', '.join(HEADS)} (linear probe, or dense-tanh-dropout-out)."},
+    )
+    head_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout in the head; default: the model's hidden dropout."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"--pooling {self.pooling!r} is not valid; choose one of {', '.join(POOLINGS)}.")
+        if self.head not in HEADS:
+            raise ValueError(f"--head {self.head!r} is not valid; choose one of {', '.join(HEADS)}.")
+
+
+@dataclass
+class DataArguments:
+    """Which data to train, evaluate and predict on, and how to cut it."""
+
+    task_name: str | None = field(
+        default=None,
+        metadata={"help": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli. Omit to use --train_file."},
+    )
+    glue_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local GLUE folder (original TSV layout, HuggingFace parquet files, or a mix). Default: the "
+            "GLUE_DIR environment variable; without either, the hub dataset nyu-mll/glue is used."
+        },
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Training data (csv, tsv, json or jsonl)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data (csv, tsv, json, jsonl)."})
+    test_file: str | None = field(default=None, metadata={"help": "Prediction data (csv, tsv, json, jsonl)."})
+    train_split: str = field(
+        default="train",
+        metadata={
+            "help": "Split to train on. Offline, tasks without a train file can train on a labelled dev split, "
+            "e.g. mnli: validation_mismatched (then evaluated on validation_matched)."
+        },
+    )
+    split_dev: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this fraction of the training split (seeded by --split_seed) and evaluate on it "
+            "instead of the dev split, e.g. --train_split validation --split_dev 0.25 for qqp or qnli offline."
+        },
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the --split_dev cut."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Longer inputs are truncated; must not exceed the model's limit."}
+    )
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every batch to --max_seq_length (default: pad to the longest in batch)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N examples of each eval set."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test examples."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be a positive number of examples, got {value}.")
+        if self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length {self.max_seq_length} is too small; use at least 8.")
+
+
+@dataclass
+class GlueTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with CPU-friendly defaults and the aliases older GLUE scripts pass."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints and results go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing into a non-empty --output_dir (without it, such a run is refused)."},
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Alias of --eval_strategy (transformers < 4.46 name)."}
+    )
+    group_by_length: bool | None = field(
+        default=None,
+        metadata={"help": "Alias: true is --train_sampling_strategy group_by_length, false is random."},
+    )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "Alias: fraction of steps for warm-up (sets --warmup_steps to the ratio)."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improvement of --metric_for_best_model."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum improvement that resets --early_stopping_patience."}
+    )
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Training sampler: group_by_length (default: fewer pad tokens), random, sequential."},
+    )
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size for eval and predict."})
+    save_strategy: str = field(
+        default="no",
+        metadata={
+            "help": "Checkpoint strategy: no (default; the final model is still saved), steps, epoch, best. "
+            "--load_best_model_at_end sets it to the eval strategy when left at no."
+        },
+    )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={"help": "Metric that picks the best model; 'main' (default) is the task's main metric."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.evaluation_strategy is not None:
+            logger.info("--evaluation_strategy is an alias of --eval_strategy")
+            self.eval_strategy = self.evaluation_strategy
+        if self.group_by_length is not None:
+            self.train_sampling_strategy = "group_by_length" if self.group_by_length else "random"
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio {self.warmup_ratio} must be in [0, 1).")
+            self.warmup_steps = self.warmup_ratio
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
+            if str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
+                raise ValueError("--early_stopping_patience needs evaluations: set --eval_strategy epoch or steps.")
+            self.load_best_model_at_end = True
+        if self.load_best_model_at_end:
+            if self.metric_for_best_model is None:
+                self.metric_for_best_model = "main"
+            if str(self.save_strategy) == "no":
+                self.save_strategy = str(self.eval_strategy)
+                if self.save_total_limit is None:
+                    self.save_total_limit = 1
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
+        super().__post_init__()

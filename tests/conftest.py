@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random BERT saved to disk, small GLUE folders written by the tests, the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_GLUE = (REPO.parent / "shared" / "glue").resolve()
+
+requires_shared_glue = pytest.mark.skipif(
+    not SHARED_GLUE.is_dir(), reason=f"the shared GLUE folder {SHARED_GLUE} is absent on this machine"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT (hidden 32) with the bundled model's tokenizer, saved to a folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from peftlab.modeling import resolve_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_model_path(None)).save_pretrained(path)
+    return str(path)
+
+
+def write(path: Path, text: str, *, bom: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    return path
+
+
+RTE_ROWS = [
+    ("The cat sat on the mat.", "A cat is sitting.", "entailment"),
+    ('He said "hello to everyone.', "He greeted people.", "entailment"),
+    ("Paris is the capital of France.", "Berlin is in France.", "not_entailment"),
+    ("The sky is green.", 'The sky " is blue.', "not_entailment"),
+]
+
+
+@pytest.fixture
+def rte_dir(tmp_path) -> Path:
+    """A GLUE folder holding a small RTE in its original TSV format (train, dev and unlabelled test)."""
+    root = tmp_path / "glue"
+    rows = RTE_ROWS * 4
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    body = "".join(f"{i}\t{a}\t{b}\t{label}\n" for i, (a, b, label) in enumerate(rows))
+    write(root / "RTE" / "train.tsv", header + body)
+    write(root / "RTE" / "dev.tsv", header + body)
+    test = "".join(f"{i}\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:6]))
+    write(root / "RTE" / "test.tsv", "index\tsentence1\tsentence2\n" + test)
+    return root

