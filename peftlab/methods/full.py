@@ -1,0 +1,17 @@
+"""Full fine-tuning: every backbone parameter trains (the paper's "finetune" row)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peftlab.architectures import Architecture
+from peftlab.methods.base import Method, register
+
+
+@register
+class Full(Method):
+    name = "full"
+    trains_backbone = True
+
+    def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
+        return list(backbone.parameters())

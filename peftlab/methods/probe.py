@@ -1,0 +1,20 @@
+"""Linear probe: the backbone is frozen and only the classification head trains (the paper's "raw" rows).
+
+Combine it with ``--pooling cls|mean`` and ``--head linear`` for a pure probe, and with ``--num_hidden_layers k``
+to probe the representation after layer k.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peftlab.architectures import Architecture
+from peftlab.methods.base import Method, register
+
+
+@register
+class Probe(Method):
+    name = "probe"
+
+    def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
+        return []
