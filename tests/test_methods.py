@@ -28,8 +28,8 @@ from peftlab.methods.adapter import AdapterLayer
 from peftlab.methods.lora import LoraLinear, set_lora_merged
 from peftlab.modeling import HeadConfig, SequenceClassifier, pool
 
-D, I, H, L = 32, 48, 4, 3  # hidden, FFN width, heads, layers
-_BERT_KW = dict(vocab_size=99, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=I,
+D, FF, H, L = 32, 48, 4, 3  # hidden, FFN width, heads, layers
+_BERT_KW = dict(vocab_size=99, hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=FF,
                 max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
 TINY_CONFIGS = {
     "bert": lambda: BertConfig(**_BERT_KW),
@@ -38,7 +38,7 @@ TINY_CONFIGS = {
     "electra": lambda: ElectraConfig(**_BERT_KW, embedding_size=D),
     "deberta-v2": lambda: DebertaV2Config(**_BERT_KW),
     "distilbert": lambda: DistilBertConfig(
-        vocab_size=99, dim=D, n_layers=L, n_heads=H, hidden_dim=I, max_position_embeddings=64, dropout=0.0,
+        vocab_size=99, dim=D, n_layers=L, n_heads=H, hidden_dim=FF, max_position_embeddings=64, dropout=0.0,
         attention_dropout=0.0,
     ),
 }  # fmt: skip
@@ -51,16 +51,16 @@ def test_every_architecture_in_the_table_has_a_tiny_config():
 # method string, extra options, closed-form count of method parameters (layer 1 only)
 CASES = {
     "probe": ("probe", {}, 0),
-    "bitfit": ("bitfit@1", {}, 4 * D + I + D + 2 * D),
+    "bitfit": ("bitfit@1", {}, 4 * D + FF + D + 2 * D),
     "lora": ("lora@1", {"lora_rank": 2, "lora_targets": "query,value"}, 2 * 2 * (D + D)),
-    "lora_ffn": ("lora@1", {"lora_rank": 3, "lora_targets": "ffn_in,ffn_out"}, 3 * (D + I) * 2),
+    "lora_ffn": ("lora@1", {"lora_rank": 3, "lora_targets": "ffn_in,ffn_out"}, 3 * (D + FF) * 2),
     "adapter_ffn_seq": ("adapter@1", {"bottleneck_dim": 3}, 2 * D * 3 + 3 + D),
     "adapter_attn_par": ("adapter@1", {"bottleneck_dim": 3, "placement": "attn", "adapter_form": "parallel",
                                        "adapter_scaling": 4.0, "adapter_layernorm": True}, 2 * D * 3 + 3 + D + 2 * D),  # fmt: skip
     "prefix": ("prefix@1", {"prefix_length": 5, "prefix_reparam": False}, 5 * 2 * D),
     "prefix_mlp": ("prefix@1", {"prefix_length": 5, "prefix_hidden": 7}, 5 * D + D * 7 + 7 + 7 * 2 * D + 2 * D),
-    "ffn": ("ffn@1", {}, D * I + I + I * D + D),
-    "ffn_ln": ("ffn@1", {"train_layernorm": True}, D * I + I + I * D + D + 2 * D),
+    "ffn": ("ffn@1", {}, D * FF + FF + FF * D + D),
+    "ffn_ln": ("ffn@1", {"train_layernorm": True}, D * FF + FF + FF * D + D + 2 * D),
     "attn": ("attn@1", {}, 4 * (D * D + D)),
 }  # fmt: skip
 ZERO_INIT = {"probe", "lora", "lora_ffn", "adapter_ffn_seq", "adapter_attn_par"}
