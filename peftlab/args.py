@@ -146,6 +146,19 @@ class GlueTrainingArguments(TrainingArguments):
             "--load_best_model_at_end sets it to the eval strategy when left at no."
         },
     )
+    cache_frozen_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the frozen layers below the lowest trained one once (eval mode: no dropout there), "
+            "store them on disk, and train only the layers above on them. For a probe, cache the pooled features."
+        },
+    )
+    frozen_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the frozen-prefix cache lives (default: $PEFTLAB_CACHE/frozen_prefix or ~/.cache/peftlab/frozen_prefix)."
+        },
+    )
     head_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the classification head (default: --learning_rate)."},

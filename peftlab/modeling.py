@@ -21,6 +21,7 @@ from transformers import AutoModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peftlab.architectures import truncate_layers
+from peftlab.cache import run_from_layer
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments, inject
 
@@ -125,6 +126,8 @@ class SequenceClassifier(nn.Module):
         if self.peft_args.num_hidden_layers is not None:
             truncate_layers(backbone, self.peft_args.num_hidden_layers)
         self.injection = inject(backbone, self.peft_args)
+        self.frozen_prefix = 0
+        """Layers below this index are skipped when cached hidden states are given (see :mod:`peftlab.cache`)."""
         if head_config.pooling == "pooler" and not has_pooler(backbone):
             raise ValueError(
                 f"pooling='pooler' needs a backbone with a pooler; {type(backbone).__name__} has none. "
@@ -171,21 +174,40 @@ class SequenceClassifier(nn.Module):
             "head_params": head,
         }
 
+    def pooled_features(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        cached_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The pooled vector the head reads; with ``cached_hidden``, only layers ``frozen_prefix..`` run."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        if cached_hidden is not None:
+            with run_from_layer(self.backbone, self.frozen_prefix, cached_hidden):
+                outputs = self.backbone(**inputs)
+        else:
+            outputs = self.backbone(**inputs)
+        if self.head_config.pooling == "pooler":
+            return outputs.pooler_output
+        return pool(outputs.last_hidden_state, attention_mask, self.head_config.pooling)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cached_hidden: torch.Tensor | None = None,
+        cached_features: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        outputs = self.backbone(**inputs)
-        if self.head_config.pooling == "pooler":
-            features = outputs.pooler_output
+        """Logits (and loss with ``labels``). ``cached_*`` come from :mod:`peftlab.cache`."""
+        if cached_features is None:
+            features = self.pooled_features(input_ids, attention_mask, token_type_ids, cached_hidden)
         else:
-            features = pool(outputs.last_hidden_state, attention_mask, self.head_config.pooling)
+            features = cached_features
         logits = self.head(features)
         loss = None
         if labels is not None:

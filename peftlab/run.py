@@ -31,6 +31,7 @@ from transformers import (
 
 import peftlab
 from peftlab.args import DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.cache import CachedCollator, cache_datasets, default_cache_dir
 from peftlab.errors import ConfigError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
 from peftlab.glue.metrics import compute_metrics_fn, predictions_from_logits
@@ -314,6 +315,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s", model.injection.methods, counts)
 
+    frozen_mode = "train (dropout active in frozen layers, as in the paper's code)"
+    collator = None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
+    train_set, eval_sets = features["train"], dict(eval_features)
+    test_sets = {split: data for split, (_, data) in test_features.items()}
+    if training_args.cache_frozen_prefix:
+        model.to(training_args.device)
+        named = {
+            **({"train": train_set} if train_set is not None else {}),
+            **{f"eval:{k}": v for k, v in eval_sets.items()},
+            **{f"test:{k}": v for k, v in test_sets.items()},
+        }
+        depth, wrapped = cache_datasets(model, named, tokenizer, training_args.frozen_cache_dir or default_cache_dir())
+        if depth:
+            frozen_mode = f"eval (layers below {depth} are computed once, without dropout, and cached)"
+            collator = CachedCollator(tokenizer)
+            train_set = wrapped.get("train")
+            eval_sets = {k: wrapped[f"eval:{k}"] for k in eval_sets}
+            test_sets = {k: wrapped[f"test:{k}"] for k in test_sets}
+
     callbacks = []
     if training_args.early_stopping_patience is not None:
         callbacks.append(
@@ -322,15 +342,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = GlueTrainer(
         model=model,
         args=training_args,
-        train_dataset=features["train"],
-        eval_dataset=next(iter(eval_features.values()), None),
+        train_dataset=train_set,
+        eval_dataset=next(iter(eval_sets.values()), None),
         processing_class=tokenizer,
-        data_collator=None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=compute_metrics_fn(task),
         callbacks=callbacks,
     )
     config_record = run_config(model_args, model.peft_args, data_args, training_args, run_data, argv)
-    config_record["frozen_layers_mode"] = "train (dropout active in frozen layers, as in the paper's code)"
+    config_record["frozen_layers_mode"] = frozen_mode
     results: dict[str, Any] = dict(counts)
 
     # 3. Train, evaluate, predict.
@@ -342,9 +362,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if [name for name, _ in model.injection.methods] == ["lora"] and trainer.is_world_process_zero():
             export_peft(model.backbone, Path(training_args.output_dir) / "hf_peft", model.base_model)
         results.update(train_result.metrics)
-        results["train_samples"] = len(features["train"])
+        results["train_samples"] = len(train_set)
     if training_args.do_eval:
-        for split, data in eval_features.items():
+        for split, data in eval_sets.items():
             metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
             metrics["eval_samples"] = len(data)
             suffix = eval_metric_suffix(split)
@@ -353,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if training_args.do_predict and trainer.is_world_process_zero():
         written = []
         for split, (test_task, data) in test_features.items():
-            output = trainer.predict(data.remove_columns([c for c in ("label",) if c in data.column_names]))
+            output = trainer.predict(test_sets[split])
             predictions = predictions_from_logits(test_task, output.predictions)
             written.append(
                 str(

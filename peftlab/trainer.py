@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from peftlab.methods.lora import lora_merged
 from peftlab.modeling import SequenceClassifier, save_model_config
 
 
@@ -54,14 +57,17 @@ class GlueTrainer(Trainer):
         # The Trainer drops unused columns (our precomputed "length" too) before it builds the sampler and would
         # then count every example's tokens again; give it the lengths we already have.
         dataset = self.train_dataset
-        if (
-            self.args.train_sampling_strategy == "group_by_length"
-            and self.args.world_size == 1
-            and dataset is not None
-            and self.args.length_column_name in getattr(dataset, "column_names", ())
-        ):
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None and self.args.length_column_name in getattr(dataset, "column_names", ()):
+            lengths = dataset[self.args.length_column_name]
+        if self.args.train_sampling_strategy == "group_by_length" and self.args.world_size == 1 and lengths is not None:
             return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                lengths=dataset[self.args.length_column_name],
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths
             )
         return super()._get_train_sampler(train_dataset)
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Evaluate and predict with LoRA merged into the base weights; they are restored bit for bit after."""
+        model = self._classifier()
+        with lora_merged(model) if model is not None else nullcontext():
+            return super().evaluation_loop(*args, **kwargs)

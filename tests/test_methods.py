@@ -235,7 +235,7 @@ def test_lora_merge_equals_unmerged_and_is_idempotent(arch):
         set_lora_merged(model, False)
     assert torch.allclose(unmerged, merged, atol=1e-5)
     for name, param in model.named_parameters():
-        assert torch.allclose(param, weights[name], atol=1e-6), name
+        assert torch.equal(param, weights[name]), f"{name} not restored bit for bit"
 
 
 @pytest.mark.parametrize(

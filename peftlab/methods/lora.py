@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,24 +44,28 @@ class LoraLinear(TunerLayer):
         self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
-        self.merged = False
+        self._unmerged_weight: torch.Tensor | None = None
+
+    @property
+    def merged(self) -> bool:
+        return self._unmerged_weight is not None
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update to the base weight (idempotent)."""
+        """Add the update to the base weight (idempotent); the original weight is kept for :meth:`unmerge`."""
         if not self.merged:
+            self._unmerged_weight = self.base_layer.weight.detach().clone()
             self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract the update from the base weight again (idempotent)."""
+        """Restore the base weight bit for bit (subtracting the update again would not be exact in floats)."""
         if self.merged:
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
-            self.merged = False
+            self.base_layer.weight.copy_(self._unmerged_weight)
+            self._unmerged_weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -101,6 +107,16 @@ def set_lora_merged(model: nn.Module, merged: bool) -> None:
     for module in model.modules():
         if isinstance(module, LoraLinear):
             module.merge() if merged else module.unmerge()
+
+
+@contextmanager
+def lora_merged(model: nn.Module) -> Iterator[None]:
+    """Evaluate with LoRA folded into the base weights (one matmul per layer instead of three), then restore."""
+    set_lora_merged(model, True)
+    try:
+        yield
+    finally:
+        set_lora_merged(model, False)
 
 
 def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_name_or_path: str) -> Path:
