@@ -229,7 +229,7 @@ def main() -> None:
             c.name: setup(c, args, task, path, tokenizer, features, Path(cache_dir) / str(index))
             for index, c in enumerate(chosen)
         }
-        for name, (model, optimizer, data, collate, *_rest) in state.items():
+        for model, optimizer, data, collate, *_rest in state.values():
             epoch(model, optimizer, data, collate, groups[:1])  # warm-up step
         steps = {c.name: [] for c in chosen}
         epochs = {c.name: [] for c in chosen}
@@ -243,7 +243,6 @@ def main() -> None:
                 epochs[config.name].append(sum(times))
     matmul = statistics.median(gflops)
     memory = {c.name: (None if args.no_memory else peak_memory(args, c)) for c in chosen}
-    reference = {"full": "full", "lora q,v all layers r=8": "HF peft lora q,v all layers r=8"}
     print(
         "\n| configuration | trainable params | step (s) | samples/s | vs full | cache build / load (s) | 3 epochs cold (s) | 3 epochs warm (s) | peak extra memory (MB) |"
     )
