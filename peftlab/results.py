@@ -1,0 +1,152 @@
+"""Collecting run results into one table, and the paper's Table 1 arithmetic.
+
+"relative improvement" = (method - best raw) / best raw, and "gap bridged" = (method - best raw) /
+(full fine-tuning - best raw), per task, where "best raw" is the better of the probe rows (``cls`` and ``mean``
+pooling) and every score is the task's main metric averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from peftlab.glue.tasks import TASKS
+from peftlab.io import atomic_write_text
+
+COLUMNS = [
+    "sweep", "task", "variant", "layer", "bottleneck_dim", "seed", "method", "pooling", "metric", "score",
+    "trainable_params", "method_params", "head_params", "train_split", "eval_split", "wall_seconds", "output_dir",
+]  # fmt: skip
+
+
+def main_metric(task: str) -> str:
+    return TASKS[task].main_metric
+
+
+def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
+    """One row per finished sweep run found under ``roots`` (runs without ``sweep_point.json`` are skipped)."""
+    rows = []
+    for root in roots:
+        for results_path in sorted(Path(root).rglob("all_results.json")):
+            folder = results_path.parent
+            if not (folder / "sweep_point.json").is_file():
+                continue
+            point = json.loads((folder / "sweep_point.json").read_text())
+            results = json.loads(results_path.read_text())
+            args = json.loads((folder / "args.json").read_text())
+            metric = main_metric(point["task"])
+            protocol = results.get("data_protocol", {})
+            wall = folder / "wall_seconds.txt"
+            rows.append({
+                **point,
+                "method": args.get("method"),
+                "pooling": args.get("pooling", "pooler"),
+                "metric": metric,
+                "score": results.get(f"eval_{metric}"),
+                "trainable_params": results.get("trainable_params"),
+                "method_params": results.get("method_params"),
+                "head_params": results.get("head_params"),
+                "train_split": protocol.get("train_split"),
+                "eval_split": "; ".join(f"{k}: {v}" for k, v in protocol.get("eval_splits", {}).items()),
+                "wall_seconds": float(wall.read_text()) if wall.is_file() else None,
+                "output_dir": str(folder),
+            })  # fmt: skip
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    atomic_write_text(path, _csv_text([COLUMNS, *([row.get(c) for c in COLUMNS] for row in rows)]))
+
+
+def _csv_text(rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(["" if v is None else v for v in row] for row in rows)
+    return buffer.getvalue()
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("score", "wall_seconds"):
+            row[key] = float(row[key]) if row.get(key) else None
+        for key in ("layer", "bottleneck_dim", "seed", "trainable_params", "method_params", "head_params"):
+            row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, dict[str, Any]]:
+    """Mean, std and count of ``score`` (x100) grouped by ``keys``."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        if row.get("score") is not None and not math.isnan(row["score"]):
+            groups[tuple(row[k] for k in keys)].append(100 * row["score"])
+    return {key: dict(zip(("mean", "std"), mean_std(v)), n=len(v)) for key, v in groups.items()}
+
+
+def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[str, Any]:
+    """Per (variant, task): mean, std, n; plus relative improvement and gap bridged against the best raw row."""
+    stats = aggregate(rows, ("variant", "task"))
+    tasks = sorted({t for _, t in stats}, key=list(TASKS).index)
+    variants = list(dict.fromkeys(v for v, _ in stats))
+    derived: dict[tuple[str, str], dict[str, float | None]] = {}
+    for task in tasks:
+        raws = [stats[(r, task)]["mean"] for r in raw if (r, task) in stats]
+        best_raw = max(raws) if raws else None
+        full_score = stats.get((full, task), {}).get("mean")
+        for variant in variants:
+            if (variant, task) not in stats or best_raw is None:
+                continue
+            score = stats[(variant, task)]["mean"]
+            improvement = (score - best_raw) / abs(best_raw) if best_raw else None
+            gap = None
+            if full_score is not None and full_score != best_raw:
+                gap = (score - best_raw) / (full_score - best_raw)
+            derived[(variant, task)] = {"relative_improvement": improvement, "gap_bridged": gap}
+    return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived}
+
+
+def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[str, str] | None = None) -> str:
+    """Markdown, CSV or LaTeX table: one row per variant, one column per task (mean +- std (n)), plus the
+    averages of relative improvement and gap bridged over the tasks where they are defined."""
+    labels = labels or {}
+    tasks, stats, derived = table["tasks"], table["stats"], table["derived"]
+    header = ["method", *tasks, "avg rel. impr.", "avg gap bridged"]
+    body = []
+    for variant in table["variants"]:
+        cells = [labels.get(variant, variant)]
+        for task in tasks:
+            s = stats.get((variant, task))
+            cells.append("" if s is None else f"{s['mean']:.1f} ± {s['std']:.1f} ({s['n']})")
+        for key in ("relative_improvement", "gap_bridged"):
+            values = [
+                derived[(variant, t)][key]
+                for t in tasks
+                if (variant, t) in derived and derived[(variant, t)][key] is not None
+            ]
+            cells.append(f"{100 * statistics.fmean(values):.1f}%" if values else "")
+        body.append(cells)
+    if style == "csv":
+        return _csv_text([header, *body])
+    if style == "latex":
+        lines = [
+            "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
+            "\\toprule",
+            " & ".join(header) + " \\\\",
+            "\\midrule",
+        ]
+        lines += [" & ".join(c.replace("±", "$\\pm$").replace("%", "\\%") for c in row) + " \\\\" for row in body]
+        return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"]) + "\n"
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"

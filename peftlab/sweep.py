@@ -1,0 +1,186 @@
+"""Sweeps: a grid of runs described in one JSON file, run one after another, resumable, never overwriting.
+
+A sweep file looks like::
+
+    {
+      "name": "layer_sweep_mrpc",
+      "tasks": ["mrpc"],
+      "seeds": [42],
+      "layers": [0, 1, 2, 3, 4, 5],
+      "variants": {
+        "adapter_ffn": {"method": "adapter", "per_layer": true, "placement": "ffn", "bottleneck_dim": 2},
+        "raw_mean": {"method": "probe", "pooling": "mean"},
+        "finetune": {"method": "full"}
+      },
+      "common": {"pooling": "mean", "num_train_epochs": 3},
+      "task_args": {"sst2": {"num_train_epochs": 1}}
+    }
+
+Axes: task x variant x layer (variants with ``per_layer``) x bottleneck (``bottleneck_dims``, variants with
+``per_bottleneck``) x seed. A variant's ``method`` gets ``@<layer>`` when it is per layer; ``{layer}`` and
+``{next_layer}`` inside any string option are filled in (for strategies such as ``adapter@{layer},{next_layer}``).
+Arguments are merged in the order: :data:`DEFAULTS`, the task's offline protocol, ``common``, ``task_args``,
+the variant, the grid values. Each run's arguments are saved as ``args.json`` beside its results together with
+``sweep_point.json`` (the grid coordinates), so the collector needs nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftlab.errors import ConfigError
+from peftlab.io import write_json
+
+DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 32,
+    "warmup_ratio": 0.06,
+    "weight_decay": 0.1,
+    "max_seq_length": 128,
+    "logging_steps": 50,
+    "disable_tqdm": True,
+    "do_train": True,
+    "do_eval": True,
+    "overwrite_output_dir": True,
+}
+FULL_LR, PEFT_LR = 5e-5, 2e-3
+OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
+    "mnli": {"train_split": "validation_mismatched"},
+    "qqp": {"train_split": "validation", "split_dev": 0.25},
+    "qnli": {"train_split": "validation", "split_dev": 0.25},
+}
+"""Training protocols for the tasks whose train file is not available offline (see the README)."""
+
+RESULTS = "all_results.json"
+
+
+@dataclass
+class Run:
+    name: str
+    point: dict[str, Any]
+    args: dict[str, Any]
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args["output_dir"])
+
+    @property
+    def finished(self) -> bool:
+        return (self.output_dir / RESULTS).is_file()
+
+
+def _fill(value: Any, layer: int | None) -> Any:
+    """Put the grid's layer into ``{layer}``/``{next_layer}`` (a bare placeholder becomes an int)."""
+    if not isinstance(value, str) or layer is None:
+        return value
+    if value in ("{layer}", "{next_layer}"):
+        return layer if value == "{layer}" else layer + 1
+    return value.replace("{layer}", str(layer)).replace("{next_layer}", str(layer + 1))
+
+
+def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
+    """All runs of ``sweep`` under ``root/<name>``, in a fixed order."""
+    for key in ("name", "tasks", "variants"):
+        if key not in sweep:
+            raise ConfigError(f"Sweep file has no {key!r}; it needs name, tasks and variants.")
+    runs = []
+    seeds = sweep.get("seeds", [42])
+    for task, (variant, spec), seed in itertools.product(sweep["tasks"], sweep["variants"].items(), seeds):
+        layers = sweep.get("layers", [None]) if spec.get("per_layer") else [None]
+        dims = sweep.get("bottleneck_dims", [None]) if spec.get("per_bottleneck") else [None]
+        for layer, dim in itertools.product(layers, dims):
+            method = spec["method"]
+            if layer is not None and "@" not in method:
+                method = f"{method}@{layer}"
+            options = {
+                k: _fill(v, layer) for k, v in spec.items() if k not in ("method", "per_layer", "per_bottleneck")
+            }
+            lr = FULL_LR if method.split("@")[0] == "full" else PEFT_LR
+            args = {**DEFAULTS, "learning_rate": lr, "head_learning_rate": lr, **OFFLINE_PROTOCOL.get(task, {})}
+            args.update(sweep.get("common", {}))
+            args.update(sweep.get("task_args", {}).get(task, {}))
+            args.update(options)
+            args.update({"task_name": task, "method": _fill(method, layer), "seed": seed})
+            if dim is not None:
+                args["bottleneck_dim"] = dim
+            parts = (
+                [task, variant]
+                + ([f"L{layer}"] if layer is not None else [])
+                + ([f"bn{dim}"] if dim is not None else [])
+            )
+            name = "/".join([*parts, f"seed{seed}"])
+            args["output_dir"] = str(Path(root) / sweep["name"] / name)
+            point = {
+                "sweep": sweep["name"],
+                "task": task,
+                "variant": variant,
+                "layer": layer,
+                "bottleneck_dim": dim,
+                "seed": seed,
+            }
+            runs.append(Run(name=name, point=point, args=args))
+    return runs
+
+
+# Rough CPU seconds per training example and epoch for the bundled MiniLM on 2 cores at ~60 tokens, from
+# scripts/bench.py (full: 0.95 s per step of 32; frozen backbone without cache ~40 % of it; the cache skips the
+# frozen layers and costs one no-grad pass per layer and task).
+SECONDS_PER_EXAMPLE = {"full": 0.03, "frozen": 0.012}
+
+
+def estimate_seconds(run: Run, train_size: int, num_layers: int = 6) -> float:
+    """A rough CPU-time estimate, for planning (``--dry_run``)."""
+    epochs = float(run.args.get("num_train_epochs", 3))
+    kind = "full" if run.args["method"].split("@")[0] == "full" else "frozen"
+    per_example = SECONDS_PER_EXAMPLE[kind]
+    if kind == "frozen" and run.args.get("cache_frozen_prefix"):
+        lowest = num_layers
+        for part in run.args["method"].split("+"):
+            name, _, layers = part.partition("@")
+            if name != "probe":
+                digits = re.findall(r"-?\d+", layers) if layers and layers != "all" else ["0"]
+                lowest = min([lowest, *(int(d) % num_layers for d in digits)])
+        above = (num_layers - lowest) / num_layers
+        return train_size * (SECONDS_PER_EXAMPLE["frozen"] + epochs * per_example * max(above, 0.05))
+    return train_size * epochs * per_example
+
+
+def run_all(runs: list[Run], *, python: str = sys.executable, log=print) -> list[Run]:
+    """Run the unfinished runs one after another; returns those that failed."""
+    failed = []
+    entry = Path(__file__).resolve().parents[1] / "run_glue.py"
+    for index, run in enumerate(runs, start=1):
+        if run.finished:
+            log(f"[{index}/{len(runs)}] skip {run.name} (finished)")
+            continue
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run.output_dir / "args.json", run.args)
+        write_json(run.output_dir / "sweep_point.json", run.point)
+        log(f"[{index}/{len(runs)}] run {run.name}")
+        start = time.time()
+        with open(run.output_dir / "log.txt", "w") as handle:
+            code = subprocess.call(
+                [python, str(entry), str(run.output_dir / "args.json")], stdout=handle, stderr=subprocess.STDOUT
+            )
+        if code != 0 or not run.finished:
+            failed.append(run)
+            log(f"    FAILED (exit {code}); see {run.output_dir / 'log.txt'}")
+        else:
+            (run.output_dir / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+    return failed
+
+
+def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"Cannot read sweep file {path}: {err}") from None

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Figures from the collected CSV (matplotlib, PNG):
+
+    python scripts/plots.py results/runs.csv --sweep layer_sweep_mrpc --x layer --out results/layer_sweep_mrpc.png
+    python scripts/plots.py results/runs.csv --sweep scaleup_mrpc --x bottleneck_dim --logx --out results/bottleneck.png
+
+One line per variant (mean over seeds, error bars = std), the full fine-tuning variant as a dashed line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from peftlab.results import aggregate, read_csv  # noqa: E402
+
+
+def plot(rows, x: str, full: str, logx: bool, title: str, out: str) -> None:
+    stats = aggregate(rows, ("variant", x))
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for variant in dict.fromkeys(v for v, _ in stats):
+        points = sorted((k[1], s) for k, s in stats.items() if k[0] == variant)
+        if variant == full or all(p[0] is None for p in points):
+            value = points[0][1]["mean"]
+            ax.axhline(
+                value, linestyle="--", color="black" if variant == full else "grey", label=f"{variant} ({value:.1f})"
+            )
+            continue
+        xs = [p[0] for p in points if p[0] is not None]
+        ax.errorbar(
+            xs,
+            [p[1]["mean"] for p in points if p[0] is not None],
+            yerr=[p[1]["std"] for p in points if p[0] is not None],
+            marker="o",
+            capsize=3,
+            label=variant,
+        )
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(f"{rows[0]['metric']} x100 (dev)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv")
+    parser.add_argument("--sweep", required=True)
+    parser.add_argument("--task", default=None, help="rows of this task only (default: the sweep's first task)")
+    parser.add_argument("--x", default="layer", choices=["layer", "bottleneck_dim"])
+    parser.add_argument("--logx", action="store_true")
+    parser.add_argument("--full", default="finetune")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
+    task = args.task or rows[0]["task"]
+    rows = [r for r in rows if r["task"] == task]
+    plot(rows, args.x, args.full, args.logx, f"{args.sweep} ({task})", args.out)
+    print(f"{len(rows)} runs -> {args.out}")

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Run a sweep: python scripts/sweep.py scripts/sweeps/layer_sweep_mrpc.json [--root runs/sweeps] [--dry_run]
+
+Expands the grid in the JSON file (see peftlab/sweep.py), runs the unfinished runs one after another (an
+interrupted sweep resumes where it stopped; finished runs are never redone or overwritten). --dry_run prints the
+runs and a rough CPU-time estimate without starting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peftlab.glue.data import load_run_data  # noqa: E402
+from peftlab.glue.tasks import get_task  # noqa: E402
+from peftlab.sweep import estimate_seconds, expand, load_sweep, run_all  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", help="sweep definition (JSON)")
+    parser.add_argument("--root", default="runs/sweeps", help="runs go to ROOT/<sweep name>/...")
+    parser.add_argument("--dry_run", action="store_true", help="print the runs and a CPU-time estimate, run nothing")
+    parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
+    args = parser.parse_args()
+    runs = expand(load_sweep(args.sweep), args.root)
+    for run in runs:
+        run.args.setdefault("glue_dir", args.glue_dir)
+    if args.dry_run:
+        sizes: dict[tuple, int] = {}
+        total = 0.0
+        for run in runs:
+            key = (
+                run.args["task_name"],
+                run.args.get("train_split", "train"),
+                run.args.get("split_dev"),
+                run.args.get("max_train_samples"),
+            )
+            if key not in sizes:
+                data = load_run_data(
+                    get_task(key[0]), glue_dir=args.glue_dir, do_train=True, do_eval=False, do_predict=False,
+                    train_split=key[1], split_dev=key[2], max_train_samples=key[3],
+                )  # fmt: skip
+                sizes[key] = len(data.train)
+            seconds = 0.0 if run.finished else estimate_seconds(run, sizes[key])
+            total += seconds
+            state = "finished" if run.finished else f"~{seconds / 60:.1f} min"
+            print(f"{run.name:60s} {run.args['method']:24s} {state}")
+        print(
+            f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished; estimated CPU time left: {total / 3600:.1f} h (rough)"
+        )
+        return 0
+    failed = run_all(runs)
+    print(
+        f"{len(runs) - len(failed)} of {len(runs)} runs finished"
+        + (f"; failed: {[r.name for r in failed]}" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

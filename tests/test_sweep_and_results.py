@@ -1,0 +1,142 @@
+"""Sweep expansion and resumption, result collection, Table 1 arithmetic, and the plots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from peftlab.results import collect, format_table, read_csv, table1, write_csv
+from peftlab.sweep import expand, run_all
+
+SWEEP = {
+    "name": "t",
+    "tasks": ["rte", "qnli"],
+    "seeds": [1, 2],
+    "layers": [0, 1],
+    "variants": {
+        "raw": {"method": "probe", "pooling": "cls"},
+        "adapter": {"method": "adapter", "per_layer": True, "bottleneck_dim": 2},
+        "two": {"method": "adapter@{layer},{next_layer}", "per_layer": True, "num_hidden_layers": "{next_layer}"},
+        "full": {"method": "full"},
+    },
+    "common": {"pooling": "mean", "num_train_epochs": 1},
+    "task_args": {"rte": {"num_train_epochs": 2}},
+}
+
+
+def test_grid_expands_with_layers_seeds_protocols_and_precedence(tmp_path):
+    runs = expand(SWEEP, tmp_path)
+    assert len(runs) == 2 * 2 * (1 + 2 + 2 + 1)
+    by_name = {r.name: r for r in runs}
+    adapter = by_name["rte/adapter/L1/seed2"].args
+    assert adapter["method"] == "adapter@1" and adapter["bottleneck_dim"] == 2 and adapter["seed"] == 2
+    assert adapter["num_train_epochs"] == 2 and adapter["pooling"] == "mean"  # task_args over common
+    assert adapter["learning_rate"] == adapter["head_learning_rate"] == 2e-3
+    assert by_name["rte/raw/seed1"].args["pooling"] == "cls"  # the variant over common
+    assert by_name["rte/full/seed1"].args["learning_rate"] == 5e-5
+    two = by_name["qnli/two/L0/seed1"].args
+    assert two["method"] == "adapter@0,1" and two["num_hidden_layers"] == 1
+    assert two["train_split"] == "validation" and two["split_dev"] == 0.25
+    assert by_name["qnli/raw/seed1"].point == {
+        "sweep": "t",
+        "task": "qnli",
+        "variant": "raw",
+        "layer": None,
+        "bottleneck_dim": None,
+        "seed": 1,
+    }
+
+
+def test_sweep_skips_finished_runs_and_reruns_interrupted_ones(tmp_path):
+    runs = expand({**SWEEP, "tasks": ["rte"], "seeds": [1]}, tmp_path)[:3]
+    runs[0].output_dir.mkdir(parents=True)
+    (runs[0].output_dir / "all_results.json").write_text('{"eval_accuracy": 0.9}')
+    runs[1].output_dir.mkdir(parents=True)
+    (runs[1].output_dir / "partial.txt").write_text("interrupted")
+    fake = tmp_path / "fake_python.py"
+    fake.write_text(
+        "import json, pathlib, sys\n"
+        "args = json.loads(pathlib.Path(sys.argv[2]).read_text())\n"
+        "out = pathlib.Path(args['output_dir'])\n"
+        "(out / 'all_results.json').write_text(json.dumps({'eval_accuracy': 0.5, 'data_protocol': {}}))\n"
+    )
+    script = tmp_path / "python.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {fake} "$@"\n')
+    script.chmod(0o755)
+    log = []
+    assert run_all(runs, python=str(script), log=log.append) == []
+    assert log[0].startswith("[1/3] skip rte/raw/seed1")
+    assert json.loads((runs[0].output_dir / "all_results.json").read_text()) == {"eval_accuracy": 0.9}
+    assert json.loads((runs[1].output_dir / "args.json").read_text())["method"] == "adapter@0"
+    assert (runs[2].output_dir / "wall_seconds.txt").is_file()
+
+
+def fake_runs(tmp_path, scores: dict[tuple[str, int], float], task: str = "rte") -> None:
+    for (variant, seed), score in scores.items():
+        out = tmp_path / variant / str(seed)
+        out.mkdir(parents=True)
+        (out / "sweep_point.json").write_text(
+            json.dumps(
+                {"sweep": "s", "task": task, "variant": variant, "layer": None, "bottleneck_dim": None, "seed": seed}
+            )
+        )
+        (out / "args.json").write_text(json.dumps({"method": variant, "pooling": "mean"}))
+        (out / "all_results.json").write_text(
+            json.dumps(
+                {
+                    "eval_accuracy": score,
+                    "trainable_params": 10,
+                    "data_protocol": {"train_split": "train", "eval_splits": {"validation": "validation"}},
+                }
+            )
+        )
+
+
+def test_collect_and_table1_arithmetic(tmp_path):
+    # raw_cls 50, raw_mean 60 (best raw), method 70 +- (68, 72), full 80:
+    # relative improvement (70-60)/60 = 16.7 %, gap bridged (70-60)/(80-60) = 50 %.
+    fake_runs(
+        tmp_path,
+        {("raw_cls", 1): 0.5, ("raw_mean", 1): 0.6, ("adapter", 1): 0.68, ("adapter", 2): 0.72, ("finetune", 1): 0.8},
+    )
+    rows = collect([tmp_path])
+    write_csv(rows, tmp_path / "runs.csv")
+    rows = read_csv(tmp_path / "runs.csv")
+    assert len(rows) == 5 and {r["metric"] for r in rows} == {"accuracy"}
+    table = table1(rows, ("raw_cls", "raw_mean"), "finetune")
+    assert table["stats"][("adapter", "rte")]["mean"] == pytest.approx(70.0)
+    assert table["stats"][("adapter", "rte")]["std"] == pytest.approx(2.8284271, rel=1e-6)
+    derived = table["derived"][("adapter", "rte")]
+    assert derived["relative_improvement"] == pytest.approx(10 / 60)
+    assert derived["gap_bridged"] == pytest.approx(0.5)
+    markdown = format_table(table)
+    assert "| adapter | 70.0 ± 2.8 (2) | 16.7% | 50.0% |" in markdown
+    assert "\\pm" in format_table(table, "latex")
+    assert format_table(table, "csv").splitlines()[0] == "method,rte,avg rel. impr.,avg gap bridged"
+
+
+def test_plot_script_writes_a_png(tmp_path):
+    fake_runs(tmp_path, {("raw_mean", 1): 0.6, ("finetune", 1): 0.8})
+    for layer, score in ((0, 0.62), (1, 0.7)):
+        out = tmp_path / "ad" / str(layer)
+        out.mkdir(parents=True)
+        (out / "sweep_point.json").write_text(
+            json.dumps(
+                {"sweep": "s", "task": "rte", "variant": "adapter", "layer": layer, "bottleneck_dim": None, "seed": 1}
+            )
+        )
+        (out / "args.json").write_text(json.dumps({"method": f"adapter@{layer}"}))
+        (out / "all_results.json").write_text(json.dumps({"eval_accuracy": score}))
+    write_csv(collect([tmp_path]), tmp_path / "runs.csv")
+    png = tmp_path / "fig.png"
+    subprocess.run(
+        [sys.executable, "scripts/plots.py", str(tmp_path / "runs.csv"), "--sweep", "s", "--out", str(png)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
