@@ -5,6 +5,7 @@ Each stage is a function so it can be tested on its own; :func:`main` only strin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from peftlab.modeling import (
     read_model_config,
     resolve_model_path,
 )
+from peftlab.search import SearchArguments, explicit_arguments, parse_space, run_search, trial_values
 from peftlab.trainer import GlueTrainer
 
 logger = logging.getLogger("peftlab")
@@ -61,11 +63,14 @@ RESULTS_NAME = "all_results.json"
 # --------------------------------------------------------------------------------------------------------------
 # Arguments and checks (cheap; all run before any model is loaded)
 # --------------------------------------------------------------------------------------------------------------
+ARGUMENT_CLASSES = (ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments)
+
+
 def parse_args(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments]:
+) -> tuple[ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments]:
     """Parse the command line, or a single ``.json`` file holding the same names."""
-    parser = HfArgumentParser((ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments))
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
     argv = sys.argv[1:] if argv is None else argv
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
@@ -78,7 +83,7 @@ def parse_args(
         raise
     except ValueError as err:  # raised by the dataclasses' own checks
         raise ConfigError(str(err)) from err
-    model_args, peft_args, data_args, training_args = parsed
+    model_args, peft_args, data_args, training_args, search_args = parsed
     stages = ("do_train", "do_eval", "do_predict")
     if len(argv) == 1 and argv[0].endswith(".json"):
         named = set(json.loads(Path(argv[0]).read_text()))
@@ -87,7 +92,7 @@ def parse_args(
     if not named.intersection(stages):
         logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
         training_args.do_train = training_args.do_eval = True
-    return model_args, peft_args, data_args, training_args
+    return model_args, peft_args, data_args, training_args, search_args
 
 
 def resolve_glue_dir(data_args: DataArguments) -> str | None:
@@ -240,10 +245,29 @@ def setup_logging(training_args: GlueTrainingArguments) -> None:
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
 
 
+def hp_search(trainer, search_args: SearchArguments, space: dict, task, parsed: tuple) -> dict[str, Any]:
+    """Run the search; save its summary (``hp_search.json``) and the best trial as an argument file."""
+    training_args = parsed[-1]
+    summary = run_search(trainer, search_args, space, task.main_metric, training_args.output_dir)
+    best_args = explicit_arguments(*parsed)
+    best_args.update(summary["best"]["hyperparameters"])
+    best_args["output_dir"] = str(Path(training_args.output_dir) / "best_run")
+    best_args["overwrite_output_dir"] = True
+    out = Path(training_args.output_dir)
+    write_json(out / "best_run.json", best_args)
+    summary["rerun"] = f"python run_glue.py {out / 'best_run.json'}"
+    summary["versions"] = versions()
+    write_json(out / "hp_search.json", summary)
+    logger.info("Best trial: %s. Re-run it with: %s", summary["best"], summary["rerun"])
+    results = {f"hp_search_best_{summary['objective']}": summary["best"]["value"], "hp_search_best": summary["best"]}
+    write_json(out / RESULTS_NAME, results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run one GLUE experiment and return its results (also written to ``all_results.json``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, peft_args, data_args, training_args = parse_args(argv)
+    model_args, peft_args, data_args, training_args, search_args = parse_args(argv)
     setup_logging(training_args)
 
     # 1. Everything cheap first: a bad value fails here, before any model is loaded or file written.
@@ -287,6 +311,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             check_buildable(config, head_config(model_args, task.num_labels), peft_args)
         except ValueError as err:
             raise ConfigError(str(err)) from err
+    space = None
+    if search_args.hp_search:
+        model_fields = {f.name for f in dataclasses.fields(PeftArguments)} | {"head_dropout"}
+        training_fields = {f.name for f in dataclasses.fields(GlueTrainingArguments)}
+        space = parse_space(search_args.hp_space, training_fields, model_fields)
+        if not training_args.do_eval:
+            raise ConfigError("--hp_search optimises the evaluation metric: add --do_eval.")
     if training_args.metric_for_best_model == "main":
         training_args.metric_for_best_model = task.main_metric
     logger.info("Task %s, data protocol: %s", task.name, run_data.protocol)
@@ -339,8 +370,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
+    unused = [model]  # the Trainer's first call (at its creation) may take the model already built
+
+    def model_init(trial=None):
+        """The Trainer builds the model itself, right after seeding, in ordinary runs and in every search trial
+        alike; so a search's best trial re-runs to the same result as an ordinary run."""
+        if trial is None and unused:
+            return unused.pop()
+        values = trial_values(trial, space)
+        peft = dataclasses.replace(peft_args, **{k: v for k, v in values.items() if hasattr(peft_args, k)})
+        head = dataclasses.replace(model_args, **{k: v for k, v in values.items() if k == "head_dropout"})
+        built = make_model(head, peft, task.num_labels)
+        built.frozen_prefix = model.frozen_prefix
+        return built
+
     trainer = GlueTrainer(
-        model=model,
+        model_init=model_init,
         args=training_args,
         train_dataset=train_set,
         eval_dataset=next(iter(eval_sets.values()), None),
@@ -349,6 +394,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compute_metrics=compute_metrics_fn(task),
         callbacks=callbacks,
     )
+    if space is not None:
+        return hp_search(trainer, search_args, space, task, (model_args, peft_args, data_args, training_args))
     config_record = run_config(model_args, model.peft_args, data_args, training_args, run_data, argv)
     config_record["frozen_layers_mode"] = frozen_mode
     results: dict[str, Any] = dict(counts)
@@ -358,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         trainer.save_model()
         trainer.save_state()
+        model = trainer.model
         results["saved_weights_bytes"] = (Path(training_args.output_dir) / WEIGHTS_NAME).stat().st_size
         if [name for name, _ in model.injection.methods] == ["lora"] and trainer.is_world_process_zero():
             export_peft(model.backbone, Path(training_args.output_dir) / "hf_peft", model.base_model)
