@@ -8,6 +8,7 @@ pass and transformers 5 dropped or renamed, so those command lines run as writte
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -193,4 +194,8 @@ class GlueTrainingArguments(TrainingArguments):
                     self.save_total_limit = 1
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
+            if self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # Under torchrun on CPUs, transformers would otherwise run N independent single-process
+                # trainings (each on all the data, all writing the same output folder).
+                self.ddp_backend = "gloo"
         super().__post_init__()

@@ -406,9 +406,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.save_model()
         trainer.save_state()
         model = trainer.model
-        results["saved_weights_bytes"] = (Path(training_args.output_dir) / WEIGHTS_NAME).stat().st_size
-        if [name for name, _ in model.injection.methods] == ["lora"] and trainer.is_world_process_zero():
-            export_peft(model.backbone, Path(training_args.output_dir) / "hf_peft", model.base_model)
+        if trainer.is_world_process_zero():
+            results["saved_weights_bytes"] = (Path(training_args.output_dir) / WEIGHTS_NAME).stat().st_size
+            if [name for name, _ in model.injection.methods] == ["lora"]:
+                export_peft(model.backbone, Path(training_args.output_dir) / "hf_peft", model.base_model)
         results.update(train_result.metrics)
         results["train_samples"] = len(train_set)
     if training_args.do_eval:

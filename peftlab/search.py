@@ -179,8 +179,14 @@ def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, 
         from ray.tune.schedulers import PopulationBasedTraining
 
         if not ray.is_initialized():
+            # One thread per trial: Ray gives each trial one CPU (or one GPU), and torch would otherwise start as
+            # many threads as the machine has cores in every trial.
             ray.init(
-                address=search_args.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+                address=search_args.ray_address,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
             )
         kwargs = {
             "scheduler": PopulationBasedTraining(

@@ -66,3 +66,16 @@ def rte_dir(tmp_path) -> Path:
     test = "".join(f"{i}\t{a}\t{b}\n" for i, (a, b, _) in enumerate(rows[:6]))
     write(root / "RTE" / "test.tsv", "index\tsentence1\tsentence2\n" + test)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout(tiny_bert, tmp_path_factory) -> str:
+    """The tiny BERT without dropout, for runs that must agree exactly (cache, DDP)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    AutoModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save_pretrained(
+        path
+    )
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(path)
+    return str(path)

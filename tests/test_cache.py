@@ -98,18 +98,12 @@ def test_cache_is_reused_keyed_and_rebuilt_when_corrupt(tiny_bert, features, tmp
     assert all(torch.equal(a, b) for a, b in zip(first, load_or_compute(model, data, 1, tokenizer, tmp_path)))
 
 
-def test_run_glue_with_cache_matches_metrics_without_it(tiny_bert, rte_dir, tmp_path):
+def test_run_glue_with_cache_matches_metrics_without_it(tiny_bert_no_dropout, rte_dir, tmp_path):
     """With dropout 0 (the cache computes frozen layers without dropout), a whole run gives the same metrics."""
-    from transformers import AutoModel
-
     from peftlab.run import main
 
-    model = AutoModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model.save_pretrained(tmp_path / "no-dropout")
-    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "no-dropout")
-
     def run(out, *extra):
-        return main(["--model_name_or_path", str(tmp_path / "no-dropout"), "--task_name", "rte", "--glue_dir", str(rte_dir),
+        return main(["--model_name_or_path", tiny_bert_no_dropout, "--task_name", "rte", "--glue_dir", str(rte_dir),
                      "--output_dir", str(tmp_path / out), "--method", "adapter@1", "--pooling", "mean",
                      "--head_dropout", "0", "--do_train", "--do_eval", "--num_train_epochs", "2",
                      "--per_device_train_batch_size", "4", "--disable_tqdm", "True", *extra])  # fmt: skip
