@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -200,8 +201,28 @@ def base_model_of(model_args: ModelArguments) -> str | None:
 # --------------------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------------------
+def git_commit() -> str:
+    """The repository's commit (with ``+dirty`` for uncommitted changes), or ``unknown`` outside a checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def versions() -> dict[str, str]:
     return {
+        "git_commit": git_commit(),
         "peftlab": peftlab.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
