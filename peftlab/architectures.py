@@ -6,7 +6,7 @@ and this table says where that role sits inside a layer. Adding an architecture 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -56,19 +56,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
-    "deberta-v2": Architecture(
-        layers="encoder.layer",
+    "deberta-v2": replace(
+        _BERT_LIKE,
         roles={
+            **_BERT_LIKE.roles,
             "query": "attention.self.query_proj",
             "key": "attention.self.key_proj",
             "value": "attention.self.value_proj",
-            "attn_out": "attention.output.dense",
-            "attn_norm": "attention.output.LayerNorm",
-            "ffn_in": "intermediate.dense",
-            "ffn_out": "output.dense",
-            "ffn_norm": "output.LayerNorm",
         },
-        self_attention="attention.self",
         supports_prefix=False,  # disentangled relative-position attention has no slot for extra keys
     ),
     "distilbert": Architecture(
