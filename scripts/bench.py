@@ -200,6 +200,21 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def profile(args, config: Config, task, path, tokenizer, features) -> None:
+    """Where one configuration's step time goes: operators by total CPU time, and forward vs backward."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        model, optimizer, data, collate, *_ = setup(config, args, task, path, tokenizer, features, cache_dir)
+        groups = batches(features, args.batch_size)
+        epoch(model, optimizer, data, collate, groups[:1])
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            epoch(model, optimizer, data, collate, groups)
+    print(f"# profile of {config.name}: {len(groups)} steps of batch {args.batch_size}")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="rte")
@@ -212,6 +227,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default=None, help="semicolon-separated configuration names to run")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-configuration memory subprocesses")
+    parser.add_argument(
+        "--profile", default=None, help="print a torch.profiler table of one epoch of this configuration and stop"
+    )
     parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._memory_child:
@@ -219,6 +237,8 @@ def main() -> None:
     task, path, tokenizer, features = prepare(args)
     top = len(build(Config("x", "probe", {}), path, task.num_labels, args.pooling).backbone.encoder.layer) - 1
     chosen = [c for c in configs(top) if args.only is None or c.name in args.only.split(";")]
+    if args.profile:
+        return profile(args, [c for c in configs(top) if c.name == args.profile][0], task, path, tokenizer, features)
     groups = batches(features, args.batch_size)
     print(f"# bench: task={args.task} samples={len(features)} batch={args.batch_size} steps/epoch={len(groups)} "
           f"threads={torch.get_num_threads()} torch={torch.__version__} device=cpu")  # fmt: skip
