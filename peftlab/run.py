@@ -171,6 +171,39 @@ def head_config(model_args: ModelArguments, num_labels: int) -> HeadConfig:
     )
 
 
+def tokenize_splits(run_data: RunData, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments):
+    """Tokenized train set (or ``None``), eval sets by split, and (task, tokenized set) by test split."""
+
+    def encode(data: datasets.Dataset, fields: tuple[str, ...]) -> datasets.Dataset:
+        return tokenize(data, fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
+
+    fields = run_data.task.text_fields
+    train = None if run_data.train is None else encode(run_data.train, fields)
+    evals = {split: encode(data, fields) for split, data in run_data.eval.items()}
+    tests = {split: (task, encode(data, task.text_fields)) for split, (task, data) in run_data.test.items()}
+    return train, evals, tests
+
+
+def apply_cache(model, tokenizer, training_args: GlueTrainingArguments, train_set, eval_sets: dict, test_sets: dict):
+    """Swap every dataset for its frozen-prefix-cached version; ``None`` when there is nothing to cache."""
+    model.to(training_args.device)
+    named = {
+        **({"train": train_set} if train_set is not None else {}),
+        **{f"eval:{k}": v for k, v in eval_sets.items()},
+        **{f"test:{k}": v for k, v in test_sets.items()},
+    }
+    depth, wrapped = cache_datasets(model, named, tokenizer, training_args.frozen_cache_dir or default_cache_dir())
+    if not depth:
+        return None
+    return (
+        f"eval (layers below {depth} are computed once, without dropout, and cached)",
+        CachedCollator(tokenizer),
+        wrapped.get("train"),
+        {k: wrapped[f"eval:{k}"] for k in eval_sets},
+        {k: wrapped[f"test:{k}"] for k in test_sets},
+    )
+
+
 def make_model(model_args: ModelArguments, peft_args: PeftArguments, num_labels: int):
     """A fresh head on the pretrained backbone, or the classifier saved by an earlier run."""
     if is_trained_run(model_args.model_name_or_path):
@@ -266,6 +299,18 @@ def setup_logging(training_args: GlueTrainingArguments) -> None:
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
 
 
+def predict(trainer, test_features: dict, test_sets: dict, output_dir: str) -> list[str]:
+    """Predict every test split (all processes take part) and write the GLUE-server files (the first one only)."""
+    written = []
+    for split, (test_task, data) in test_features.items():
+        output = trainer.predict(test_sets[split])
+        if trainer.is_world_process_zero():
+            predictions = predictions_from_logits(test_task, output.predictions)
+            name = "test" if split == "ax" else split
+            written.append(str(write_submission(test_task, name, data["idx"], predictions, output_dir)))
+    return written
+
+
 def hp_search(trainer, search_args: SearchArguments, space: dict, task, parsed: tuple) -> dict[str, Any]:
     """Run the search; save its summary (``hp_search.json``) and the best trial as an argument file."""
     training_args = parsed[-1]
@@ -344,47 +389,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logger.info("Task %s, data protocol: %s", task.name, run_data.protocol)
 
     # 2. Features and model.
-    features = {
-        "train": None
-        if run_data.train is None
-        else tokenize(
-            run_data.train, task.text_fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length
-        )
-    }
-    eval_features = {
-        split: tokenize(data, task.text_fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
-        for split, data in run_data.eval.items()
-    }
-    test_features = {
-        split: (
-            test_task,
-            tokenize(data, test_task.text_fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length),
-        )
-        for split, (test_task, data) in run_data.test.items()
-    }
+    train_set, eval_sets, test_features = tokenize_splits(run_data, tokenizer, data_args)
     set_seed(training_args.seed)
     model = make_model(model_args, peft_args, task.num_labels)
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s", model.injection.methods, counts)
 
-    frozen_mode = "train (dropout active in frozen layers, as in the paper's code)"
     collator = None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
-    train_set, eval_sets = features["train"], dict(eval_features)
     test_sets = {split: data for split, (_, data) in test_features.items()}
+    frozen_mode = "train (dropout active in frozen layers, as in the paper's code)"
     if training_args.cache_frozen_prefix:
-        model.to(training_args.device)
-        named = {
-            **({"train": train_set} if train_set is not None else {}),
-            **{f"eval:{k}": v for k, v in eval_sets.items()},
-            **{f"test:{k}": v for k, v in test_sets.items()},
-        }
-        depth, wrapped = cache_datasets(model, named, tokenizer, training_args.frozen_cache_dir or default_cache_dir())
-        if depth:
-            frozen_mode = f"eval (layers below {depth} are computed once, without dropout, and cached)"
-            collator = CachedCollator(tokenizer)
-            train_set = wrapped.get("train")
-            eval_sets = {k: wrapped[f"eval:{k}"] for k in eval_sets}
-            test_sets = {k: wrapped[f"test:{k}"] for k in test_sets}
+        cached = apply_cache(model, tokenizer, training_args, train_set, eval_sets, test_sets)
+        if cached is not None:
+            frozen_mode, collator, train_set, eval_sets, test_sets = cached
 
     callbacks = []
     if training_args.early_stopping_patience is not None:
@@ -440,23 +457,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             suffix = eval_metric_suffix(split)
             results.update({f"{key}{suffix}": value for key, value in metrics.items()})
             logger.info("Evaluation on %s: %s", split, metrics)
-    if training_args.do_predict and trainer.is_world_process_zero():
-        written = []
-        for split, (test_task, data) in test_features.items():
-            output = trainer.predict(test_sets[split])
-            predictions = predictions_from_logits(test_task, output.predictions)
-            written.append(
-                str(
-                    write_submission(
-                        test_task,
-                        "test" if split == "ax" else split,
-                        data["idx"],
-                        predictions,
-                        training_args.output_dir,
-                    )
-                )
-            )
-        results["predict_files"] = written
+    if training_args.do_predict:
+        results["predict_files"] = predict(trainer, test_features, test_sets, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
     if trainer.is_world_process_zero():
         config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
