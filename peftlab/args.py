@@ -109,6 +109,11 @@ class DataArguments:
             raise ValueError(f"--max_seq_length {self.max_seq_length} is too small; use at least 8.")
 
 
+ALIASES = ("evaluation_strategy", "group_by_length", "warmup_ratio")
+"""Arguments of GlueTrainingArguments that only set other fields (eval_strategy, train_sampling_strategy,
+warmup_steps) when parsed."""
+
+
 @dataclass
 class GlueTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with CPU-friendly defaults and the aliases older GLUE scripts pass."""

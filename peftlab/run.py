@@ -32,7 +32,7 @@ from transformers import (
 )
 
 import peftlab
-from peftlab.args import DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments
 from peftlab.cache import CachedCollator, cache_datasets, default_cache_dir
 from peftlab.errors import ConfigError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
@@ -316,6 +316,8 @@ def hp_search(trainer, search_args: SearchArguments, space: dict, task, parsed: 
     training_args = parsed[-1]
     summary = run_search(trainer, search_args, space, task.main_metric, training_args.output_dir)
     best_args = explicit_arguments(*parsed)
+    for alias in ALIASES:  # their values are already in the fields they set; kept, they would override a trial's
+        best_args.pop(alias, None)
     best_args.update(summary["best"]["hyperparameters"])
     best_args["output_dir"] = str(Path(training_args.output_dir) / "best_run")
     best_args["overwrite_output_dir"] = True

@@ -27,7 +27,9 @@ def base_args(model: str, glue: str, out: str) -> list[str]:
 
 def test_optuna_search_resumes_and_its_best_trial_reruns_to_the_same_metric(tiny_bert, rte_dir, tmp_path):
     out = tmp_path / "search"
-    args = [*base_args(tiny_bert, str(rte_dir), str(out)), "--hp_search", "optuna", "--hp_space", json.dumps(SPACE)]
+    space = {**SPACE, "warmup_steps": {"type": "categorical", "choices": [0.2]}}
+    args = [*base_args(tiny_bert, str(rte_dir), str(out)), "--warmup_ratio", "0.06", "--hp_search", "optuna",
+            "--hp_space", json.dumps(space)]  # fmt: skip
     first = main([*args, "--hp_trials", "2"])
     summary = json.loads((out / "hp_search.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["COMPLETE", "COMPLETE"]
@@ -36,8 +38,9 @@ def test_optuna_search_resumes_and_its_best_trial_reruns_to_the_same_metric(tiny
     summary = json.loads((out / "hp_search.json").read_text())
     assert len(summary["trials"]) == 3 and (out / "optuna.db").is_file()
     assert summary["best"]["value"] >= first["hp_search_best"]["value"]
-    assert set(summary["best"]["hyperparameters"]) == set(SPACE)
+    assert set(summary["best"]["hyperparameters"]) == set(space)
     best = json.loads((out / "best_run.json").read_text())
+    assert best["warmup_steps"] == 0.2 and "warmup_ratio" not in best  # the alias must not override the trial
     assert best["bottleneck_dim"] == summary["best"]["hyperparameters"]["bottleneck_dim"]
     assert "hp_search" not in best
     rerun = main([str(out / "best_run.json")])
