@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Collect every sweep run's results into one CSV: python scripts/collect.py runs/sweeps --out results/runs.csv"""
+"""Collect every sweep run's results into one CSV: python scripts/collect.py runs/sweeps --out docs/results/runs.csv"""
 
 from __future__ import annotations
 

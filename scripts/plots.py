@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Figures from the collected CSV (matplotlib, PNG):
 
-    python scripts/plots.py results/runs.csv --sweep layer_sweep_mrpc --x layer --out results/layer_sweep_mrpc.png
-    python scripts/plots.py results/runs.csv --sweep scaleup_mrpc --x bottleneck_dim --logx --out results/bottleneck.png
+    python scripts/plots.py docs/results/runs.csv --sweep layer_sweep_mrpc --x layer --out docs/results/layer_sweep_mrpc.png
+    python scripts/plots.py docs/results/runs.csv --sweep scaleup_mrpc --x bottleneck_dim --logx --out docs/results/bottleneck.png
 
 One line per variant (mean over seeds, error bars = std), the full fine-tuning variant as a dashed line.
 """

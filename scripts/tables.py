@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Table 1 from the collected CSV: python scripts/tables.py results/runs.csv --sweep table1 --out results/table1
+"""Table 1 from the collected CSV: python scripts/tables.py docs/results/runs.csv --sweep table1 --out docs/results/table1
 
 Writes <out>.md, <out>.csv and <out>.tex: per method row and task, mean ± std (n seeds) of the task's main metric
 (x100), with the average relative improvement and gap bridged over the tasks (see peftlab/results.py).
