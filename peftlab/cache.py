@@ -52,10 +52,10 @@ def frozen_prefix_depth(backbone: nn.Module) -> int:
     arch = architecture_of(backbone)
     layers = layers_of(backbone, arch)
     layer_params = {id(p) for p in layers.parameters()}
-    if any(p.requires_grad for p in backbone.parameters() if id(p) not in layer_params):
-        trained_outside = any(p.requires_grad for n, p in backbone.named_parameters() if not n.startswith("pooler"))
-        if trained_outside:
-            return 0
+    # What sits below the layers (the embeddings) must be frozen; the pooler sits above them and does not matter.
+    below = [p for n, p in backbone.named_parameters() if id(p) not in layer_params and not n.startswith("pooler")]
+    if any(p.requires_grad for p in below):
+        return 0
     if getattr(getattr(backbone, "encoder", None), "conv", None) is not None:
         return 0  # DeBERTa-v2's convolution after the first layer depends on the layer index
     for index, layer in enumerate(layers):
