@@ -114,15 +114,25 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
             if full_score is not None and full_score != best_raw:
                 gap = (score - best_raw) / (full_score - best_raw)
             derived[(variant, task)] = {"relative_improvement": improvement, "gap_bridged": gap}
-    return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived}
+    notes = {}
+    for task in tasks:
+        protocols = sorted(
+            {(r["train_split"], r["eval_split"]) for r in rows if r["task"] == task and r["train_split"]}
+        )
+        if any(train != "train" for train, _ in protocols):
+            notes[task] = "; ".join(f"trained on {train}, evaluated on {test}" for train, test in protocols)
+    return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived, "notes": notes}
 
 
 def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[str, str] | None = None) -> str:
     """Markdown, CSV or LaTeX table: one row per variant, one column per task (mean +- std (n)), plus the
-    averages of relative improvement and gap bridged over the tasks where they are defined."""
+    averages of relative improvement and gap bridged over the tasks where they are defined. Tasks trained under
+    an offline protocol (not on their train file) are marked with a dagger and explained under the table."""
     labels = labels or {}
     tasks, stats, derived = table["tasks"], table["stats"], table["derived"]
-    header = ["method", *tasks, "avg rel. impr.", "avg gap bridged"]
+    notes = table.get("notes", {})
+    header = ["method", *(f"{t}†" if t in notes else t for t in tasks), "avg rel. impr.", "avg gap bridged"]
+    footer = [f"† {task}: {note}." for task, note in notes.items()]
     body = []
     for variant in table["variants"]:
         cells = [labels.get(variant, variant)]
@@ -138,7 +148,7 @@ def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[st
             cells.append(f"{100 * statistics.fmean(values):.1f}%" if values else "")
         body.append(cells)
     if style == "csv":
-        return _csv_text([header, *body])
+        return _csv_text([[c.rstrip("†") for c in header], *body])
     if style == "latex":
         lines = [
             "\\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
@@ -147,6 +157,9 @@ def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[st
             "\\midrule",
         ]
         lines += [" & ".join(c.replace("±", "$\\pm$").replace("%", "\\%") for c in row) + " \\\\" for row in body]
-        return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"]) + "\n"
+        lines = [line.replace("†", "$^\\dagger$") for line in lines]
+        notes_tex = [f"% {line.replace('†', 'dagger')}" for line in footer]
+        return "\n".join([*lines, "\\bottomrule", "\\end{tabular}", *notes_tex]) + "\n"
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines + ([""] + footer if footer else [])) + "\n"

@@ -2,9 +2,11 @@
 """Figures from the collected CSV (matplotlib, PNG):
 
     python scripts/plots.py docs/results/runs.csv --sweep layer_sweep_mrpc --x layer --out docs/results/layer_sweep_mrpc.png
-    python scripts/plots.py docs/results/runs.csv --sweep scaleup_mrpc --x bottleneck_dim --logx --out docs/results/bottleneck.png
+    python scripts/plots.py docs/results/runs.csv --sweep scaleup_mrpc --x bottleneck_dim --logx \
+        --variants parallel_adapter_bn,finetune --out docs/results/bottleneck_mrpc.png
 
-One line per variant (mean over seeds, error bars = std), the full fine-tuning variant as a dashed line.
+One line per variant (mean over seeds, error bars = std), the full fine-tuning variant as a dashed line (and any
+variant without the x axis as a grey dashed line).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def plot(rows, x: str, full: str, logx: bool, title: str, out: str) -> None:
         )
     if logx:
         ax.set_xscale("log", base=2)
+    ticks = sorted({k[1] for k in stats if k[1] is not None})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(f"{rows[0]['metric']} x100 (dev)")
     ax.set_title(title)
@@ -63,10 +67,21 @@ if __name__ == "__main__":
     parser.add_argument("--x", default="layer", choices=["layer", "bottleneck_dim"])
     parser.add_argument("--logx", action="store_true")
     parser.add_argument("--full", default="finetune")
+    parser.add_argument("--variants", help="comma-separated variants to draw, in legend order (default: all)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
+    if not rows:
+        parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
     task = args.task or rows[0]["task"]
     rows = [r for r in rows if r["task"] == task]
+    if not rows:
+        parser.error(f"--task {task}: no runs of sweep {args.sweep!r} have that task")
+    if args.variants:
+        wanted = args.variants.split(",")
+        missing = sorted(set(wanted) - {r["variant"] for r in rows})
+        if missing:
+            parser.error(f"--variants {','.join(missing)}: no runs of {args.sweep}/{task} have that variant")
+        rows = sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
     plot(rows, args.x, args.full, args.logx, f"{args.sweep} ({task})", args.out)
     print(f"{len(rows)} runs -> {args.out}")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Run a sweep: python scripts/sweep.py scripts/sweeps/layer_sweep_mrpc.json [--root runs/sweeps] [--dry_run]
+"""Run a sweep: python scripts/sweep.py scripts/sweeps/layer_sweep_mrpc.json [--root runs/sweeps] [--workers N]
 
-Expands the grid in the JSON file (see peftlab/sweep.py), runs the unfinished runs one after another (an
-interrupted sweep resumes where it stopped; finished runs are never redone or overwritten). --dry_run prints the
+Expands the grid in the JSON file (see peftlab/sweep.py), runs the unfinished runs, one after another or
+--workers at a time (an interrupted sweep resumes where it stopped; finished runs are never redone or overwritten). --dry_run prints the
 runs and a rough CPU-time estimate without starting anything.
 """
 
@@ -26,8 +26,26 @@ def main() -> int:
     parser.add_argument("--root", default="runs/sweeps", help="runs go to ROOT/<sweep name>/...")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and a CPU-time estimate, run nothing")
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
+    parser.add_argument(
+        "--tasks",
+        help="comma-separated subset of the sweep's tasks to run now (e.g. the cheap ones first); default: all",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="runs side by side (each gets OMP_NUM_THREADS = cores // workers); several sweep processes, "
+        "even on machines sharing --root, may also work on one sweep: a lock file keeps them off each other's runs",
+    )  # fmt: skip
     args = parser.parse_args()
-    runs = expand(load_sweep(args.sweep), args.root)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    sweep = load_sweep(args.sweep)
+    if args.tasks:
+        chosen = args.tasks.split(",")
+        unknown = [t for t in chosen if t not in sweep.get("tasks", [])]
+        if unknown:
+            parser.error(f"--tasks {','.join(unknown)}: not in the sweep; its tasks are {', '.join(sweep['tasks'])}")
+        sweep["tasks"] = [t for t in sweep["tasks"] if t in chosen]
+    runs = expand(sweep, args.root)
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)
     if args.dry_run:
@@ -54,7 +72,7 @@ def main() -> int:
             f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished; estimated CPU time left: {total / 3600:.1f} h (rough)"
         )
         return 0
-    failed = run_all(runs)
+    failed = run_all(runs, workers=args.workers)
     print(
         f"{len(runs) - len(failed)} of {len(runs)} runs finished"
         + (f"; failed: {[r.name for r in failed]}" if failed else "")

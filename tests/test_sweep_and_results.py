@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from conftest import REPO
 
+from peftlab.errors import ConfigError
 from peftlab.results import collect, format_table, read_csv, table1, write_csv
 from peftlab.sweep import expand, run_all
 
@@ -51,31 +53,83 @@ def test_grid_expands_with_layers_seeds_protocols_and_precedence(tmp_path):
     }
 
 
+def fake_python(tmp_path, body: str = "") -> str:
+    """An executable standing in for ``python run_glue.py args.json``: runs ``body``, then writes the results."""
+    fake = tmp_path / "fake_run_glue.py"
+    fake.write_text(
+        "import json, os, pathlib, sys, time\n"
+        "args = json.loads(pathlib.Path(sys.argv[2]).read_text())\n"
+        "out = pathlib.Path(args['output_dir'])\n"
+        + body
+        + "(out / 'all_results.json').write_text(json.dumps({'eval_accuracy': 0.5, 'data_protocol': {}}))\n"
+    )
+    script = tmp_path / "python.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {fake} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
 def test_sweep_skips_finished_runs_and_reruns_interrupted_ones(tmp_path):
     runs = expand({**SWEEP, "tasks": ["rte"], "seeds": [1]}, tmp_path)[:3]
     runs[0].output_dir.mkdir(parents=True)
     (runs[0].output_dir / "all_results.json").write_text('{"eval_accuracy": 0.9}')
     runs[1].output_dir.mkdir(parents=True)
     (runs[1].output_dir / "partial.txt").write_text("interrupted")
-    fake = tmp_path / "fake_python.py"
-    fake.write_text(
-        "import json, pathlib, sys\n"
-        "args = json.loads(pathlib.Path(sys.argv[2]).read_text())\n"
-        "out = pathlib.Path(args['output_dir'])\n"
-        "(out / 'all_results.json').write_text(json.dumps({'eval_accuracy': 0.5, 'data_protocol': {}}))\n"
-    )
-    script = tmp_path / "python.sh"
-    script.write_text(f'#!/bin/sh\nexec {sys.executable} {fake} "$@"\n')
-    script.chmod(0o755)
     log = []
-    assert run_all(runs, python=str(script), log=log.append) == []
+    assert run_all(runs, python=fake_python(tmp_path), log=log.append) == []
     assert log[0].startswith("[1/3] skip rte/raw/seed1")
     assert json.loads((runs[0].output_dir / "all_results.json").read_text()) == {"eval_accuracy": 0.9}
     assert json.loads((runs[1].output_dir / "args.json").read_text())["method"] == "adapter@0"
     assert (runs[2].output_dir / "wall_seconds.txt").is_file()
+    assert not list(tmp_path.rglob(".running"))
 
 
-def fake_runs(tmp_path, scores: dict[tuple[str, int], float], task: str = "rte") -> None:
+def test_sweep_order_puts_seeds_outermost(tmp_path):
+    seeds = [run.point["seed"] for run in expand(SWEEP, tmp_path)]
+    assert seeds == sorted(seeds, key=[1, 2].index) and seeds[0] == 1 and seeds[-1] == 2
+
+
+def test_sweep_workers_run_side_by_side_with_split_threads(tmp_path, monkeypatch):
+    import peftlab.sweep
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(peftlab.sweep.os, "cpu_count", lambda: 4)
+    runs = expand({**SWEEP, "tasks": ["rte"], "seeds": [1]}, tmp_path)[:4]
+    body = (
+        "(out / 'span.json').write_text(json.dumps([time.time(), os.environ['OMP_NUM_THREADS']]))\n"
+        "time.sleep(1.5)\n"
+        "(out / 'span.json').write_text(json.dumps([json.loads((out / 'span.json').read_text())[0], time.time(),"
+        " os.environ['OMP_NUM_THREADS']]))\n"
+    )
+    assert run_all(runs, python=fake_python(tmp_path, body), log=lambda _: None, workers=2) == []
+    spans = [json.loads((run.output_dir / "span.json").read_text()) for run in runs]
+    assert {threads for _, _, threads in spans} == {"2"}  # 4 cores // 2 workers
+
+    def running_at(t):
+        return sum(start <= t < end for start, end, _ in spans)
+
+    assert max(running_at(start) for start, _, _ in spans) == 2  # side by side, never more than 2
+
+
+def test_sweep_skips_runs_locked_by_a_live_process_and_takes_over_dead_locks(tmp_path):
+    import socket
+
+    runs = expand({**SWEEP, "tasks": ["rte"], "seeds": [1]}, tmp_path)[:2]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for run, pid in zip(runs, (os.getpid(), dead.pid)):
+        run.output_dir.mkdir(parents=True)
+        (run.output_dir / ".running").write_text(f"{socket.gethostname()} {pid}")
+    log = []
+    assert run_all(runs, python=fake_python(tmp_path), log=log.append) == []
+    assert "running in another sweep process" in log[0] and not runs[0].finished
+    assert (runs[0].output_dir / ".running").is_file()  # the live owner's lock is left alone
+    assert runs[1].finished and not (runs[1].output_dir / ".running").exists()
+    with pytest.raises(ConfigError, match="workers must be at least 1, got 0"):
+        run_all(runs, workers=0)
+
+
+def fake_runs(tmp_path, scores: dict[tuple[str, int], float], task: str = "rte", train_split: str = "train") -> None:
     for (variant, seed), score in scores.items():
         out = tmp_path / variant / str(seed)
         out.mkdir(parents=True)
@@ -90,7 +144,7 @@ def fake_runs(tmp_path, scores: dict[tuple[str, int], float], task: str = "rte")
                 {
                     "eval_accuracy": score,
                     "trainable_params": 10,
-                    "data_protocol": {"train_split": "train", "eval_splits": {"validation": "validation"}},
+                    "data_protocol": {"train_split": train_split, "eval_splits": {"validation": "validation"}},
                 }
             )
         )
@@ -117,6 +171,18 @@ def test_collect_and_table1_arithmetic(tmp_path):
     assert "| adapter | 70.0 ± 2.8 (2) | 16.7% | 50.0% |" in markdown
     assert "\\pm" in format_table(table, "latex")
     assert format_table(table, "csv").splitlines()[0] == "method,rte,avg rel. impr.,avg gap bridged"
+    assert "†" not in markdown
+
+
+def test_table_marks_tasks_trained_under_an_offline_protocol(tmp_path):
+    fake_runs(tmp_path / "a", {("raw_mean", 1): 0.6, ("finetune", 1): 0.8})
+    fake_runs(tmp_path / "b", {("raw_mean", 1): 0.5, ("finetune", 1): 0.7}, task="qnli", train_split="part of dev")
+    table = table1(collect([tmp_path]), ("raw_cls", "raw_mean"), "finetune")
+    markdown = format_table(table)
+    assert markdown.splitlines()[0].startswith("| method | qnli† | rte |")
+    assert markdown.rstrip().endswith("† qnli: trained on part of dev, evaluated on validation: validation.")
+    assert "$^\\dagger$" in format_table(table, "latex")
+    assert format_table(table, "csv").splitlines()[0].startswith("method,qnli,rte,")
 
 
 def test_plot_script_writes_a_png(tmp_path):
@@ -140,3 +206,9 @@ def test_plot_script_writes_a_png(tmp_path):
         capture_output=True,
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    command = [sys.executable, "scripts/plots.py", str(tmp_path / "runs.csv"), "--sweep", "s", "--out", str(png)]
+    bad = subprocess.run([*command, "--variants", "adapter,lora"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--variants lora: no runs of s/rte have that variant" in bad.stderr
+    png.unlink()
+    subprocess.run([*command, "--variants", "adapter,finetune"], cwd=REPO, check=True, capture_output=True)
+    assert png.is_file()
