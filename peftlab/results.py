@@ -136,9 +136,7 @@ def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[st
     body = []
     for variant in table["variants"]:
         cells = [labels.get(variant, variant)]
-        for task in tasks:
-            s = stats.get((variant, task))
-            cells.append("" if s is None else f"{s['mean']:.1f} ± {s['std']:.1f} ({s['n']})")
+        cells += [_cell(stats.get((variant, task))) for task in tasks]
         for key in ("relative_improvement", "gap_bridged"):
             values = [
                 derived[(variant, t)][key]
@@ -147,6 +145,62 @@ def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[st
             ]
             cells.append(f"{100 * statistics.fmean(values):.1f}%" if values else "")
         body.append(cells)
+    return render(header, body, style, footer)
+
+
+def _cell(s: dict[str, Any] | None) -> str:
+    if s is None:
+        return ""
+    return f"{s['mean']:.1f} ({s['n']})" if s["n"] == 1 else f"{s['mean']:.1f} ± {s['std']:.1f} ({s['n']})"
+
+
+def axis_table(rows: list[dict[str, Any]], axis: str, raw: tuple[str, ...], full: str) -> dict[str, Any]:
+    """Per variant, mean/std/n at each value of ``axis`` (``layer`` or ``bottleneck_dim``), its best value, and the
+    gap that best value bridges between the best raw cell (any of ``raw``, any axis value) and ``full``."""
+    stats = aggregate(rows, ("variant", axis))
+    columns = sorted({value for _, value in stats if value is not None})
+    variants = list(dict.fromkeys(v for v, _ in stats))
+    raws = [s["mean"] for (v, _), s in stats.items() if v in raw]
+    best_raw = max(raws) if raws else None
+    full_score = next((s["mean"] for (v, _), s in stats.items() if v == full), None)
+    best = {}
+    for variant in variants:
+        key, top = max(((k, s) for k, s in stats.items() if k[0] == variant), key=lambda item: item[1]["mean"])
+        gap = None
+        if best_raw is not None and full_score is not None and full_score != best_raw:
+            gap = (top["mean"] - best_raw) / (full_score - best_raw)
+        best[variant] = {"at": key[1], "mean": top["mean"], "gap_bridged": gap}
+    return {"axis": axis, "columns": columns, "variants": variants, "stats": stats, "best": best,
+            "best_raw": best_raw, "full": full_score}  # fmt: skip
+
+
+def format_axis_table(table: dict[str, Any], style: str = "markdown") -> str:
+    """One row per variant, one column per axis value (a variant without the axis fills the ``all`` column), then
+    its best cell and the gap that cell bridges."""
+    axis, columns, stats = table["axis"], table["columns"], table["stats"]
+    prefix = {"layer": "L", "bottleneck_dim": "r="}.get(axis, f"{axis}=")
+    other = [None] if any(value is None for _, value in stats) else []
+    header = ["method", *(f"{prefix}{c}" for c in columns), *(["not per " + axis.replace("_", " ")] if other else [])]
+    header += ["best", "gap bridged"]
+    body = []
+    for variant in table["variants"]:
+        best = table["best"][variant]
+        where = "" if best["at"] is None else f" ({prefix}{best['at']})"
+        gap = "" if best["gap_bridged"] is None else f"{100 * best['gap_bridged']:.0f}%"
+        cells = [_cell(stats.get((variant, c))) for c in [*columns, *other]]
+        body.append([variant, *cells, f"{best['mean']:.1f}{where}", gap])
+    footer = []
+    if table["best_raw"] is not None and table["full"] is not None:
+        footer = [
+            f"gap bridged = (best - best raw) / (full fine-tuning - best raw), with best raw {table['best_raw']:.1f}"
+            f" (the best probe row at any {axis.replace('_', ' ')}) and full fine-tuning {table['full']:.1f}."
+        ]
+    return render(header, body, style, footer)
+
+
+def render(header: list[str], body: list[list[str]], style: str, footer: list[str]) -> str:
+    """A table as Markdown (with ``footer`` lines under it), CSV (no footer, no daggers) or LaTeX (footer as
+    comments)."""
     if style == "csv":
         return _csv_text([[c.rstrip("†") for c in header], *body])
     if style == "latex":

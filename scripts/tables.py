@@ -1,8 +1,13 @@
 #!/usr/bin/env python
-"""Table 1 from the collected CSV: python scripts/tables.py docs/results/runs.csv --sweep table1 --out docs/results/table1
+"""Tables from the collected CSV, as <out>.md, <out>.csv and <out>.tex.
 
-Writes <out>.md, <out>.csv and <out>.tex: per method row and task, mean ± std (n seeds) of the task's main metric
-(x100), with the average relative improvement and gap bridged over the tasks (see peftlab/results.py).
+    python scripts/tables.py docs/results/runs.csv --sweep table1 --out docs/results/table1
+    python scripts/tables.py docs/results/runs.csv --sweep layer_sweep_mrpc --by layer --out docs/results/layer_sweep_mrpc
+
+Without --by, the paper's Table 1: per method row and task, mean ± std (n seeds) of the task's main metric (x100),
+with the average relative improvement and gap bridged over the tasks (see peftlab/results.py). With --by layer or
+--by bottleneck_dim, one task of a sweep: per method row and layer (or bottleneck), mean ± std (n), the best cell
+and the gap it bridges between the best probe ("raw") cell and full fine-tuning.
 """
 
 from __future__ import annotations
@@ -14,18 +19,40 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.io import atomic_write_text  # noqa: E402
-from peftlab.results import format_table, read_csv, table1  # noqa: E402
+from peftlab.results import axis_table, format_axis_table, format_table, read_csv, table1  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("csv")
     parser.add_argument("--sweep", required=True, help="rows of this sweep only")
-    parser.add_argument("--raw", default="raw_cls,raw_mean", help="variants that are the probe ('raw') rows")
+    parser.add_argument("--raw", default="raw,raw_cls,raw_mean", help="variants that are the probe ('raw') rows")
     parser.add_argument("--full", default="finetune", help="variant that is full fine-tuning")
+    parser.add_argument("--by", choices=["layer", "bottleneck_dim"], help="one task's sweep over this axis")
+    parser.add_argument("--task", help="with --by: the task (default: the sweep's only task)")
+    parser.add_argument("--variants", help="comma-separated variants to show, in this order (default: all)")
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args()
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
-    table = table1(rows, tuple(args.raw.split(",")), args.full)
+    if not rows:
+        parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
+    if args.variants:
+        wanted = args.variants.split(",")
+        missing = sorted(set(wanted) - {r["variant"] for r in rows})
+        if missing:
+            parser.error(f"--variants {','.join(missing)}: no runs of {args.sweep} have that variant")
+        rows = sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
+    raw = tuple(args.raw.split(","))
+    if args.by:
+        tasks = sorted({r["task"] for r in rows})
+        if args.task is None and len(tasks) > 1:
+            parser.error(f"the sweep has several tasks ({', '.join(tasks)}); pick one with --task")
+        task = args.task or tasks[0]
+        if task not in tasks:
+            parser.error(f"--task {task}: not in sweep {args.sweep!r}; its tasks are {', '.join(tasks)}")
+        table = axis_table([r for r in rows if r["task"] == task], args.by, raw, args.full)
+        render = format_axis_table
+    else:
+        table, render = table1(rows, raw, args.full), format_table
     for style, suffix in (("markdown", ".md"), ("csv", ".csv"), ("latex", ".tex")):
-        atomic_write_text(args.out + suffix, format_table(table, style))
-    print(format_table(table, "markdown"))
+        atomic_write_text(args.out + suffix, render(table, style))
+    print(render(table, "markdown"))

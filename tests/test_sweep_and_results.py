@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from peftlab.errors import ConfigError
-from peftlab.results import collect, format_table, read_csv, table1, write_csv
+from peftlab.results import axis_table, collect, format_axis_table, format_table, read_csv, table1, write_csv
 from peftlab.sweep import expand, run_all
 
 SWEEP = {
@@ -212,3 +212,19 @@ def test_plot_script_writes_a_png(tmp_path):
     png.unlink()
     subprocess.run([*command, "--variants", "adapter,finetune"], cwd=REPO, check=True, capture_output=True)
     assert png.is_file()
+
+
+def test_layer_table_best_cell_and_gap_bridged():
+    def row(variant, layer, seed, score):
+        return {"task": "mrpc", "variant": variant, "layer": layer, "seed": seed, "score": score}
+
+    rows = [row("raw", 0, 1, 0.50), row("raw", 1, 1, 0.60), row("finetune", None, 1, 0.80)]
+    rows += [row("adapter", 0, 1, 0.66), row("adapter", 0, 2, 0.70), row("adapter", 1, 1, 0.64)]
+    table = axis_table(rows, "layer", ("raw",), "finetune")
+    assert table["best"]["adapter"] == {"at": 0, "mean": pytest.approx(68.0), "gap_bridged": pytest.approx(0.4)}
+    markdown = format_axis_table(table)
+    lines = markdown.splitlines()
+    assert lines[0] == "| method | L0 | L1 | not per layer | best | gap bridged |"
+    assert "| adapter | 68.0 ± 2.8 (2) | 64.0 (1) |  | 68.0 (L0) | 40% |" in lines
+    assert "| finetune |  |  | 80.0 (1) | 80.0 | 100% |" in lines
+    assert "best raw 60.0" in lines[-1] and "full fine-tuning 80.0" in lines[-1]
