@@ -22,7 +22,7 @@ from peftlab.io import atomic_write_text
 
 COLUMNS = [
     "sweep", "task", "variant", "layer", "bottleneck_dim", "seed", "method", "pooling", "metric", "score",
-    "trainable_params", "method_params", "head_params", "train_split", "eval_split", "wall_seconds", "output_dir",
+    "trainable_params", "method_params", "head_params", "train_split", "eval_split", "wall_seconds", "output_dir", "reused_from",
 ]  # fmt: skip
 
 
@@ -44,6 +44,7 @@ def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
             metric = main_metric(point["task"])
             protocol = results.get("data_protocol", {})
             wall = folder / "wall_seconds.txt"
+            reused = folder / "reused_from.txt"
             rows.append({
                 **point,
                 "method": args.get("method"),
@@ -57,6 +58,7 @@ def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
                 "eval_split": "; ".join(f"{k}: {v}" for k, v in protocol.get("eval_splits", {}).items()),
                 "wall_seconds": float(wall.read_text()) if wall.is_file() else None,
                 "output_dir": str(folder),
+                "reused_from": reused.read_text().strip() if reused.is_file() else None,
             })  # fmt: skip
     return rows
 

@@ -26,10 +26,13 @@ the variant, the grid values. Each run's arguments are saved as ``args.json`` be
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,6 +65,8 @@ OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
 """Training protocols for the tasks whose train file is not available offline (see the README)."""
 
 RESULTS = "all_results.json"
+REUSED = "reused_from.txt"
+COPIED_WHEN_REUSED = (RESULTS, "run_config.json", "trainer_state.json")
 
 
 @dataclass
@@ -193,8 +198,66 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_all(runs: list[Run], *, python: str = sys.executable, log=print, workers: int = 1) -> list[Run]:
+@functools.cache
+def _argument_defaults() -> dict[str, Any]:
+    from peftlab.run import ARGUMENT_CLASSES  # imports transformers: only when needed
+
+    defaults: dict[str, Any] = {}
+    for cls in ARGUMENT_CLASSES:
+        for field in dataclasses.fields(cls):
+            if field.default is not dataclasses.MISSING:
+                defaults.setdefault(field.name, field.default)
+    return defaults
+
+
+def fingerprint(args: dict[str, Any]) -> str:
+    """What makes two runs the same run: every argument but where it is written, with arguments equal to their
+    default left out (``placement: ffn`` and no placement are one run) and numbers compared as numbers."""
+    defaults = _argument_defaults()
+
+    def is_default(key: str, value: Any) -> bool:
+        if key not in defaults:
+            return False
+        default = defaults[key]
+        return value == default or value == getattr(default, "value", object())
+
+    def number(value: Any) -> Any:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    kept = {k: number(v) for k, v in args.items() if k != "output_dir" and not is_default(k, v)}
+    return json.dumps(kept, sort_keys=True)
+
+
+def finished_runs(root: str | os.PathLike) -> dict[str, Path]:
+    """Finished runs under ``root`` (every sweep) made by this runner themselves (not reused), by fingerprint."""
+    found: dict[str, Path] = {}
+    for args_path in sorted(Path(root).rglob("args.json")):
+        folder = args_path.parent
+        if (folder / RESULTS).is_file() and not (folder / REUSED).is_file():
+            found.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
+    return found
+
+
+def reuse(run: Run, source: Path) -> None:
+    """Fill ``run`` with the results of the identical finished run ``source`` (no weights), and say so."""
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run.output_dir / "args.json", run.args)
+    write_json(run.output_dir / "sweep_point.json", run.point)
+    (run.output_dir / REUSED).write_text(f"{source}\n")
+    for name in COPIED_WHEN_REUSED[::-1]:  # the results file last: it is what marks the run finished
+        if (source / name).is_file():
+            shutil.copyfile(source / name, run.output_dir / f".{name}.tmp")
+            os.replace(run.output_dir / f".{name}.tmp", run.output_dir / name)
+
+
+def run_all(
+    runs: list[Run], *, python: str = sys.executable, log=print, workers: int = 1, reuse_root: str | None = None
+) -> list[Run]:
     """Run the unfinished runs, ``workers`` at a time; returns those that failed.
+
+    With ``reuse_root``, a run whose arguments (all but ``output_dir``) equal those of a run already finished
+    anywhere under that folder is not run again: its results are copied in, with ``reused_from.txt`` naming the
+    source (sweeps overlap: Table 1's MRPC rows are points of the MRPC layer sweep).
 
     With several workers each run gets ``OMP_NUM_THREADS = cores // workers`` (unless the variable is set): on the
     2-core CPU, two single-thread runs side by side train about 20 % more steps per second than one two-thread run
@@ -242,6 +305,12 @@ def run_all(runs: list[Run], *, python: str = sys.executable, log=print, workers
             if run.finished:  # another sweep process finished it while this one waited for a slot
                 (run.output_dir / LOCK).unlink(missing_ok=True)
                 log(f"[{index}/{len(runs)}] skip {run.name} (finished)")
+                continue
+            source = finished_runs(reuse_root).get(fingerprint(run.args)) if reuse_root else None
+            if source is not None:
+                reuse(run, source)
+                (run.output_dir / LOCK).unlink(missing_ok=True)
+                log(f"[{index}/{len(runs)}] reuse {run.name}: identical to the finished {source}")
                 continue
             write_json(run.output_dir / "args.json", run.args)
             write_json(run.output_dir / "sweep_point.json", run.point)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.glue.data import load_run_data  # noqa: E402
 from peftlab.glue.tasks import get_task  # noqa: E402
-from peftlab.sweep import estimate_seconds, expand, load_sweep, run_all  # noqa: E402
+from peftlab.sweep import estimate_seconds, expand, fingerprint, finished_runs, load_sweep, run_all  # noqa: E402
 
 
 def main() -> int:
@@ -29,6 +29,12 @@ def main() -> int:
     parser.add_argument(
         "--tasks",
         help="comma-separated subset of the sweep's tasks to run now (e.g. the cheap ones first); default: all",
+    )
+    parser.add_argument(
+        "--no_reuse",
+        action="store_true",
+        help="run every run, even one whose arguments equal those of a finished run elsewhere under --root "
+        "(by default its results are copied in, with reused_from.txt naming the source)",
     )
     parser.add_argument(
         "--workers", type=int, default=1,
@@ -51,7 +57,14 @@ def main() -> int:
     if args.dry_run:
         sizes: dict[tuple, int] = {}
         total = 0.0
+        done = {} if args.no_reuse else finished_runs(args.root)
+        reused = 0
         for run in runs:
+            source = None if run.finished else done.get(fingerprint(run.args))
+            if source is not None:
+                reused += 1
+                print(f"{run.name:60s} {run.args['method']:24s} reuse {source}")
+                continue
             key = (
                 run.args["task_name"],
                 run.args.get("train_split", "train"),
@@ -69,10 +82,11 @@ def main() -> int:
             state = "finished" if run.finished else f"~{seconds / 60:.1f} min"
             print(f"{run.name:60s} {run.args['method']:24s} {state}")
         print(
-            f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished; estimated CPU time left: {total / 3600:.1f} h (rough)"
+            f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished, {reused} to be copied from identical finished"
+            f" runs; estimated CPU time left: {total / 3600:.1f} h (rough)"
         )
         return 0
-    failed = run_all(runs, workers=args.workers)
+    failed = run_all(runs, workers=args.workers, reuse_root=None if args.no_reuse else args.root)
     print(
         f"{len(runs) - len(failed)} of {len(runs)} runs finished"
         + (f"; failed: {[r.name for r in failed]}" if failed else "")

@@ -228,3 +228,22 @@ def test_layer_table_best_cell_and_gap_bridged():
     assert "| adapter | 68.0 ± 2.8 (2) | 64.0 (1) |  | 68.0 (L0) | 40% |" in lines
     assert "| finetune |  |  | 80.0 (1) | 80.0 | 100% |" in lines
     assert "best raw 60.0" in lines[-1] and "full fine-tuning 80.0" in lines[-1]
+
+
+def test_identical_runs_across_sweeps_are_reused_not_rerun(tmp_path):
+    first = {"name": "a", "tasks": ["rte"], "variants": {"ad": {"method": "adapter@1", "placement": "ffn"}}}
+    second = {"name": "b", "tasks": ["rte"], "variants": {"x": {"method": "adapter@1"}, "y": {"method": "adapter@0"}}}
+    python = fake_python(tmp_path)
+    assert run_all(expand(first, tmp_path), python=python, log=lambda _: None, reuse_root=tmp_path) == []
+    log = []
+    runs = expand(second, tmp_path)
+    assert run_all(runs, python=python, log=log.append, reuse_root=tmp_path) == []
+    assert log[0] == "[1/2] reuse rte/x/seed42: identical to the finished " + str(tmp_path / "a/rte/ad/seed42")
+    assert (runs[0].output_dir / "reused_from.txt").is_file() and not (runs[0].output_dir / "log.txt").exists()
+    assert (runs[1].output_dir / "log.txt").is_file()  # adapter@0 differs: it ran
+    rows = {r["variant"]: r for r in collect([tmp_path])}
+    assert rows["x"]["reused_from"] == str(tmp_path / "a/rte/ad/seed42") and rows["x"]["wall_seconds"] is None
+    assert rows["ad"]["reused_from"] is None and rows["ad"]["wall_seconds"] is not None
+    third = expand({**second, "name": "c"}, tmp_path)
+    assert run_all(third, python=python, log=lambda _: None) == []  # no reuse_root: everything runs
+    assert all((run.output_dir / "log.txt").is_file() for run in third)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerate docs/results/ (the CSV, every table and every figure of docs/results.md) from finished sweep runs:
+#   scripts/results.sh [RUNS_ROOT=runs/sweeps] [OUT=docs/results]
+# Each step is also a single command on its own; a sweep with no finished runs yet is skipped with a note.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-runs/sweeps}
+OUT=${2:-docs/results}
+CSV=$OUT/runs.csv
+mkdir -p "$OUT"
+python scripts/collect.py "$RUNS" --out "$CSV"
+
+has() { python -c "import csv,sys; sys.exit(not any(r['sweep'] == '$1' for r in csv.DictReader(open('$CSV'))))"; }
+
+if has table1; then
+  python scripts/tables.py "$CSV" --sweep table1 --out "$OUT/table1"
+else echo "table1: no finished runs yet"; fi
+
+if has layer_sweep_mrpc; then
+  python scripts/tables.py "$CSV" --sweep layer_sweep_mrpc --by layer --out "$OUT/layer_sweep_mrpc"
+  python scripts/plots.py "$CSV" --sweep layer_sweep_mrpc --out "$OUT/layer_sweep_mrpc.png"
+else echo "layer_sweep_mrpc: no finished runs yet"; fi
+
+if has scaleup_mrpc; then
+  BN=parallel_adapter_bn,raw,finetune
+  STRATEGIES=adapter_1_layer,adapter_2_layers,adapter_plus_lora,raw,finetune
+  python scripts/tables.py "$CSV" --sweep scaleup_mrpc --by bottleneck_dim --variants $BN --out "$OUT/bottleneck_mrpc"
+  python scripts/plots.py "$CSV" --sweep scaleup_mrpc --x bottleneck_dim --logx --variants $BN \
+    --out "$OUT/bottleneck_mrpc.png"
+  python scripts/tables.py "$CSV" --sweep scaleup_mrpc --by layer --variants $STRATEGIES --out "$OUT/strategies_mrpc"
+  python scripts/plots.py "$CSV" --sweep scaleup_mrpc --x layer --variants $STRATEGIES --out "$OUT/strategies_mrpc.png"
+else echo "scaleup_mrpc: no finished runs yet"; fi
