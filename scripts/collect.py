@@ -19,3 +19,10 @@ if __name__ == "__main__":
     rows = collect(args.roots)
     write_csv(rows, args.out)
     print(f"{len(rows)} runs -> {args.out}")
+    for sweep in dict.fromkeys(r["sweep"] for r in rows):
+        mine = [r for r in rows if r["sweep"] == sweep]
+        reused = sum(bool(r["reused_from"]) for r in mine)
+        seconds = sum(r["wall_seconds"] or 0 for r in mine)
+        print(
+            f"  {sweep}: {len(mine)} runs ({reused} reused from identical runs), {seconds / 3600:.2f} h of run wall time"
+        )
