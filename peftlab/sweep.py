@@ -69,6 +69,20 @@ REUSED = "reused_from.txt"
 COPIED_WHEN_REUSED = (RESULTS, "run_config.json", "trainer_state.json")
 
 
+def run_args(task: str, method: str, seed: int = 42, protocol: bool = True) -> dict[str, Any]:
+    """The defaults of one run: :data:`DEFAULTS`, the learning rate for ``method`` (full fine-tuning or a frozen
+    backbone) and, with ``protocol``, the task's offline protocol. Sweeps and ``scripts/glue.sh`` both start here."""
+    lr = FULL_LR if method.split("@")[0] == "full" else PEFT_LR
+    args = {**DEFAULTS, "learning_rate": lr, "head_learning_rate": lr}
+    args.update(OFFLINE_PROTOCOL.get(task, {}) if protocol else {})
+    return {**args, "task_name": task, "method": method, "seed": seed}
+
+
+def as_flags(args: dict[str, Any]) -> list[str]:
+    """``run_glue.py`` command-line flags for ``args`` (booleans spelt out: some flags require a value)."""
+    return [part for key, value in args.items() if value is not None for part in (f"--{key}", str(value))]
+
+
 @dataclass
 class Run:
     name: str
@@ -111,8 +125,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
             options = {
                 k: _fill(v, layer) for k, v in spec.items() if k not in ("method", "per_layer", "per_bottleneck")
             }
-            lr = FULL_LR if method.split("@")[0] == "full" else PEFT_LR
-            args = {**DEFAULTS, "learning_rate": lr, "head_learning_rate": lr, **OFFLINE_PROTOCOL.get(task, {})}
+            args = run_args(task, _fill(method, layer), seed)
             args.update(sweep.get("common", {}))
             args.update(sweep.get("task_args", {}).get(task, {}))
             args.update(options)
@@ -336,3 +349,14 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"Cannot read sweep file {path}: {err}") from None
+
+
+if __name__ == "__main__":  # python -m peftlab.sweep TASK METHOD [--no_protocol]: the defaults, one flag a line
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print run_glue.py's default flags for one run (scripts/glue.sh).")
+    parser.add_argument("task")
+    parser.add_argument("method")
+    parser.add_argument("--no_protocol", action="store_true", help="leave out the task's offline protocol")
+    cli = parser.parse_args()
+    print("\n".join(as_flags(run_args(cli.task, cli.method, protocol=not cli.no_protocol))))

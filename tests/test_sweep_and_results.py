@@ -12,7 +12,7 @@ from conftest import REPO
 
 from peftlab.errors import ConfigError
 from peftlab.results import axis_table, collect, format_axis_table, format_table, read_csv, table1, write_csv
-from peftlab.sweep import expand, run_all
+from peftlab.sweep import as_flags, expand, run_all, run_args
 
 SWEEP = {
     "name": "t",
@@ -247,3 +247,22 @@ def test_identical_runs_across_sweeps_are_reused_not_rerun(tmp_path):
     third = expand({**second, "name": "c"}, tmp_path)
     assert run_all(third, python=python, log=lambda _: None) == []  # no reuse_root: everything runs
     assert all((run.output_dir / "log.txt").is_file() for run in third)
+
+
+def test_glue_sh_uses_the_sweeps_defaults_and_offline_protocols(tmp_path):
+    def command(*args):
+        out = subprocess.run(
+            ["bash", "scripts/glue.sh", *args],
+            cwd=REPO, env={**os.environ, "DRY_RUN": "1", "OUT_DIR": str(tmp_path / "run")},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return out.stdout.split()
+
+    qnli = command("qnli", "lora@5", "--seed", "7")
+    expected = as_flags(run_args("qnli", "lora@5"))
+    assert qnli[2 : 2 + len(expected)] == expected and "--split_dev" in expected
+    assert qnli[-2:] == ["--seed", "7"]  # the caller's flags come last, so they win
+    own_split = command("qnli", "full", "--train_split", "train")
+    assert "--split_dev" not in own_split and own_split[own_split.index("--learning_rate") + 1] == "5e-05"
+    point = expand({"name": "s", "tasks": ["qnli"], "variants": {"v": {"method": "lora@5"}}}, tmp_path)[0]
+    assert {k: v for k, v in point.args.items() if k != "output_dir"} == run_args("qnli", "lora@5")
