@@ -16,8 +16,9 @@ A sweep file looks like::
       "task_args": {"sst2": {"num_train_epochs": 1}}
     }
 
-Axes: task x variant x layer (variants with ``per_layer``) x bottleneck (``bottleneck_dims``, variants with
-``per_bottleneck``) x seed. A variant's ``method`` gets ``@<layer>`` when it is per layer; ``{layer}`` and
+Axes: seed x task x variant x layer (``layers``, variants with ``per_layer``) x bottleneck (``bottleneck_dims``,
+variants with ``per_bottleneck``) x pooling (``poolings``, variants with ``per_pooling``; such a variant becomes
+one row per pooling, named ``<variant>_<pooling>``). A variant's ``method`` gets ``@<layer>`` when it is per layer; ``{layer}`` and
 ``{next_layer}`` inside any string option are filled in (for strategies such as ``adapter@{layer},{next_layer}``).
 Arguments are merged in the order: :data:`DEFAULTS`, the task's offline protocol, ``common``, ``task_args``,
 the variant, the grid values. Each run's arguments are saved as ``args.json`` beside its results together with
@@ -118,12 +119,15 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
     for seed, task, (variant, spec) in itertools.product(seeds, sweep["tasks"], sweep["variants"].items()):
         layers = sweep.get("layers", [None]) if spec.get("per_layer") else [None]
         dims = sweep.get("bottleneck_dims", [None]) if spec.get("per_bottleneck") else [None]
-        for layer, dim in itertools.product(layers, dims):
+        poolings = sweep.get("poolings", [None]) if spec.get("per_pooling") else [None]
+        for layer, dim, pooling in itertools.product(layers, dims, poolings):
             method = spec["method"]
             if layer is not None and "@" not in method:
                 method = f"{method}@{layer}"
             options = {
-                k: _fill(v, layer) for k, v in spec.items() if k not in ("method", "per_layer", "per_bottleneck")
+                k: _fill(v, layer)
+                for k, v in spec.items()
+                if k not in ("method", "per_layer", "per_bottleneck", "per_pooling")
             }
             args = run_args(task, _fill(method, layer), seed)
             args.update(sweep.get("common", {}))
@@ -132,17 +136,18 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
             args.update({"task_name": task, "method": _fill(method, layer), "seed": seed})
             if dim is not None:
                 args["bottleneck_dim"] = dim
+            if pooling is not None:
+                args["pooling"] = pooling
+            label = variant if pooling is None else f"{variant}_{pooling}"  # one table row per pooling
             parts = (
-                [task, variant]
-                + ([f"L{layer}"] if layer is not None else [])
-                + ([f"bn{dim}"] if dim is not None else [])
+                [task, label] + ([f"L{layer}"] if layer is not None else []) + ([f"bn{dim}"] if dim is not None else [])
             )
             name = "/".join([*parts, f"seed{seed}"])
             args["output_dir"] = str(Path(root) / sweep["name"] / name)
             point = {
                 "sweep": sweep["name"],
                 "task": task,
-                "variant": variant,
+                "variant": label,
                 "layer": layer,
                 "bottleneck_dim": dim,
                 "seed": seed,

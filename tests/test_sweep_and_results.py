@@ -84,6 +84,17 @@ def test_sweep_skips_finished_runs_and_reruns_interrupted_ones(tmp_path):
     assert not list(tmp_path.rglob(".running"))
 
 
+def test_pooling_axis_gives_one_row_per_pooling(tmp_path):
+    sweep = {"name": "p", "tasks": ["rte"], "poolings": ["cls", "mean"], "variants": {
+        "raw": {"method": "probe", "per_pooling": True}, "full": {"method": "full", "pooling": "cls"}}}  # fmt: skip
+    runs = {run.name: run for run in expand(sweep, tmp_path)}
+    assert list(runs) == ["rte/raw_cls/seed42", "rte/raw_mean/seed42", "rte/full/seed42"]
+    assert (
+        runs["rte/raw_mean/seed42"].args["pooling"] == "mean" and "per_pooling" not in runs["rte/raw_mean/seed42"].args
+    )
+    assert runs["rte/raw_cls/seed42"].point["variant"] == "raw_cls"
+
+
 def test_sweep_order_puts_seeds_outermost(tmp_path):
     seeds = [run.point["seed"] for run in expand(SWEEP, tmp_path)]
     assert seeds == sorted(seeds, key=[1, 2].index) and seeds[0] == 1 and seeds[-1] == 2
