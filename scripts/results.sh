@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Regenerate docs/results/ (the CSV, every table and every figure of docs/results.md) from finished sweep runs:
-#   scripts/results.sh [RUNS_ROOT=runs/sweeps] [OUT=docs/results]
+# Regenerate docs/results/ (the CSV, every table and every figure of docs/results.md) from finished sweep runs,
+# and splice the tables into docs/results.md:
+#   scripts/results.sh [RUNS_ROOT=runs/sweeps] [OUT=docs/results] [DOC=docs/results.md]
 # Each step is also a single command on its own; a sweep with no finished runs yet is skipped with a note.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/sweeps}
 OUT=${2:-docs/results}
+DOC=${3:-docs/results.md}
 CSV=$OUT/runs.csv
 mkdir -p "$OUT"
 python scripts/collect.py "$RUNS" --out "$CSV"
@@ -30,3 +32,5 @@ if has scaleup_mrpc; then
   python scripts/tables.py "$CSV" --sweep scaleup_mrpc --by layer --variants $STRATEGIES --out "$OUT/strategies_mrpc"
   python scripts/plots.py "$CSV" --sweep scaleup_mrpc --x layer --variants $STRATEGIES --out "$OUT/strategies_mrpc.png"
 else echo "scaleup_mrpc: no finished runs yet"; fi
+
+python scripts/splice_tables.py "$DOC" "$OUT"

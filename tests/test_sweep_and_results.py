@@ -277,3 +277,15 @@ def test_glue_sh_uses_the_sweeps_defaults_and_offline_protocols(tmp_path):
     assert "--split_dev" not in own_split and own_split[own_split.index("--learning_rate") + 1] == "5e-05"
     point = expand({"name": "s", "tasks": ["qnli"], "variants": {"v": {"method": "lora@5"}}}, tmp_path)[0]
     assert {k: v for k, v in point.args.items() if k != "output_dir"} == run_args("qnli", "lora@5")
+
+
+def test_splice_tables_replaces_marked_blocks_only(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from splice_tables import splice
+
+    (tmp_path / "t1.md").write_text("| a |\n")
+    doc = "intro\n<!-- table: t1 -->\nold\n<!-- /table -->\nkept\n"
+    text, names = splice(doc, tmp_path)
+    assert text == "intro\n<!-- table: t1 -->\n| a |\n<!-- /table -->\nkept\n" and names == ["t1"]
+    with pytest.raises(SystemExit, match="t2.md does not exist"):
+        splice("<!-- table: t2 -->\n<!-- /table -->", tmp_path)
