@@ -195,8 +195,7 @@ def _claim(run: Run) -> bool:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            host, _, pid = lock.read_text().partition(" ")
-            if host != socket.gethostname() or not pid.strip().isdigit() or _alive(int(pid)):
+            if _lock_held(lock):
                 return False
             lock.unlink(missing_ok=True)  # its process is gone: the run was interrupted
             continue
@@ -204,6 +203,15 @@ def _claim(run: Run) -> bool:
             handle.write(me)
         return True
     return False
+
+
+def _lock_held(lock: Path) -> bool:
+    """Whether ``lock`` exists and its owner may still be running (alive here, or on another host)."""
+    try:
+        host, _, pid = lock.read_text().partition(" ")
+    except FileNotFoundError:
+        return False
+    return host != socket.gethostname() or not pid.strip().isdigit() or _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
@@ -248,12 +256,30 @@ def fingerprint(args: dict[str, Any]) -> str:
 
 def finished_runs(root: str | os.PathLike) -> dict[str, Path]:
     """Finished runs under ``root`` (every sweep) made by this runner themselves (not reused), by fingerprint."""
-    found: dict[str, Path] = {}
+    return twins(root)[0]
+
+
+def twins(
+    root: str | os.PathLike, exclude: Path | None = None
+) -> tuple[dict[str, Path], dict[str, list[tuple[int, Path]]]]:
+    """Runs under ``root`` by fingerprint: those finished by a run of their own (not reused), and those running
+    now (locked by a live process), with the time their lock was taken."""
+    done: dict[str, Path] = {}
+    running: dict[str, list[tuple[int, Path]]] = {}
     for args_path in sorted(Path(root).rglob("args.json")):
         folder = args_path.parent
-        if (folder / RESULTS).is_file() and not (folder / REUSED).is_file():
-            found.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
-    return found
+        if exclude is not None and folder.resolve() == exclude.resolve():
+            continue
+        if (folder / RESULTS).is_file():
+            if not (folder / REUSED).is_file():
+                done.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
+        elif _lock_held(folder / LOCK):
+            try:
+                taken = (folder / LOCK).stat().st_mtime_ns
+            except FileNotFoundError:  # it finished in the meantime
+                continue
+            running.setdefault(fingerprint(json.loads(args_path.read_text())), []).append((taken, folder))
+    return done, running
 
 
 def reuse(run: Run, source: Path) -> None:
@@ -275,7 +301,8 @@ def run_all(
 
     With ``reuse_root``, a run whose arguments (all but ``output_dir``) equal those of a run already finished
     anywhere under that folder is not run again: its results are copied in, with ``reused_from.txt`` naming the
-    source (sweeps overlap: Table 1's MRPC rows are points of the MRPC layer sweep).
+    source (sweeps overlap: Table 1's MRPC rows are points of the MRPC layer sweep). A run whose identical twin
+    is running now (in this or another sweep process) waits for it, after the other runs have started.
 
     With several workers each run gets ``OMP_NUM_THREADS = cores // workers`` (unless the variable is set): on the
     2-core CPU, two single-thread runs side by side train about 20 % more steps per second than one two-thread run
@@ -311,34 +338,54 @@ def run_all(
             time.sleep(0.2)
             reap()
 
+    waiting: set[str] = set()
+
+    def attempt(index: int, run: Run) -> bool:
+        """Skip, reuse or start ``run``; False when an identical run is in progress (try again later)."""
+        tag = f"[{index}/{len(runs)}]"
+        if run.finished:
+            log(f"{tag} skip {run.name} (finished)")
+            return True
+        wait_below(workers)
+        if not _claim(run):
+            log(f"{tag} skip {run.name} (running in another sweep process)")
+            return True
+        if run.finished:  # another sweep process finished it while this one waited for a slot
+            (run.output_dir / LOCK).unlink(missing_ok=True)
+            log(f"{tag} skip {run.name} (finished)")
+            return True
+        write_json(run.output_dir / "args.json", run.args)
+        write_json(run.output_dir / "sweep_point.json", run.point)
+        if reuse_root is not None:
+            done, running = twins(reuse_root, exclude=run.output_dir)
+            key = fingerprint(run.args)
+            if key in done:
+                reuse(run, done[key])
+                (run.output_dir / LOCK).unlink(missing_ok=True)
+                log(f"{tag} reuse {run.name}: identical to the finished {done[key]}")
+                return True
+            mine = ((run.output_dir / LOCK).stat().st_mtime_ns, str(run.output_dir))
+            earlier = [folder for taken, folder in running.get(key, []) if (taken, str(folder)) < mine]
+            if earlier:  # the twin that took its lock first runs; this one takes its results
+                (run.output_dir / LOCK).unlink(missing_ok=True)
+                if run.name not in waiting:
+                    waiting.add(run.name)
+                    log(f"{tag} later {run.name}: the identical {earlier[0]} is running; its results will do")
+                return False
+        log(f"{tag} run {run.name}")
+        handle = open(run.output_dir / "log.txt", "w")
+        proc = subprocess.Popen(
+            [python, str(entry), str(run.output_dir / "args.json")], stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
+        active.append((run, proc, time.time(), handle))
+        return True
+
     try:
-        for index, run in enumerate(runs, start=1):
-            if run.finished:
-                log(f"[{index}/{len(runs)}] skip {run.name} (finished)")
-                continue
-            wait_below(workers)
-            if not _claim(run):
-                log(f"[{index}/{len(runs)}] skip {run.name} (running in another sweep process)")
-                continue
-            if run.finished:  # another sweep process finished it while this one waited for a slot
-                (run.output_dir / LOCK).unlink(missing_ok=True)
-                log(f"[{index}/{len(runs)}] skip {run.name} (finished)")
-                continue
-            source = finished_runs(reuse_root).get(fingerprint(run.args)) if reuse_root else None
-            if source is not None:
-                reuse(run, source)
-                (run.output_dir / LOCK).unlink(missing_ok=True)
-                log(f"[{index}/{len(runs)}] reuse {run.name}: identical to the finished {source}")
-                continue
-            write_json(run.output_dir / "args.json", run.args)
-            write_json(run.output_dir / "sweep_point.json", run.point)
-            log(f"[{index}/{len(runs)}] run {run.name}")
-            handle = open(run.output_dir / "log.txt", "w")
-            proc = subprocess.Popen(
-                [python, str(entry), str(run.output_dir / "args.json")],
-                stdout=handle, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-            active.append((run, proc, time.time(), handle))
+        deferred = [(index, run) for index, run in enumerate(runs, start=1) if not attempt(index, run)]
+        while deferred:  # runs whose identical twin was running: reuse its results once it finishes
+            time.sleep(2)
+            reap()
+            deferred = [(index, run) for index, run in deferred if not attempt(index, run)]
         wait_below(1)
     finally:
         for run, proc, _, handle in active:  # interrupted: stop the children, free their runs

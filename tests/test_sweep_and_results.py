@@ -289,3 +289,15 @@ def test_splice_tables_replaces_marked_blocks_only(tmp_path):
     assert text == "intro\n<!-- table: t1 -->\n| a |\n<!-- /table -->\nkept\n" and names == ["t1"]
     with pytest.raises(SystemExit, match="t2.md does not exist"):
         splice("<!-- table: t2 -->\n<!-- /table -->", tmp_path)
+
+
+def test_a_run_whose_twin_is_running_waits_for_it_and_takes_its_results(tmp_path):
+    sweep = {"name": "w", "tasks": ["rte"], "variants": {"a": {"method": "lora@1"}, "b": {"method": "lora@1"}}}
+    runs = expand(sweep, tmp_path)
+    log = []
+    python = fake_python(tmp_path, "time.sleep(1.5)\n")
+    assert run_all(runs, python=python, log=log.append, workers=2, reuse_root=tmp_path) == []
+    assert log[0] == "[1/2] run rte/a/seed42"
+    assert log[1].startswith("[2/2] later rte/b/seed42: the identical ")
+    assert log[-1] == f"[2/2] reuse rte/b/seed42: identical to the finished {runs[0].output_dir}"
+    assert not (runs[1].output_dir / "log.txt").exists() and not list(tmp_path.rglob(".running"))
