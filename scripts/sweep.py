@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def main() -> int:
             f" runs; estimated CPU time left: {total / 3600:.1f} h (rough)"
         )
         return 0
+    # A terminated sweep stops its runs and frees their locks (the runs left are redone on the next start).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     failed = run_all(runs, workers=args.workers, reuse_root=None if args.no_reuse else args.root)
     print(
         f"{len(runs) - len(failed)} of {len(runs)} runs finished"
