@@ -83,5 +83,7 @@ if __name__ == "__main__":
         if missing:
             parser.error(f"--variants {','.join(missing)}: no runs of {args.sweep}/{task} have that variant")
         rows = sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
-    plot(rows, args.x, args.full, args.logx, f"{args.sweep} ({task})", args.out)
+    seeds = len({r["seed"] for r in rows})
+    title = f"{args.sweep} ({task}, {seeds} seed{'s' if seeds > 1 else ''}, dev)"
+    plot(rows, args.x, args.full, args.logx, title, args.out)
     print(f"{len(rows)} runs -> {args.out}")
