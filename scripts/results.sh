@@ -15,12 +15,14 @@ python scripts/collect.py "$RUNS" --out "$CSV"
 has() { python -c "import csv,sys; sys.exit(not any(r['sweep'] == '$1' for r in csv.DictReader(open('$CSV'))))"; }
 
 if has table1; then
-  python scripts/tables.py "$CSV" --sweep table1 --out "$OUT/table1"
+  python scripts/tables.py "$CSV" --sweep table1 --out "$OUT/table1" \
+    --variants raw_cls,raw_mean,prefix,lora,bitfit,adapter,parallel_adapter,finetune
 else echo "table1: no finished runs yet"; fi
 
 if has layer_sweep_mrpc; then
-  python scripts/tables.py "$CSV" --sweep layer_sweep_mrpc --by layer --out "$OUT/layer_sweep_mrpc"
-  python scripts/plots.py "$CSV" --sweep layer_sweep_mrpc --out "$OUT/layer_sweep_mrpc.png"
+  LAYER=adapter_ffn,adapter_attn,prefix,lora,bitfit,ffn_finetune,raw,finetune
+  python scripts/tables.py "$CSV" --sweep layer_sweep_mrpc --by layer --variants $LAYER --out "$OUT/layer_sweep_mrpc"
+  python scripts/plots.py "$CSV" --sweep layer_sweep_mrpc --variants $LAYER --out "$OUT/layer_sweep_mrpc.png"
 else echo "layer_sweep_mrpc: no finished runs yet"; fi
 
 if has scaleup_mrpc; then
