@@ -98,7 +98,19 @@ def aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, 
 
 
 def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[str, Any]:
-    """Per (variant, task): mean, std, n; plus relative improvement and gap bridged against the best raw row."""
+    """Per (variant, task): mean, std, n; plus relative improvement and gap bridged against the best raw row.
+
+    Only whole seeds count: a seed enters a task's column once every row of that task has finished it, so that
+    all cells of a column average the same seeds (a sweep stopped part-way leaves its last seed out). Gap
+    bridged is left empty where full fine-tuning does not beat the best raw row (there is no gap to bridge).
+    """
+    variants_of = defaultdict(set)
+    for row in rows:
+        variants_of[row["task"]].add(row["variant"])
+    by_seed = defaultdict(set)
+    for row in rows:
+        by_seed[(row["task"], row["seed"])].add(row["variant"])
+    rows = [r for r in rows if by_seed[(r["task"], r["seed"])] == variants_of[r["task"]]]
     stats = aggregate(rows, ("variant", "task"))
     tasks = sorted({t for _, t in stats}, key=list(TASKS).index)
     variants = list(dict.fromkeys(v for v, _ in stats))
@@ -113,7 +125,7 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
             score = stats[(variant, task)]["mean"]
             improvement = (score - best_raw) / abs(best_raw) if best_raw else None
             gap = None
-            if full_score is not None and full_score != best_raw:
+            if full_score is not None and full_score > best_raw:
                 gap = (score - best_raw) / (full_score - best_raw)
             derived[(variant, task)] = {"relative_improvement": improvement, "gap_bridged": gap}
     notes = {}
@@ -169,7 +181,7 @@ def axis_table(rows: list[dict[str, Any]], axis: str, raw: tuple[str, ...], full
     for variant in variants:
         key, top = max(((k, s) for k, s in stats.items() if k[0] == variant), key=lambda item: item[1]["mean"])
         gap = None
-        if best_raw is not None and full_score is not None and full_score != best_raw:
+        if best_raw is not None and full_score is not None and full_score > best_raw:
             gap = (top["mean"] - best_raw) / (full_score - best_raw)
         best[variant] = {"at": key[1], "mean": top["mean"], "gap_bridged": gap}
     return {"axis": axis, "columns": columns, "variants": variants, "stats": stats, "best": best,

@@ -27,7 +27,7 @@ else echo "layer_sweep_mrpc: no finished runs yet"; fi
 
 if has scaleup_mrpc; then
   BN=parallel_adapter_bn,raw,finetune
-  STRATEGIES=adapter_1_layer,adapter_2_layers,adapter_plus_lora,raw,finetune
+  STRATEGIES=adapter_1_layer,adapter_2_layers,adapter_plus_lora,lora_all,raw,finetune
   python scripts/tables.py "$CSV" --sweep scaleup_mrpc --by bottleneck_dim --variants $BN --out "$OUT/bottleneck_mrpc"
   python scripts/plots.py "$CSV" --sweep scaleup_mrpc --x bottleneck_dim --logx --variants $BN \
     --out "$OUT/bottleneck_mrpc.png"
