@@ -84,6 +84,16 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def select_variants(rows: list[dict[str, Any]], names: str, where: str) -> list[dict[str, Any]]:
+    """The rows of the comma-separated variants ``names``, in that order (``--variants`` of the table and plot
+    scripts); a name with no row is an error naming it and ``where`` the rows came from."""
+    wanted = names.split(",")
+    missing = sorted(set(wanted) - {r["variant"] for r in rows})
+    if missing:
+        raise ValueError(f"--variants {','.join(missing)}: no runs of {where} have that variant")
+    return sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -104,11 +114,9 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
     all cells of a column average the same seeds (a sweep stopped part-way leaves its last seed out). Gap
     bridged is left empty where full fine-tuning does not beat the best raw row (there is no gap to bridge).
     """
-    variants_of = defaultdict(set)
+    variants_of, by_seed = defaultdict(set), defaultdict(set)
     for row in rows:
         variants_of[row["task"]].add(row["variant"])
-    by_seed = defaultdict(set)
-    for row in rows:
         by_seed[(row["task"], row["seed"])].add(row["variant"])
     rows = [r for r in rows if by_seed[(r["task"], r["seed"])] == variants_of[r["task"]]]
     stats = aggregate(rows, ("variant", "task"))
@@ -189,8 +197,8 @@ def axis_table(rows: list[dict[str, Any]], axis: str, raw: tuple[str, ...], full
 
 
 def format_axis_table(table: dict[str, Any], style: str = "markdown") -> str:
-    """One row per variant, one column per axis value (a variant without the axis fills the ``all`` column), then
-    its best cell and the gap that cell bridges."""
+    """One row per variant, one column per axis value (a variant without the axis fills a "not per <axis>"
+    column), then its best cell and the gap that cell bridges."""
     axis, columns, stats = table["axis"], table["columns"], table["stats"]
     prefix = {"layer": "L", "bottleneck_dim": "r="}.get(axis, f"{axis}=")
     other = [None] if any(value is None for _, value in stats) else []

@@ -124,16 +124,17 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
             method = spec["method"]
             if layer is not None and "@" not in method:
                 method = f"{method}@{layer}"
+            method = _fill(method, layer)
             options = {
                 k: _fill(v, layer)
                 for k, v in spec.items()
                 if k not in ("method", "per_layer", "per_bottleneck", "per_pooling")
             }
-            args = run_args(task, _fill(method, layer), seed)
+            args = run_args(task, method, seed)
             args.update(sweep.get("common", {}))
             args.update(sweep.get("task_args", {}).get(task, {}))
             args.update(options)
-            args.update({"task_name": task, "method": _fill(method, layer), "seed": seed})
+            args.update({"task_name": task, "method": method, "seed": seed})  # no option overrides these
             if dim is not None:
                 args["bottleneck_dim"] = dim
             if pooling is not None:

@@ -22,7 +22,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from peftlab.results import aggregate, read_csv  # noqa: E402
+from peftlab.results import aggregate, read_csv, select_variants  # noqa: E402
 
 
 def plot(rows, x: str, full: str, logx: bool, title: str, out: str) -> None:
@@ -78,11 +78,10 @@ if __name__ == "__main__":
     if not rows:
         parser.error(f"--task {task}: no runs of sweep {args.sweep!r} have that task")
     if args.variants:
-        wanted = args.variants.split(",")
-        missing = sorted(set(wanted) - {r["variant"] for r in rows})
-        if missing:
-            parser.error(f"--variants {','.join(missing)}: no runs of {args.sweep}/{task} have that variant")
-        rows = sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
+        try:
+            rows = select_variants(rows, args.variants, f"{args.sweep}/{task}")
+        except ValueError as err:
+            parser.error(str(err))
     seeds = len({r["seed"] for r in rows})
     title = f"{args.sweep} ({task}, {seeds} seed{'s' if seeds > 1 else ''}, dev)"
     plot(rows, args.x, args.full, args.logx, title, args.out)

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.io import atomic_write_text  # noqa: E402
-from peftlab.results import axis_table, format_axis_table, format_table, read_csv, table1  # noqa: E402
+from peftlab.results import axis_table, format_axis_table, format_table, read_csv, select_variants, table1  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -36,11 +36,10 @@ if __name__ == "__main__":
     if not rows:
         parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
     if args.variants:
-        wanted = args.variants.split(",")
-        missing = sorted(set(wanted) - {r["variant"] for r in rows})
-        if missing:
-            parser.error(f"--variants {','.join(missing)}: no runs of {args.sweep} have that variant")
-        rows = sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
+        try:
+            rows = select_variants(rows, args.variants, args.sweep)
+        except ValueError as err:
+            parser.error(str(err))
     raw = tuple(args.raw.split(","))
     if args.by:
         tasks = sorted({r["task"] for r in rows})
