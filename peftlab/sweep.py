@@ -157,27 +157,95 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
     return runs
 
 
-# Rough CPU seconds per training example and epoch for the bundled MiniLM on 2 cores at ~60 tokens, from
-# scripts/bench.py (full: 0.95 s per step of 32; frozen backbone without cache ~40 % of it; the cache skips the
-# frozen layers and costs one no-grad pass per layer and task).
-SECONDS_PER_EXAMPLE = {"full": 0.03, "frozen": 0.012}
+# The cost model of ``--dry_run``, in CPU core-seconds (a run on one core for 10 s costs 10; on two cores for 6 s,
+# 12). "overhead" is per run (start-up, model load, tokenizing, writing); the others are per example at
+# REFERENCE_TOKENS tokens: "forward" one no-grad pass of the whole backbone (evaluation, or filling the
+# frozen-prefix cache), "read" reading it back from the cache, "full" one training pass with everything trainable,
+# "frozen" one through the layers above the cache (scaled by their share of the backbone). Every per-example cost
+# grows with the tokens (batches are grouped by length, so there is little padding; a fixed share per example fits
+# the measured runs worse). Fitted by least squares to measured runs of the bundled MiniLM:
+#     python scripts/estimate_check.py runs/sweeps --fit
+COST = {"overhead": 8.42, "forward": 0.0323, "read": 0.000327, "full": 0.0582, "frozen": 0.0361}
+REFERENCE_TOKENS = 60
+TOKENS_PER_WORD = 1.2
+"""Word-piece tokens per whitespace word in GLUE text (measured with the bundled tokenizer: 1.15 to 1.25)."""
 
 
-def estimate_seconds(run: Run, train_size: int, num_layers: int = 6) -> float:
-    """A rough CPU-time estimate, for planning (``--dry_run``)."""
-    epochs = float(run.args.get("num_train_epochs", 3))
+@dataclass(frozen=True)
+class Workload:
+    """What a run's CPU time depends on in its data: examples trained on and evaluated, and tokens per example."""
+
+    train: int
+    eval: int
+    tokens: float
+
+
+def workload(run: Run, glue_dir: str | os.PathLike) -> Workload:
+    """The :class:`Workload` of ``run``, read from its data (token counts estimated from word counts)."""
+    return _workload(
+        run.args["task_name"], str(glue_dir), run.args.get("train_split", "train"), run.args.get("split_dev"),
+        run.args.get("max_train_samples"), run.args.get("max_eval_samples"), int(run.args.get("max_seq_length", 128)),
+    )  # fmt: skip
+
+
+@functools.cache
+def _workload(task, glue_dir, train_split, split_dev, max_train, max_eval, max_seq_length) -> Workload:
+    from peftlab.glue.data import load_run_data
+    from peftlab.glue.tasks import get_task
+
+    data = load_run_data(
+        get_task(task), glue_dir=glue_dir, do_train=True, do_eval=True, do_predict=False, train_split=train_split,
+        split_dev=split_dev, max_train_samples=max_train, max_eval_samples=max_eval,
+    )  # fmt: skip
+    fields = data.task.text_fields
+    words = sum(len(str(text).split()) for name in fields for text in data.train[name]) / max(len(data.train), 1)
+    tokens = min(TOKENS_PER_WORD * words + len(fields) + 1, max_seq_length)  # + [CLS] and one [SEP] per text
+    return Workload(len(data.train), sum(len(split) for split in data.eval.values()), tokens)
+
+
+def cache_key(run: Run, num_layers: int = 6) -> tuple | None:
+    """What the frozen-prefix cache of ``run`` depends on (``None`` without the cache): runs with one key share it.
+    The lowest trained layer is the second element; a probe caches its pooled features (key ends with the pooling)."""
+    if not run.args.get("cache_frozen_prefix") or run.args["method"].split("@")[0] == "full":
+        return None
+    lowest, probe = num_layers, True
+    for part in run.args["method"].split("+"):
+        name, _, layers = part.partition("@")
+        if name != "probe":
+            probe = False
+            digits = re.findall(r"-?\d+", layers) if layers and layers != "all" else ["0"]
+            lowest = min([lowest, *(int(d) % num_layers for d in digits)])
+    data = tuple(
+        run.args.get(k) for k in ("task_name", "train_split", "split_dev", "max_train_samples", "max_seq_length")
+    )
+    return (data, lowest, run.args.get("pooling") if probe else None)
+
+
+def cost_terms(run: Run, load: Workload, fills_cache: bool = True, num_layers: int = 6) -> dict[str, float]:
+    """How many of each :data:`COST` unit ``run`` spends: its estimate is ``sum(terms[k] * COST[k])``.
+
+    ``fills_cache``: whether this run computes its frozen-prefix cache (the first run of a sweep with that
+    :func:`cache_key` does; later ones read it from disk)."""
+    length = load.tokens / REFERENCE_TOKENS
+    examples = load.train * float(run.args.get("num_train_epochs", 3))
     kind = "full" if run.args["method"].split("@")[0] == "full" else "frozen"
-    per_example = SECONDS_PER_EXAMPLE[kind]
-    if kind == "frozen" and run.args.get("cache_frozen_prefix"):
-        lowest = num_layers
-        for part in run.args["method"].split("+"):
-            name, _, layers = part.partition("@")
-            if name != "probe":
-                digits = re.findall(r"-?\d+", layers) if layers and layers != "all" else ["0"]
-                lowest = min([lowest, *(int(d) % num_layers for d in digits)])
-        above = (num_layers - lowest) / num_layers
-        return train_size * (SECONDS_PER_EXAMPLE["frozen"] + epochs * per_example * max(above, 0.05))
-    return train_size * epochs * per_example
+    terms = dict.fromkeys(COST, 0.0)
+    terms["overhead"] = 1.0
+    key = cache_key(run, num_layers)
+    if key is None:
+        terms[kind] = examples * length
+        terms["forward"] = load.eval * length
+        return terms
+    above = (num_layers - key[1]) / num_layers  # only the layers from the lowest trained one up run
+    terms["frozen"] = above * examples * length
+    terms["forward"] = ((load.train + load.eval) * fills_cache + above * load.eval) * length
+    terms["read"] = (load.train + load.eval) * length
+    return terms
+
+
+def estimate_seconds(run: Run, load: Workload, fills_cache: bool = True, num_layers: int = 6) -> float:
+    """A rough CPU-time estimate of ``run`` in core-seconds, for planning (``--dry_run``); see :data:`COST`."""
+    return sum(n * COST[unit] for unit, n in cost_terms(run, load, fills_cache, num_layers).items())
 
 
 LOCK = ".running"
@@ -271,15 +339,16 @@ def twins(
         folder = args_path.parent
         if exclude is not None and folder.resolve() == exclude.resolve():
             continue
-        if (folder / RESULTS).is_file():
-            if not (folder / REUSED).is_file():
-                done.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
-        elif _lock_held(folder / LOCK):
+        # Locked means running, results or not: its process may still be writing (the lock goes when it exits).
+        if _lock_held(folder / LOCK):
             try:
                 taken = (folder / LOCK).stat().st_mtime_ns
-            except FileNotFoundError:  # it finished in the meantime
+                running.setdefault(fingerprint(json.loads(args_path.read_text())), []).append((taken, folder))
                 continue
-            running.setdefault(fingerprint(json.loads(args_path.read_text())), []).append((taken, folder))
+            except FileNotFoundError:  # it finished in the meantime
+                pass
+        if (folder / RESULTS).is_file() and not (folder / REUSED).is_file():
+            done.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
     return done, running
 
 
@@ -331,6 +400,7 @@ def run_all(
             else:
                 seconds = time.time() - start
                 (run.output_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
+                (run.output_dir / "threads.txt").write_text(f"{env.get('OMP_NUM_THREADS', os.cpu_count())}\n")
                 log(f"    finished {run.name} in {seconds:.0f} s")
 
     def wait_below(limit: int) -> None:

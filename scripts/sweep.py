@@ -3,7 +3,8 @@
 
 Expands the grid in the JSON file (see peftlab/sweep.py), runs the unfinished runs, one after another or
 --workers at a time (an interrupted sweep resumes where it stopped; finished runs are never redone or overwritten). --dry_run prints the
-runs and a rough CPU-time estimate without starting anything.
+runs and a rough CPU-time estimate without starting anything (scripts/estimate_check.py compares it with
+measured runs).
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.glue.data import load_run_data  # noqa: E402
-from peftlab.glue.tasks import get_task  # noqa: E402
-from peftlab.sweep import estimate_seconds, expand, fingerprint, finished_runs, load_sweep, run_all  # noqa: E402
+from peftlab.sweep import (  # noqa: E402
+    cache_key,
+    estimate_seconds,
+    expand,
+    fingerprint,
+    finished_runs,
+    load_sweep,
+    run_all,
+    workload,
+)
 
 
 def main() -> int:
@@ -29,7 +37,8 @@ def main() -> int:
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
     parser.add_argument(
         "--tasks",
-        help="comma-separated subset of the sweep's tasks to run now (e.g. the cheap ones first); default: all",
+        help="comma-separated subset of the sweep's tasks to run now, in the order given (e.g. the cheap ones "
+        "first); default: all, in the sweep's order",
     )
     parser.add_argument(
         "--no_reuse",
@@ -51,40 +60,33 @@ def main() -> int:
         unknown = [t for t in chosen if t not in sweep.get("tasks", [])]
         if unknown:
             parser.error(f"--tasks {','.join(unknown)}: not in the sweep; its tasks are {', '.join(sweep['tasks'])}")
-        sweep["tasks"] = [t for t in sweep["tasks"] if t in chosen]
+        sweep["tasks"] = list(dict.fromkeys(chosen))  # in the order given: cheap tasks first finish whole columns
     runs = expand(sweep, args.root)
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)
     if args.dry_run:
-        sizes: dict[tuple, int] = {}
         total = 0.0
         done = {} if args.no_reuse else finished_runs(args.root)
         reused = 0
+        cached = {cache_key(run) for run in runs if run.finished}  # the first run with a new key fills the cache
         for run in runs:
             source = None if run.finished else done.get(fingerprint(run.args))
             if source is not None:
                 reused += 1
                 print(f"{run.name:60s} {run.args['method']:24s} reuse {source}")
                 continue
-            key = (
-                run.args["task_name"],
-                run.args.get("train_split", "train"),
-                run.args.get("split_dev"),
-                run.args.get("max_train_samples"),
-            )
-            if key not in sizes:
-                data = load_run_data(
-                    get_task(key[0]), glue_dir=args.glue_dir, do_train=True, do_eval=False, do_predict=False,
-                    train_split=key[1], split_dev=key[2], max_train_samples=key[3],
-                )  # fmt: skip
-                sizes[key] = len(data.train)
-            seconds = 0.0 if run.finished else estimate_seconds(run, sizes[key])
+            if run.finished:
+                print(f"{run.name:60s} {run.args['method']:24s} finished")
+                continue
+            seconds = estimate_seconds(run, workload(run, args.glue_dir), fills_cache=cache_key(run) not in cached)
+            cached.add(cache_key(run))
             total += seconds
-            state = "finished" if run.finished else f"~{seconds / 60:.1f} min"
-            print(f"{run.name:60s} {run.args['method']:24s} {state}")
+            print(f"{run.name:60s} {run.args['method']:24s} ~{seconds / 60:.1f} core-min")
+        cores = os.cpu_count() or 1
         print(
             f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished, {reused} to be copied from identical finished"
-            f" runs; estimated CPU time left: {total / 3600:.1f} h (rough)"
+            f" runs; estimated CPU time left: {total / 3600:.1f} core-hours, about {total / 3600 / cores:.1f} h on"
+            f" this machine's {cores} cores with --workers {cores} (rough: see scripts/estimate_check.py)"
         )
         return 0
     # A terminated sweep stops its runs and frees their locks (the runs left are redone on the next start).

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, RTE_ROWS, write
 
 from peftlab.errors import ConfigError
+from peftlab.io import write_json
 from peftlab.results import axis_table, collect, format_axis_table, format_table, read_csv, table1, write_csv
-from peftlab.sweep import as_flags, expand, run_all, run_args
+from peftlab.sweep import (
+    Workload,
+    as_flags,
+    cache_key,
+    cost_terms,
+    estimate_seconds,
+    expand,
+    run_all,
+    run_args,
+    twins,
+    workload,
+)
 
 SWEEP = {
     "name": "t",
@@ -53,6 +67,82 @@ def test_grid_expands_with_layers_seeds_protocols_and_precedence(tmp_path):
     }
 
 
+def test_cost_model_follows_length_layers_and_the_cache(tmp_path):
+    runs = {run.name: run for run in expand({
+        "name": "c", "tasks": ["rte"], "common": {"cache_frozen_prefix": True},
+        "variants": {"lora": {"method": "lora@5"}, "bitfit": {"method": "bitfit@5"}, "adapter": {"method": "adapter@2"},
+                     "raw": {"method": "probe", "pooling": "cls"}, "full": {"method": "full"}},
+    }, tmp_path)}  # fmt: skip
+    lora, bitfit, adapter = runs["rte/lora/seed42"], runs["rte/bitfit/seed42"], runs["rte/adapter/seed42"]
+    assert cache_key(lora) == cache_key(bitfit) != cache_key(adapter)  # the same frozen prefix: one cache
+    assert cache_key(runs["rte/raw/seed42"])[-1] == "cls" and cache_key(runs["rte/full/seed42"]) is None
+    short, long = Workload(train=1000, eval=100, tokens=15), Workload(train=1000, eval=100, tokens=60)
+    assert estimate_seconds(lora, short) < estimate_seconds(lora, long)
+    assert estimate_seconds(lora, long, fills_cache=False) < estimate_seconds(lora, long)
+    assert (
+        estimate_seconds(lora, long) < estimate_seconds(adapter, long) < estimate_seconds(runs["rte/full/seed42"], long)
+    )
+    terms = cost_terms(adapter, long, fills_cache=False)
+    assert terms["overhead"] == 1 and terms["forward"] == pytest.approx(100 * 4 / 6)  # eval above the cache only
+    assert terms["frozen"] == pytest.approx(3 * 1000 * 4 / 6)
+
+
+def test_workload_counts_examples_and_estimates_tokens(rte_dir, tmp_path):
+    (run,) = expand({"name": "w", "tasks": ["rte"], "variants": {"raw": {"method": "probe"}}}, tmp_path)
+    load = workload(run, rte_dir)
+    assert (load.train, load.eval) == (16, 16)
+    words = sum(len(a.split()) + len(b.split()) for a, b, _ in RTE_ROWS) / len(RTE_ROWS)
+    assert load.tokens == pytest.approx(1.2 * words + 3)
+
+
+def test_dry_run_lists_runs_in_the_order_of_tasks_with_an_estimate(rte_dir, tmp_path):
+    rows = "".join(f"{i}\ta{i} b c\td e\t{i % 2}\n" for i in range(8))
+    write(rte_dir / "WNLI" / "train.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
+    write(rte_dir / "WNLI" / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows)
+    sweep = tmp_path / "s.json"
+    sweep.write_text(json.dumps({"name": "d", "tasks": ["rte", "wnli"], "variants": {"full": {"method": "full"}}}))
+    command = [
+        sys.executable,
+        "scripts/sweep.py",
+        str(sweep),
+        "--root",
+        str(tmp_path / "runs"),
+        "--glue_dir",
+        str(rte_dir),
+    ]
+    out = subprocess.run([*command, "--dry_run", "--tasks", "wnli,rte"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("wnli/full/seed42") and lines[1].startswith("rte/full/seed42")
+    assert "core-min" in lines[0] and "2 runs, 0 finished" in out.stdout and "core-hours" in out.stdout
+    assert not (tmp_path / "runs").exists()  # a dry run starts nothing
+    bad = subprocess.run([*command, "--dry_run", "--tasks", "mnli"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--tasks mnli: not in the sweep; its tasks are rte, wnli" in bad.stderr
+
+
+def test_estimate_check_fits_the_cost_model_to_measured_runs(rte_dir, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("estimate_check", REPO / "scripts" / "estimate_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    lora = {"method": "lora@5", "cache_frozen_prefix": True}
+    variants = {"full": {"method": "full"}, "lora": lora, "hit": {**lora, "seed": 7}}
+    runs = expand({"name": "e", "tasks": ["rte"], "seeds": [1, 2, 3], "variants": variants}, tmp_path / "runs")
+    truth = {"overhead": 5.0, "forward": 0.01, "read": 0.001, "full": 0.05, "frozen": 0.02}
+    for index, run in enumerate(runs):
+        run.args["max_train_samples"] = 4 + 5 * (index // 3)  # different workloads, so that the fit is determined
+        fills = run.point["variant"] == "lora"
+        run.output_dir.mkdir(parents=True)
+        write_json(run.output_dir / "args.json", run.args)
+        (run.output_dir / "log.txt").write_text("Frozen-prefix cache written: x\n" if fills else "cache hit\n")
+        seconds = sum(n * truth[u] for u, n in cost_terms(run, workload(run, rte_dir), fills).items())
+        (run.output_dir / "threads.txt").write_text("2\n")
+        (run.output_dir / "wall_seconds.txt").write_text(f"{seconds / 2}\n")  # two threads: half the wall time
+    found = check.measured_runs([str(tmp_path / "runs")], str(rte_dir), threads=1)
+    assert len(found) == 9 and [filled for _, _, filled, _ in found].count(True) == 3
+    cost, error = check.fit(found)
+    assert error < 1e-6 and cost == pytest.approx(truth)
+
+
 def fake_python(tmp_path, body: str = "") -> str:
     """An executable standing in for ``python run_glue.py args.json``: runs ``body``, then writes the results."""
     fake = tmp_path / "fake_run_glue.py"
@@ -80,7 +170,7 @@ def test_sweep_skips_finished_runs_and_reruns_interrupted_ones(tmp_path):
     assert log[0].startswith("[1/3] skip rte/raw/seed1")
     assert json.loads((runs[0].output_dir / "all_results.json").read_text()) == {"eval_accuracy": 0.9}
     assert json.loads((runs[1].output_dir / "args.json").read_text())["method"] == "adapter@0"
-    assert (runs[2].output_dir / "wall_seconds.txt").is_file()
+    assert (runs[2].output_dir / "wall_seconds.txt").is_file() and (runs[2].output_dir / "threads.txt").is_file()
     assert not list(tmp_path.rglob(".running"))
 
 
@@ -306,3 +396,17 @@ def test_a_run_whose_twin_is_running_waits_for_it_and_takes_its_results(tmp_path
     assert log[1].startswith("[2/2] later rte/b/seed42: the identical ")
     assert log[-1] == f"[2/2] reuse rte/b/seed42: identical to the finished {runs[0].output_dir}"
     assert not (runs[1].output_dir / "log.txt").exists() and not list(tmp_path.rglob(".running"))
+
+
+def test_a_locked_run_with_results_is_still_running_not_finished(tmp_path):
+    """Its process may still be writing files after the results: it is reused only once its lock is gone."""
+    folder = tmp_path / "w" / "rte" / "a" / "seed42"
+    folder.mkdir(parents=True)
+    write_json(folder / "args.json", {"task_name": "rte", "method": "lora@1"})
+    (folder / "all_results.json").write_text('{"eval_accuracy": 0.5}')
+    (folder / ".running").write_text(f"{socket.gethostname()} {os.getpid()}")
+    done, running = twins(tmp_path)
+    assert not done and [path for _, path in next(iter(running.values()))] == [folder]
+    (folder / ".running").unlink()
+    done, running = twins(tmp_path)
+    assert list(done.values()) == [folder] and not running
