@@ -55,7 +55,9 @@ def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
                 "method_params": results.get("method_params"),
                 "head_params": results.get("head_params"),
                 "train_split": protocol.get("train_split"),
-                "eval_split": "; ".join(f"{k}: {v}" for k, v in protocol.get("eval_splits", {}).items()),
+                "eval_split": "; ".join(
+                    k if v == k else f"{k}: {v}" for k, v in protocol.get("eval_splits", {}).items()
+                ),
                 "wall_seconds": float(wall.read_text()) if wall.is_file() else None,
                 "output_dir": str(folder),
                 "reused_from": reused.read_text().strip() if reused.is_file() else None,
@@ -110,15 +112,15 @@ def aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, 
 def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[str, Any]:
     """Per (variant, task): mean, std, n; plus relative improvement and gap bridged against the best raw row.
 
-    Only whole seeds count: a seed enters a task's column once every row of that task has finished it, so that
-    all cells of a column average the same seeds (a sweep stopped part-way leaves its last seed out). Gap
+    Only whole seeds count: a seed enters a task's column once every row of the table (every variant in
+    ``rows``) has finished it on that task, so that all cells of a column average the same seeds and a column
+    appears only once it is whole (a sweep stopped part-way leaves its last seed, or its last task, out). Gap
     bridged is left empty where full fine-tuning does not beat the best raw row (there is no gap to bridge).
     """
-    variants_of, by_seed = defaultdict(set), defaultdict(set)
+    every, by_seed = {row["variant"] for row in rows}, defaultdict(set)
     for row in rows:
-        variants_of[row["task"]].add(row["variant"])
         by_seed[(row["task"], row["seed"])].add(row["variant"])
-    rows = [r for r in rows if by_seed[(r["task"], r["seed"])] == variants_of[r["task"]]]
+    rows = [r for r in rows if by_seed[(r["task"], r["seed"])] == every]
     stats = aggregate(rows, ("variant", "task"))
     tasks = sorted({t for _, t in stats}, key=list(TASKS).index)
     variants = list(dict.fromkeys(v for v, _ in stats))
@@ -142,8 +144,14 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
             {(r["train_split"], r["eval_split"]) for r in rows if r["task"] == task and r["train_split"]}
         )
         if any(train != "train" for train, _ in protocols):
-            notes[task] = "; ".join(f"trained on {train}, evaluated on {test}" for train, test in protocols)
+            notes[task] = "; ".join(f"trained on {train}, evaluated on {_sources(test)}" for train, test in protocols)
     return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived, "notes": notes}
+
+
+def _sources(eval_split: str) -> str:
+    """Where the evaluation data came from, from a CSV ``eval_split`` cell ("split" or "split: source"; "; "
+    between splits)."""
+    return "; ".join(part.partition(": ")[2] or part for part in eval_split.split("; "))
 
 
 def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[str, str] | None = None) -> str:
