@@ -154,10 +154,19 @@ def _sources(eval_split: str) -> str:
     return "; ".join(part.partition(": ")[2] or part for part in eval_split.split("; "))
 
 
-def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[str, str] | None = None) -> str:
-    """Markdown, CSV or LaTeX table: one row per variant, one column per task (mean +- std (n)), plus the
-    averages of relative improvement and gap bridged over the tasks where they are defined. Tasks trained under
-    an offline protocol (not on their train file) are marked with a dagger and explained under the table."""
+CELLS = ("score", "relative_improvement", "gap_bridged")
+"""What the task cells of :func:`format_table` can show."""
+
+
+def format_table(
+    table: dict[str, Any], style: str = "markdown", labels: dict[str, str] | None = None, cells: str = "score"
+) -> str:
+    """Markdown, CSV or LaTeX table: one row per variant, one column per task, plus the averages of relative
+    improvement and gap bridged over the tasks where they are defined. The task cells show, by ``cells``, the
+    score (mean +- std (n)) or that row's relative improvement or gap bridged on the task. Tasks trained under an
+    offline protocol (not on their train file) are marked with a dagger and explained under the table."""
+    if cells not in CELLS:
+        raise ValueError(f"cells={cells!r}: must be one of {', '.join(CELLS)}")
     labels = labels or {}
     tasks, stats, derived = table["tasks"], table["stats"], table["derived"]
     notes = table.get("notes", {})
@@ -165,17 +174,21 @@ def format_table(table: dict[str, Any], style: str = "markdown", labels: dict[st
     footer = [f"† {task}: {note}." for task, note in notes.items()]
     body = []
     for variant in table["variants"]:
-        cells = [labels.get(variant, variant)]
-        cells += [_cell(stats.get((variant, task))) for task in tasks]
+        row = [labels.get(variant, variant)]
+        if cells == "score":
+            row += [_cell(stats.get((variant, task))) for task in tasks]
+        else:
+            row += [_percent([derived.get((variant, task), {}).get(cells)]) for task in tasks]
         for key in ("relative_improvement", "gap_bridged"):
-            values = [
-                derived[(variant, t)][key]
-                for t in tasks
-                if (variant, t) in derived and derived[(variant, t)][key] is not None
-            ]
-            cells.append(f"{100 * statistics.fmean(values):.1f}%" if values else "")
-        body.append(cells)
+            row.append(_percent([derived[(variant, t)][key] for t in tasks if (variant, t) in derived]))
+        body.append(row)
     return render(header, body, style, footer)
+
+
+def _percent(values: list[float | None]) -> str:
+    """The mean of the defined ``values`` as a percentage; empty when none is defined."""
+    values = [v for v in values if v is not None]
+    return f"{100 * statistics.fmean(values):.1f}%" if values else ""
 
 
 def _cell(s: dict[str, Any] | None) -> str:

@@ -15,8 +15,9 @@ python scripts/collect.py "$RUNS" --out "$CSV"
 has() { python -c "import csv,sys; sys.exit(not any(r['sweep'] == '$1' for r in csv.DictReader(open('$CSV'))))"; }
 
 if has table1; then
-  python scripts/tables.py "$CSV" --sweep table1 --out "$OUT/table1" \
-    --variants raw_cls,raw_mean,prefix,lora,bitfit,adapter,parallel_adapter,finetune
+  TABLE1=raw_cls,raw_mean,prefix,lora,bitfit,adapter,parallel_adapter,finetune
+  python scripts/tables.py "$CSV" --sweep table1 --out "$OUT/table1" --variants $TABLE1
+  python scripts/tables.py "$CSV" --sweep table1 --out "$OUT/table1_gap" --variants $TABLE1 --cells gap_bridged
 else echo "table1: no finished runs yet"; fi
 
 if has layer_sweep_mrpc; then

@@ -5,7 +5,8 @@
     python scripts/tables.py docs/results/runs.csv --sweep layer_sweep_mrpc --by layer --out docs/results/layer_sweep_mrpc
 
 Without --by, the paper's Table 1: per method row and task, mean ± std (n seeds) of the task's main metric (x100),
-with the average relative improvement and gap bridged over the tasks (see peftlab/results.py). With --by layer or
+with the average relative improvement and gap bridged over the tasks (see peftlab/results.py); --cells gap_bridged
+(or relative_improvement) shows that quantity per task instead of the score. With --by layer or
 --by bottleneck_dim, one task of a sweep: per method row and layer (or bottleneck), mean ± std (n), the best cell
 and the gap it bridges between the best probe ("raw") cell and full fine-tuning.
 """
@@ -19,7 +20,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.io import atomic_write_text  # noqa: E402
-from peftlab.results import axis_table, format_axis_table, format_table, read_csv, select_variants, table1  # noqa: E402
+from peftlab.results import (  # noqa: E402
+    CELLS,
+    axis_table,
+    format_axis_table,
+    format_table,
+    read_csv,
+    select_variants,
+    table1,
+)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -30,6 +39,10 @@ if __name__ == "__main__":
     parser.add_argument("--by", choices=["layer", "bottleneck_dim"], help="one task's sweep over this axis")
     parser.add_argument("--task", help="with --by: the task (default: the sweep's only task)")
     parser.add_argument("--variants", help="comma-separated variants to show, in this order (default: all)")
+    parser.add_argument(
+        "--cells", choices=CELLS, default="score",
+        help="Table 1's task cells: the score (default), or each row's relative improvement or gap bridged per task",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args()
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
@@ -41,6 +54,8 @@ if __name__ == "__main__":
         except ValueError as err:
             parser.error(str(err))
     raw = tuple(args.raw.split(","))
+    if args.by and args.cells != "score":
+        parser.error(f"--cells {args.cells}: only for Table 1 (without --by)")
     if args.by:
         tasks = sorted({r["task"] for r in rows})
         if args.task is None and len(tasks) > 1:
@@ -51,7 +66,11 @@ if __name__ == "__main__":
         table = axis_table([r for r in rows if r["task"] == task], args.by, raw, args.full)
         render = format_axis_table
     else:
-        table, render = table1(rows, raw, args.full), format_table
+        table = table1(rows, raw, args.full)
+
+        def render(table, style):
+            return format_table(table, style, cells=args.cells)
+
     for style, suffix in (("markdown", ".md"), ("csv", ".csv"), ("latex", ".tex")):
         atomic_write_text(args.out + suffix, render(table, style))
     print(render(table, "markdown"))

@@ -277,6 +277,10 @@ def test_collect_and_table1_arithmetic(tmp_path):
     assert derived["gap_bridged"] == pytest.approx(0.5)
     markdown = format_table(table)
     assert "| adapter | 70.0 ± 2.8 (2) | 16.7% | 50.0% |" in markdown
+    assert "| adapter | 50.0% | 16.7% | 50.0% |" in format_table(table, cells="gap_bridged")
+    assert "| raw_mean | 0.0% | 0.0% | 0.0% |" in format_table(table, cells="relative_improvement")
+    with pytest.raises(ValueError, match="cells='gap': must be one of score, relative_improvement, gap_bridged"):
+        format_table(table, cells="gap")
     assert "\\pm" in format_table(table, "latex")
     assert format_table(table, "csv").splitlines()[0] == "method,rte,avg rel. impr.,avg gap bridged"
     assert "†" not in markdown
