@@ -165,7 +165,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
 # grows with the tokens (batches are grouped by length, so there is little padding; a fixed share per example fits
 # the measured runs worse). Fitted by least squares to measured runs of the bundled MiniLM:
 #     python scripts/estimate_check.py runs/sweeps --fit
-COST = {"overhead": 8.42, "forward": 0.0323, "read": 0.000327, "full": 0.0582, "frozen": 0.0361}
+COST = {"overhead": 8.62, "forward": 0.0299, "read": 0.000321, "full": 0.0561, "frozen": 0.0344}
 REFERENCE_TOKENS = 60
 TOKENS_PER_WORD = 1.2
 """Word-piece tokens per whitespace word in GLUE text (measured with the bundled tokenizer: 1.15 to 1.25)."""
