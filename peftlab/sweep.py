@@ -32,7 +32,6 @@ import functools
 import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -206,19 +205,22 @@ def _workload(task, glue_dir, train_split, split_dev, max_train, max_eval, max_s
 def cache_key(run: Run, num_layers: int = 6) -> tuple | None:
     """What the frozen-prefix cache of ``run`` depends on (``None`` without the cache): runs with one key share it.
     The lowest trained layer is the second element; a probe caches its pooled features (key ends with the pooling)."""
-    if not run.args.get("cache_frozen_prefix") or run.args["method"].split("@")[0] == "full":
+    from peftlab.architectures import parse_layers  # import torch: only when estimating
+    from peftlab.methods.base import parse_method_string
+
+    methods = parse_method_string(run.args["method"])
+    if not run.args.get("cache_frozen_prefix") or any(name == "full" for name, _ in methods):
         return None
-    lowest, probe = num_layers, True
-    for part in run.args["method"].split("+"):
-        name, _, layers = part.partition("@")
-        if name != "probe":
-            probe = False
-            digits = re.findall(r"-?\d+", layers) if layers and layers != "all" else ["0"]
-            lowest = min([lowest, *(int(d) % num_layers for d in digits)])
+    trained = [
+        layer
+        for name, layers in methods
+        if name != "probe"
+        for layer in parse_layers(layers or run.args.get("target_layers", "all"), num_layers)
+    ]
     data = tuple(
         run.args.get(k) for k in ("task_name", "train_split", "split_dev", "max_train_samples", "max_seq_length")
     )
-    return (data, lowest, run.args.get("pooling") if probe else None)
+    return (data, min(trained), None) if trained else (data, num_layers, run.args.get("pooling"))
 
 
 def cost_terms(run: Run, load: Workload, fills_cache: bool = True, num_layers: int = 6) -> dict[str, float]:

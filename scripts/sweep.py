@@ -78,8 +78,9 @@ def main() -> int:
             if run.finished:
                 print(f"{run.name:60s} {run.args['method']:24s} finished")
                 continue
-            seconds = estimate_seconds(run, workload(run, args.glue_dir), fills_cache=cache_key(run) not in cached)
-            cached.add(cache_key(run))
+            key = cache_key(run)
+            seconds = estimate_seconds(run, workload(run, args.glue_dir), fills_cache=key not in cached)
+            cached.add(key)
             total += seconds
             print(f"{run.name:60s} {run.args['method']:24s} ~{seconds / 60:.1f} core-min")
         cores = os.cpu_count() or 1

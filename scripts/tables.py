@@ -14,6 +14,7 @@ and the gap it bridges between the best probe ("raw") cell and full fine-tuning.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -66,10 +67,7 @@ if __name__ == "__main__":
         table = axis_table([r for r in rows if r["task"] == task], args.by, raw, args.full)
         render = format_axis_table
     else:
-        table = table1(rows, raw, args.full)
-
-        def render(table, style):
-            return format_table(table, style, cells=args.cells)
+        table, render = table1(rows, raw, args.full), functools.partial(format_table, cells=args.cells)
 
     for style, suffix in (("markdown", ".md"), ("csv", ".csv"), ("latex", ".tex")):
         atomic_write_text(args.out + suffix, render(table, style))
