@@ -374,7 +374,9 @@ def run_all(
     With ``reuse_root``, a run whose arguments (all but ``output_dir``) equal those of a run already finished
     anywhere under that folder is not run again: its results are copied in, with ``reused_from.txt`` naming the
     source (sweeps overlap: Table 1's MRPC rows are points of the MRPC layer sweep). A run whose identical twin
-    is running now (in this or another sweep process) waits for it, after the other runs have started.
+    is running now (in this or another sweep process) waits for it, after the other runs have started. So does,
+    with several workers, a run whose frozen-prefix cache (:func:`cache_key`) a running run is computing: started
+    side by side, both would compute it; started after, it reads it from disk.
 
     With several workers each run gets ``OMP_NUM_THREADS = cores // workers`` (unless the variable is set): on the
     2-core CPU, two single-thread runs side by side train about 20 % more steps per second than one two-thread run
@@ -400,6 +402,8 @@ def run_all(
                 failed.append(run)
                 log(f"    FAILED {run.name} (exit {proc.returncode}); see {run.output_dir / 'log.txt'}")
             else:
+                if workers > 1:
+                    filled.add(shared_cache(run))
                 seconds = time.time() - start
                 (run.output_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
                 (run.output_dir / "threads.txt").write_text(f"{env.get('OMP_NUM_THREADS', os.cpu_count())}\n")
@@ -411,7 +415,23 @@ def run_all(
             time.sleep(0.2)
             reap()
 
-    waiting: set[str] = set()
+    waiting: set = set()  # runs told to wait (and for what), so each wait is logged once
+    keys: dict[str, tuple | None] = {}
+
+    def shared_cache(run: Run) -> tuple | None:
+        if run.name not in keys:
+            keys[run.name] = cache_key(run)
+        return keys[run.name]
+
+    # Frozen-prefix caches known to be on disk: those of finished runs (only needed to schedule several workers).
+    filled = {shared_cache(run) for run in runs if run.finished} if workers > 1 else set()
+
+    def filling(run: Run) -> str | None:
+        """The running run that is computing the frozen-prefix cache ``run`` would read, if any."""
+        key = shared_cache(run) if workers > 1 else None
+        if key is None or key in filled:
+            return None
+        return next((other.name for other, *_ in active if shared_cache(other) == key), None)
 
     def attempt(index: int, run: Run) -> bool:
         """Skip, reuse or start ``run``; False when an identical run is in progress (try again later)."""
@@ -420,6 +440,11 @@ def run_all(
             log(f"{tag} skip {run.name} (finished)")
             return True
         wait_below(workers)
+        if (other := filling(run)) is not None:
+            if (run.name, other) not in waiting:
+                waiting.add((run.name, other))
+                log(f"{tag} later {run.name}: {other} is computing the frozen-prefix cache it reads")
+            return False
         if not _claim(run):
             log(f"{tag} skip {run.name} (running in another sweep process)")
             return True
@@ -455,7 +480,7 @@ def run_all(
 
     try:
         deferred = [(index, run) for index, run in enumerate(runs, start=1) if not attempt(index, run)]
-        while deferred:  # runs whose identical twin was running: reuse its results once it finishes
+        while deferred:  # runs waiting for a twin's results or for a cache: try again as runs finish
             time.sleep(2)
             reap()
             deferred = [(index, run) for index, run in deferred if not attempt(index, run)]

@@ -425,3 +425,20 @@ def test_a_locked_run_with_results_is_still_running_not_finished(tmp_path):
     (folder / ".running").unlink()
     done, running = twins(tmp_path)
     assert list(done.values()) == [folder] and not running
+
+
+def test_runs_sharing_a_frozen_prefix_cache_do_not_compute_it_side_by_side(tmp_path):
+    sweep = {"name": "c", "tasks": ["rte"], "common": {"cache_frozen_prefix": True},
+             "variants": {"lora": {"method": "lora@3"}, "bitfit": {"method": "bitfit@3"}, "adapter": {"method": "adapter@1"}}}  # fmt: skip
+    runs = expand(sweep, tmp_path)
+    assert cache_key(runs[0]) == cache_key(runs[1]) != cache_key(runs[2])
+    body = "t0 = time.time()\ntime.sleep(1.5)\n(out / 'span.json').write_text(json.dumps([t0, time.time()]))\n"
+    log = []
+    assert run_all(runs, python=fake_python(tmp_path, body), log=log.append, workers=2) == []
+    assert log[:3] == [
+        "[1/3] run rte/lora/seed42",
+        "[2/3] later rte/bitfit/seed42: rte/lora/seed42 is computing the frozen-prefix cache it reads",
+        "[3/3] run rte/adapter/seed42",
+    ]
+    lora, bitfit, adapter = (json.loads((run.output_dir / "span.json").read_text()) for run in runs)
+    assert bitfit[0] >= lora[1] and adapter[0] < lora[1]  # bitfit after lora; adapter beside it
