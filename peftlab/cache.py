@@ -126,22 +126,30 @@ def _collate_tokens(tokenizer, rows: list[dict[str, Any]]) -> dict[str, torch.Te
 
 @torch.no_grad()
 def compute_cache(model: nn.Module, features: datasets.Dataset, depth: int, tokenizer, batch_size: int = 128):
-    """Hidden states entering layer ``depth`` (one unpadded tensor per example), or pooled features for a probe."""
+    """Hidden states entering layer ``depth`` (one unpadded tensor per example), or pooled features for a probe.
+
+    Examples go through in batches of similar length (returned in their own order): padded to the longest of a
+    random batch, GLUE inputs would cost 2.8 (QQP) to 3.6 (SST-2) times their real tokens; sorted, under 1.01."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     probe = depth == len(layers_of(model.backbone, architecture_of(model.backbone)))
-    outputs: list[torch.Tensor] = []
+    lengths = [len(ids) for ids in features["input_ids"]]
+    order = sorted(range(len(features)), key=lengths.__getitem__)
+    outputs: list[torch.Tensor | None] = [None] * len(features)
     try:
-        for start in range(0, len(features), batch_size):
-            rows = [features[i] for i in range(start, min(start + batch_size, len(features)))]
-            batch = {k: v.to(device) for k, v in _collate_tokens(tokenizer, rows).items() if k != "labels"}
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = _collate_tokens(tokenizer, [features[i] for i in indices])
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             if probe:
-                outputs.extend(model.pooled_features(**batch).float().cpu())
+                rows = model.pooled_features(**batch).float().cpu()
             else:
                 with run_from_layer(model.backbone, depth, None):
                     hidden = model.backbone(**batch).last_hidden_state.float().cpu()
-                outputs.extend(hidden[i, : len(row["input_ids"])] for i, row in enumerate(rows))
+                rows = [hidden[j, : lengths[i]] for j, i in enumerate(indices)]
+            for i, row in zip(indices, rows):
+                outputs[i] = row
     finally:
         model.train(was_training)
     return outputs

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
-from peftlab.cache import CachedCollator, cache_datasets, frozen_prefix_depth, load_or_compute
+import peftlab.cache
+from peftlab.cache import CachedCollator, cache_datasets, compute_cache, frozen_prefix_depth, load_or_compute
 from peftlab.methods import PeftArguments
 from peftlab.modeling import HeadConfig, build_classifier
 from peftlab.run import tokenize
@@ -112,3 +113,22 @@ def test_run_glue_with_cache_matches_metrics_without_it(tiny_bert_no_dropout, rt
     cached = run("cached", "--cache_frozen_prefix", "--frozen_cache_dir", str(tmp_path / "cache"))
     assert cached["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
     assert cached["eval_accuracy"] == plain["eval_accuracy"]
+
+
+@pytest.mark.parametrize("method,depth", [("lora@1", 1), ("probe", 2)])
+def test_cache_batches_examples_of_similar_length_and_keeps_their_order(
+    tiny_bert, features, monkeypatch, method, depth
+):
+    tokenizer, data = features
+    model = model_for(tiny_bert, method)
+    widths = []
+    collate = peftlab.cache._collate_tokens
+    monkeypatch.setattr(
+        peftlab.cache, "_collate_tokens", lambda *a: widths.append(collate(*a)["input_ids"].shape[1]) or collate(*a)
+    )
+    cached = compute_cache(model, data, depth, tokenizer, batch_size=2)
+    lengths = sorted(len(ids) for ids in data["input_ids"])
+    assert widths == [lengths[1], lengths[3]]  # the two shortest together, then the two longest
+    for i, tensor in enumerate(cached):  # each example as if it went alone, unpadded
+        alone = compute_cache(model, data.select([i]), depth, tokenizer)[0]
+        assert tensor.shape == alone.shape and torch.allclose(tensor, alone, atol=1e-5), i
