@@ -129,7 +129,7 @@ def compute_cache(model: nn.Module, features: datasets.Dataset, depth: int, toke
     """Hidden states entering layer ``depth`` (one unpadded tensor per example), or pooled features for a probe.
 
     Examples go through in batches of similar length (returned in their own order): padded to the longest of a
-    random batch, GLUE inputs would cost 2.8 (QQP) to 3.6 (SST-2) times their real tokens; sorted, under 1.01."""
+    batch in the data's order, GLUE inputs cost up to 3.6 times their real tokens (scripts/bench_cache_fill.py)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

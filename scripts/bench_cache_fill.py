@@ -27,6 +27,15 @@ from peftlab.modeling import HeadConfig, build_classifier, resolve_model_path  #
 from peftlab.run import tokenize  # noqa: E402
 
 
+def padding_ratios(lengths: list[int], size: int) -> tuple[float, float]:
+    """Padded tokens / real tokens in batches of ``size``: in the data's own order, and length-sorted."""
+
+    def padded(order: list[int]) -> int:
+        return sum(max(order[s : s + size]) * len(order[s : s + size]) for s in range(0, len(order), size))
+
+    return padded(lengths) / sum(lengths), padded(sorted(lengths)) / sum(lengths)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--glue_dir", default="../shared/glue")
@@ -41,6 +50,16 @@ def main() -> None:
     frame = frame.sample(args.samples, random_state=0)
     data = datasets.Dataset.from_pandas(frame, preserve_index=False)
     data = tokenize(data, ("question1", "question2"), tokenizer, 128, False)
+    for name, file, fields in (("QQP validation", "QQP/validation-00000-of-00001.parquet", ("question1", "question2")),
+                               ("SST-2 train", "SST-2/train.tsv", ("sentence", None))):  # fmt: skip
+        table = Path(args.glue_dir) / file
+        table = pd.read_parquet(table) if file.endswith(".parquet") else pd.read_csv(table, sep="\t", quoting=3)
+        pairs = [table[f].astype(str).tolist() for f in fields if f]
+        lengths = [len(ids) for ids in tokenizer(*pairs, truncation=True, max_length=128)["input_ids"]]
+        own, ordered = padding_ratios(lengths, args.batch_size)
+        print(
+            f"{name}: padded / real tokens in batches of {args.batch_size}: {own:.2f} own order, {ordered:.3f} sorted"
+        )
     method = "probe" if args.depth == 6 else f"adapter@{args.depth}"
     model = build_classifier(path, HeadConfig(num_labels=2, pooling="mean"), PeftArguments(method=method))
     size = args.batch_size
