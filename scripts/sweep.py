@@ -93,8 +93,11 @@ def main() -> int:
     # A terminated sweep stops its runs and frees their locks (the runs left are redone on the next start).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     failed = run_all(runs, workers=args.workers, reuse_root=None if args.no_reuse else args.root)
+    finished = sum(run.finished for run in runs)
+    elsewhere = len(runs) - finished - len(failed)  # left to another sweep process that holds their locks
     print(
-        f"{len(runs) - len(failed)} of {len(runs)} runs finished"
+        f"{finished} of {len(runs)} runs finished"
+        + (f"; {elsewhere} running in another sweep process" if elsewhere else "")
         + (f"; failed: {[r.name for r in failed]}" if failed else "")
     )
     return 1 if failed else 0

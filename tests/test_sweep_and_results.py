@@ -118,6 +118,12 @@ def test_dry_run_lists_runs_in_the_order_of_tasks_with_an_estimate(rte_dir, tmp_
     assert not (tmp_path / "runs").exists()  # a dry run starts nothing
     bad = subprocess.run([*command, "--dry_run", "--tasks", "mnli"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "--tasks mnli: not in the sweep; its tasks are rte, wnli" in bad.stderr
+    for task in ("rte", "wnli"):  # both runs held by a live process (this one): the sweep leaves them and says so
+        lock = tmp_path / "runs" / "d" / task / "full" / "seed42" / ".running"
+        write(lock, f"{socket.gethostname()} {os.getpid()}")
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "0 of 2 runs finished; 2 running in another sweep process"
 
 
 def test_estimate_check_fits_the_cost_model_to_measured_runs(rte_dir, tmp_path, capsys):
