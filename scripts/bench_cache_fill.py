@@ -10,18 +10,19 @@ Depth 6 is a probe's cache (all layers); depth 2 that of a module at layer 2. A 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import datasets
-import pandas as pd
 import torch
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.cache import compute_cache  # noqa: E402
+from peftlab.glue.data import load_glue_split  # noqa: E402
+from peftlab.glue.tasks import get_task  # noqa: E402
 from peftlab.methods import PeftArguments  # noqa: E402
 from peftlab.modeling import HeadConfig, build_classifier, resolve_model_path  # noqa: E402
 from peftlab.run import tokenize  # noqa: E402
@@ -38,7 +39,7 @@ def padding_ratios(lengths: list[int], size: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--glue_dir", default="../shared/glue")
+    parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--depth", type=int, default=6, choices=range(1, 7))
     parser.add_argument("--batch_size", type=int, default=128)
@@ -46,20 +47,18 @@ def main() -> None:
     torch.set_num_threads(1)
     path = resolve_model_path(None)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    frame = pd.read_parquet(Path(args.glue_dir) / "QQP" / "validation-00000-of-00001.parquet")
-    frame = frame.sample(args.samples, random_state=0)
-    data = datasets.Dataset.from_pandas(frame, preserve_index=False)
-    data = tokenize(data, ("question1", "question2"), tokenizer, 128, False)
-    for name, file, fields in (("QQP validation", "QQP/validation-00000-of-00001.parquet", ("question1", "question2")),
-                               ("SST-2 train", "SST-2/train.tsv", ("sentence", None))):  # fmt: skip
-        table = Path(args.glue_dir) / file
-        table = pd.read_parquet(table) if file.endswith(".parquet") else pd.read_csv(table, sep="\t", quoting=3)
-        pairs = [table[f].astype(str).tolist() for f in fields if f]
-        lengths = [len(ids) for ids in tokenizer(*pairs, truncation=True, max_length=128)["input_ids"]]
-        own, ordered = padding_ratios(lengths, args.batch_size)
+
+    def features(task_name: str, split: str):
+        task = get_task(task_name)
+        return tokenize(load_glue_split(task, args.glue_dir, split), task.text_fields, tokenizer, 128, False)
+
+    qqp = features("qqp", "validation")
+    for name, data in (("QQP validation", qqp), ("SST-2 train", features("sst2", "train"))):
+        own, ordered = padding_ratios([len(ids) for ids in data["input_ids"]], args.batch_size)
         print(
             f"{name}: padded / real tokens in batches of {args.batch_size}: {own:.2f} own order, {ordered:.3f} sorted"
         )
+    data = qqp.shuffle(seed=0).select(range(args.samples))
     method = "probe" if args.depth == 6 else f"adapter@{args.depth}"
     model = build_classifier(path, HeadConfig(num_labels=2, pooling="mean"), PeftArguments(method=method))
     size = args.batch_size
