@@ -402,8 +402,6 @@ def run_all(
                 failed.append(run)
                 log(f"    FAILED {run.name} (exit {proc.returncode}); see {run.output_dir / 'log.txt'}")
             else:
-                if workers > 1:
-                    filled.add(shared_cache(run))
                 seconds = time.time() - start
                 (run.output_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
                 (run.output_dir / "threads.txt").write_text(f"{env.get('OMP_NUM_THREADS', os.cpu_count())}\n")
@@ -415,7 +413,15 @@ def run_all(
             time.sleep(0.2)
             reap()
 
-    waiting: set = set()  # runs told to wait (and for what), so each wait is logged once
+    waiting: set[tuple[str, str]] = set()  # (run, what it waits for): each wait is logged once
+
+    def later(tag: str, run: Run, cause: str, why: str) -> bool:
+        """Leave ``run`` for later (False, for :func:`attempt`), saying why the first time."""
+        if (run.name, cause) not in waiting:
+            waiting.add((run.name, cause))
+            log(f"{tag} later {run.name}: {why}")
+        return False
+
     keys: dict[str, tuple | None] = {}
 
     def shared_cache(run: Run) -> tuple | None:
@@ -423,13 +429,11 @@ def run_all(
             keys[run.name] = cache_key(run)
         return keys[run.name]
 
-    # Frozen-prefix caches known to be on disk: those of finished runs (only needed to schedule several workers).
-    filled = {shared_cache(run) for run in runs if run.finished} if workers > 1 else set()
-
     def filling(run: Run) -> str | None:
-        """The running run that is computing the frozen-prefix cache ``run`` would read, if any."""
+        """The running run that is computing the frozen-prefix cache ``run`` would read, if any (a cache is on disk
+        once a run of the sweep that uses it has finished; with one worker nothing runs beside ``run``)."""
         key = shared_cache(run) if workers > 1 else None
-        if key is None or key in filled:
+        if key is None or any(other.finished for other in runs if shared_cache(other) == key):
             return None
         return next((other.name for other, *_ in active if shared_cache(other) == key), None)
 
@@ -441,10 +445,7 @@ def run_all(
             return True
         wait_below(workers)
         if (other := filling(run)) is not None:
-            if (run.name, other) not in waiting:
-                waiting.add((run.name, other))
-                log(f"{tag} later {run.name}: {other} is computing the frozen-prefix cache it reads")
-            return False
+            return later(tag, run, other, f"{other} is computing the frozen-prefix cache it reads")
         if not _claim(run):
             log(f"{tag} skip {run.name} (running in another sweep process)")
             return True
@@ -466,10 +467,7 @@ def run_all(
             earlier = [folder for taken, folder in running.get(key, []) if (taken, str(folder)) < mine]
             if earlier:  # the twin that took its lock first runs; this one takes its results
                 (run.output_dir / LOCK).unlink(missing_ok=True)
-                if run.name not in waiting:
-                    waiting.add(run.name)
-                    log(f"{tag} later {run.name}: the identical {earlier[0]} is running; its results will do")
-                return False
+                return later(tag, run, str(earlier[0]), f"the identical {earlier[0]} is running; its results will do")
         log(f"{tag} run {run.name}")
         handle = open(run.output_dir / "log.txt", "w")
         proc = subprocess.Popen(
