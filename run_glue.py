@@ -3,7 +3,8 @@
 
     python run_glue.py --task_name rte --glue_dir ../shared/glue --output_dir runs/rte --do_train --do_eval
 
-All arguments: ``python run_glue.py --help``; a single JSON file with the same names may replace them.
+All arguments: ``python run_glue.py --help``; a JSON file with the same names may replace them, and several JSON
+files run one after another in this process, sharing data, model and frozen-prefix caches (sweeps do this).
 The work is done by :mod:`peftlab.run`, where every stage is an importable, tested function.
 """
 
@@ -12,10 +13,10 @@ from __future__ import annotations
 import sys
 
 from peftlab.errors import PeftlabError
-from peftlab.run import main
+from peftlab.run import cli
 
 if __name__ == "__main__":
     try:
-        main()
+        sys.exit(cli())
     except PeftlabError as err:
         sys.exit(f"error: {err}")

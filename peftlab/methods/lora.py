@@ -34,7 +34,9 @@ from peftlab.methods.base import Method, TunerLayer, register, replace_module
 class LoraLinear(TunerLayer):
     """``base_layer`` plus a scaled low-rank update."""
 
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(
+        self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, init: str = "kaiming"
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.rank = rank
@@ -42,7 +44,10 @@ class LoraLinear(TunerLayer):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False)
         self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        if init == "normal":
+            nn.init.normal_(self.lora_A.weight)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         self._unmerged_weight: torch.Tensor | None = None
 
@@ -97,7 +102,11 @@ class Lora(Method):
                 path = f"{arch.layers}.{layer}.{arch.roles[role]}"
                 base = backbone.get_submodule(path)
                 replace_module(
-                    backbone, path, LoraLinear(base, self.args.lora_rank, self.args.lora_alpha, self.args.lora_dropout)
+                    backbone,
+                    path,
+                    LoraLinear(
+                        base, self.args.lora_rank, self.args.lora_alpha, self.args.lora_dropout, self.args.lora_init
+                    ),
                 )
         return []
 

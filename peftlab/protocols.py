@@ -1,0 +1,135 @@
+"""Named training protocols: ``--protocol paper`` or ``--protocol quick`` fills in every setting of a run that the
+protocol fixes, for the run's task and method; every value given explicitly (flag or JSON key) overrides it.
+
+- ``paper``: the paper's own protocol and module configurations, as its public code sets them
+  (github.com/PKU-TANGENT/Efficiency; every value is cited file by file in ``docs/paper_protocol.md``).
+- ``quick``: this project's faster protocol (3 epochs, batch 32, the last epoch's score, one learning rate for
+  every frozen-backbone method), used for the first Table 1 in ``docs/results.md``. Not the paper's.
+
+Layers are not part of a protocol: the method string carries them (``adapter@2``), and the sweep files scale the
+paper's layers of a 12-layer model to the 6-layer bundled one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftlab.errors import ConfigError
+
+
+@dataclass
+class ProtocolArguments:
+    """Which preset fills in the settings not given explicitly."""
+
+    protocol: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preset of training settings for the run's task and method: paper (the paper's code: "
+            "docs/paper_protocol.md) or quick (3 epochs, batch 32, last epoch). Explicit flags override it."
+        },
+    )
+    applied: dict[str, Any] = field(default_factory=dict, init=False)
+    """The values the preset filled in (those given explicitly are not among them)."""
+
+    def __post_init__(self) -> None:
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol {self.protocol!r} is not valid; choose one of {', '.join(PROTOCOLS)}.")
+
+
+FROZEN_METHODS = ("probe", "bitfit", "lora", "adapter", "prefix", "ffn", "attn")
+
+
+def quick(task: str | None, method: str) -> dict[str, Any]:
+    """3 epochs, batch 32, warm-up 0.06, weight decay 0.1, lr 5e-5 for full fine-tuning and 2e-3 (module and head)
+    for every frozen-backbone method; the last epoch's model is scored."""
+    lr = 5e-5 if method == "full" else 2e-3
+    return {
+        "num_train_epochs": 3, "per_device_train_batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.1,
+        "max_seq_length": 128, "learning_rate": lr, "head_learning_rate": lr,
+    }  # fmt: skip
+
+
+# The paper's values; docs/paper_protocol.md gives the file and line of each.
+PAPER_LEARNING_RATE = {
+    "full": 2e-5, "adapter": 2e-3, "lora": 2e-3, "prefix": 2e-4, "bitfit": 2e-4, "ffn": 2e-4, "attn": 2e-4,
+    "probe": 2e-3,
+}  # fmt: skip
+PAPER_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "adapter": {
+        "bottleneck_dim": 2, "adapter_activation": "tanh", "adapter_init": "uniform", "adapter_residual_norm": True,
+        "adapter_scaling": 1.0, "adapter_layernorm": False,
+    },
+    "lora": {"lora_rank": 1, "lora_alpha": 1.0, "lora_targets": "query,key", "lora_init": "normal", "lora_dropout": 0.0},
+    "prefix": {"prefix_length": 2, "prefix_reparam": False},
+    "bitfit": {"bitfit_targets": "query,ffn_in"},
+}  # fmt: skip
+
+
+def paper(task: str | None, method: str) -> dict[str, Any]:
+    """The paper's scripts: best epoch of 10 (MRPC 5) with early stopping, batch 16, per-method learning rates and
+    module sizes; full fine-tuning 3 epochs at 2e-5."""
+    lr = PAPER_LEARNING_RATE.get(method, 2e-3)
+    values: dict[str, Any] = {
+        "per_device_train_batch_size": 16, "per_device_eval_batch_size": 8, "warmup_ratio": 0.06,
+        "weight_decay": 0.1, "max_seq_length": 128, "eval_strategy": "epoch", "load_best_model_at_end": True,
+        "metric_for_best_model": "main", "greater_is_better": True, "learning_rate": lr, "head_learning_rate": lr,
+        "pooling": "mean", "head": "mlp",
+    }  # fmt: skip
+    if method == "full":
+        values.update({"num_train_epochs": 3, "early_stopping_patience": 10})
+    else:
+        values.update({"num_train_epochs": 5 if task == "mrpc" else 10, "early_stopping_patience": 5})
+    values.update(PAPER_METHOD_OPTIONS.get(method, {}))
+    return values
+
+
+PROTOCOLS = {"paper": paper, "quick": quick}
+
+
+def preset(protocol: str, task: str | None, method: str) -> dict[str, Any]:
+    """The values ``protocol`` gives a run of ``task`` with ``method`` (a method string; its first method's name
+    decides the learning rate and module options)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r} is not valid; choose one of {', '.join(PROTOCOLS)}.")
+    name = method.split("+")[0].split("@")[0].strip()
+    return PROTOCOLS[protocol](task, name)
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """Command-line flags for ``values`` (booleans spelt out: some flags require a value)."""
+    return [part for key, value in values.items() if value is not None for part in (f"--{key}", str(value))]
+
+
+def apply_protocol(values: list[str] | dict[str, Any]) -> tuple[list[str] | dict[str, Any], dict[str, Any]]:
+    """``values`` (a command line or the dict of a JSON argument file) with the named protocol's preset filled in
+    under them, and the preset values that were applied (those not given explicitly)."""
+    if isinstance(values, dict):
+        protocol, task, method = values.get("protocol"), values.get("task_name"), values.get("method", "full")
+        explicit = set(values)
+    else:
+        protocol, task = _flag_value(values, "protocol"), _flag_value(values, "task_name")
+        method = _flag_value(values, "method") or "full"
+        explicit = {arg[2:].split("=")[0] for arg in values if arg.startswith("--")}
+    if protocol is None:
+        return values, {}
+    applied = {k: v for k, v in preset(str(protocol), task, str(method)).items() if k not in explicit}
+    if isinstance(values, dict):
+        return {**applied, **values}, applied
+    return as_flags(applied) + list(values), applied
+
+
+def describe(protocol: str) -> str:
+    """One line per method of what ``protocol`` sets (for the README and docs)."""
+    return "\n".join(f"{m}: {json.dumps(preset(protocol, 'rte', m))}" for m in ("full", *FROZEN_METHODS))
