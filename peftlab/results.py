@@ -22,8 +22,11 @@ from peftlab.io import atomic_write_text
 
 COLUMNS = [
     "sweep", "task", "variant", "layer", "bottleneck_dim", "seed", "method", "pooling", "metric", "score",
+    "last_score", "selection", "best_epoch", "epochs_run", "protocol",
     "trainable_params", "method_params", "head_params", "train_split", "eval_split", "wall_seconds", "output_dir", "reused_from",
 ]  # fmt: skip
+"""``score`` is the reported model's (the best evaluation's when the run selects one, else the last step's);
+``last_score`` the last epoch's evaluation (equal to ``score`` for a run without per-epoch evaluation)."""
 
 
 def main_metric(task: str) -> str:
@@ -45,12 +48,20 @@ def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
             protocol = results.get("data_protocol", {})
             wall = folder / "wall_seconds.txt"
             reused = folder / "reused_from.txt"
+            seconds = results.get("wall_seconds") or (float(wall.read_text()) if wall.is_file() else None)
+            last, best = results.get("last_evaluation") or {}, results.get("best_evaluation") or {}
+            score = results.get(f"eval_{metric}")
             rows.append({
                 **point,
                 "method": args.get("method"),
                 "pooling": args.get("pooling", "pooler"),
                 "metric": metric,
-                "score": results.get(f"eval_{metric}"),
+                "score": score,
+                "last_score": last.get(f"eval_{metric}", score),
+                "selection": "best epoch" if best else "last",
+                "best_epoch": best.get("epoch"),
+                "epochs_run": last.get("epoch"),
+                "protocol": args.get("protocol"),
                 "trainable_params": results.get("trainable_params"),
                 "method_params": results.get("method_params"),
                 "head_params": results.get("head_params"),
@@ -58,7 +69,7 @@ def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
                 "eval_split": "; ".join(
                     k if v == k else f"{k}: {v}" for k, v in protocol.get("eval_splits", {}).items()
                 ),
-                "wall_seconds": float(wall.read_text()) if wall.is_file() else None,
+                "wall_seconds": None if reused.is_file() else seconds,
                 "output_dir": str(folder),
                 "reused_from": reused.read_text().strip() if reused.is_file() else None,
             })  # fmt: skip
@@ -79,7 +90,7 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        for key in ("score", "wall_seconds"):
+        for key in ("score", "last_score", "best_epoch", "epochs_run", "wall_seconds"):
             row[key] = float(row[key]) if row.get(key) else None
         for key in ("layer", "bottleneck_dim", "seed", "trainable_params", "method_params", "head_params"):
             row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None

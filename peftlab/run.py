@@ -111,15 +111,19 @@ class RunSpec:
         return Path(self.training_args.output_dir)
 
 
-def parse_args(argv: list[str] | None = None) -> RunSpec:
-    """Parse the command line, or a single ``.json`` file holding the same names; ``--protocol`` presets are
-    applied first, so every value given explicitly overrides them."""
+def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
+    """Parse the command line, a single ``.json`` file holding the same names, or such a dict (a sweep job's run,
+    recorded as the ``args.json`` it writes into its folder); ``--protocol`` presets are applied first, so every
+    value given explicitly overrides them."""
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     argv = sys.argv[1:] if argv is None else argv
+    given = argv if isinstance(argv, dict) else None
+    if given is not None:
+        argv = [str(Path(str(given.get("output_dir"))) / "args.json")]
     from_file = len(argv) == 1 and argv[0].endswith(".json")
     try:
         if from_file:
-            explicit = read_argument_file(argv[0])
+            explicit = dict(given) if given is not None else read_argument_file(argv[0])
             values, applied = apply_protocol(explicit)
             parsed = parser.parse_dict(values, allow_extra_keys=False)
         else:
@@ -129,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> RunSpec:
     except PeftlabError:
         raise
     except (ValueError, TypeError) as err:  # raised by the dataclasses' own checks and by parse_dict
-        where = f" in {argv[0]}" if from_file else ""
+        where = f" in {argv[0]}" if from_file and given is None else ""
         raise ConfigError(f"{err}{where}") from err
     spec = RunSpec(*parsed, argv=list(argv))
     spec.protocol_args.applied = applied
@@ -536,6 +540,7 @@ def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
 def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """Train, evaluate and predict one prepared run; write its results. Returns them."""
     model_args, peft_args, data_args, training_args = spec.parsed
+    started = time.time()
     task = spec.task
     run_data = ws.run_data(spec)
     tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
@@ -621,6 +626,8 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     if training_args.do_predict:
         results["predict_files"] = predict(trainer, features.test, test_sets, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
+    results["wall_seconds"] = round(time.time() - started, 2)
+    results["threads"] = torch.get_num_threads()
     if trainer.is_world_process_zero():
         config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(output_dir / RUN_CONFIG_NAME, config_record)
@@ -628,40 +635,82 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     return results
 
 
-def run_many(argvs: list[list[str]], ws: Workspace | None = None, *, keep_going: bool = False) -> list[Any]:
-    """Check every run, then run them one after another in this process, sharing a :class:`Workspace`.
-
-    Returns each run's results. With ``keep_going`` a run that fails (or whose folder another process holds) gives
-    its exception in its place and the others still run; without it the first failure is raised.
-    """
-    ws = ws or Workspace()
+def prepare_all(ws: Workspace, argvs: list[list[str] | dict[str, Any]]) -> list[RunSpec]:
+    """Parse and check every run (nothing loaded but data, configs and tokenizers) and plan the caches they read."""
     specs = [parse_args(argv) for argv in argvs]
     setup_logging(specs[0].training_args)
     folders = [spec.output_dir.resolve() for spec in specs]
     twice = sorted({str(f) for f in folders if folders.count(f) > 1})
     if twice:
         raise ConfigError(f"Several runs write the same --output_dir: {', '.join(twice)}. Give each its own.")
-    for spec in specs:  # 1. every check, before any model is loaded or anything is written
+    for spec in specs:
         prepare(ws, spec)
         if spec.cache_need is not None:
             ws.cache(spec).plan(spec.cache_need)
+    return specs
+
+
+def _history(output_dir: Path, event: str) -> None:
+    """One line per start and end of the run in ``history.log``: a run done twice shows it."""
+    with open(output_dir / "history.log", "a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {event} pid={os.getpid()} host={platform.node()}\n")
+
+
+def run_many(
+    argvs: list[list[str] | dict[str, Any]],
+    ws: Workspace | None = None,
+    *,
+    keep_going: bool = False,
+    records: list[dict[str, Any]] | None = None,
+    skip_finished: bool = False,
+) -> list[Any]:
+    """Check every run, then run them one after another in this process, sharing a :class:`Workspace`.
+
+    Returns each run's results. With ``keep_going`` a run that fails (or whose folder another process holds) gives
+    its exception in its place and the others still run; without it the first failure is raised. ``records``: per
+    run, JSON files to write into its folder once it holds the folder's lock. With ``skip_finished``, a run whose
+    results exist when it takes the lock is left as it is (``"skipped"``).
+    """
+    ws = ws or Workspace()
+    specs = prepare_all(ws, argvs)  # 1. every check, before any model is loaded or anything is written
     outcomes: list[Any] = []
-    for index, spec in enumerate(specs, start=1):  # 2. the runs
+    for index, spec in enumerate(specs):  # 2. the runs
         if len(specs) > 1:
-            logger.info("Run %d of %d: %s", index, len(specs), spec.output_dir)
+            logger.info("Run %d of %d: %s", index + 1, len(specs), spec.output_dir)
         first = spec.training_args.process_index == 0  # under torchrun, the first process writes the folder
         try:
-            with (
-                output_lock(spec.output_dir) if first else nullcontext(),
-                run_log(spec.output_dir) if first else nullcontext(),
-            ):
-                outcomes.append(execute(ws, spec))
+            with output_lock(spec.output_dir) if first else nullcontext():
+                if skip_finished and (spec.output_dir / RESULTS_NAME).is_file():
+                    logger.info("%s is finished (by another process meanwhile): left as it is.", spec.output_dir)
+                    outcomes.append("skipped")
+                    continue
+                with run_log(spec.output_dir) if first else nullcontext():
+                    if first:
+                        for name, content in (records[index] if records else {}).items():
+                            write_json(spec.output_dir / name, content)
+                        _history(spec.output_dir, "start")
+                    outcomes.append(execute(ws, spec))
+                    if first:
+                        _history(spec.output_dir, "finish")
         except Exception as err:
             if not keep_going:
                 raise
             logger.exception("Run %s failed: %s", spec.output_dir, err)
             outcomes.append(err)
     return outcomes
+
+
+def fill_caches(argvs: list[list[str] | dict[str, Any]], ws: Workspace | None = None) -> None:
+    """Compute (or find on disk) every frozen-prefix cache the runs read, in one pass per split, training nothing."""
+    ws = ws or Workspace()
+    for spec in prepare_all(ws, argvs):
+        if spec.cache_need is None:
+            continue
+        features = ws.features(spec)
+        tokenizer = ws.tokenizer(spec.tokenizer_path, spec.model_args)
+        named = [features.train, *features.eval.values(), *(data for _, data in features.test.values())]
+        for data in filter(None, named):
+            ws.cache(spec).get(data, spec.cache_need, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,42 +1,59 @@
-"""Sweeps: a grid of runs described in one JSON file, run one after another, resumable, never overwriting.
+"""Sweeps: a grid of runs described in one JSON file, run as jobs on a local process pool or on Ray, resumable.
 
 A sweep file looks like::
 
     {
       "name": "layer_sweep_mrpc",
+      "protocol": "paper",
       "tasks": ["mrpc"],
       "seeds": [42],
       "layers": [0, 1, 2, 3, 4, 5],
       "variants": {
-        "adapter_ffn": {"method": "adapter", "per_layer": true, "placement": "ffn", "bottleneck_dim": 2},
+        "adapter_ffn": {"method": "adapter", "per_layer": true, "placement": "ffn"},
         "raw_mean": {"method": "probe", "pooling": "mean"},
         "finetune": {"method": "full"}
       },
-      "common": {"pooling": "mean", "num_train_epochs": 3},
+      "common": {"cache_frozen_prefix": true},
       "task_args": {"sst2": {"num_train_epochs": 1}}
     }
 
 Axes: seed x task x variant x layer (``layers``, variants with ``per_layer``) x bottleneck (``bottleneck_dims``,
 variants with ``per_bottleneck``) x pooling (``poolings``, variants with ``per_pooling``; such a variant becomes
-one row per pooling, named ``<variant>_<pooling>``). A variant's ``method`` gets ``@<layer>`` when it is per layer; ``{layer}`` and
-``{next_layer}`` inside any string option are filled in (for strategies such as ``adapter@{layer},{next_layer}``).
-Arguments are merged in the order: :data:`DEFAULTS`, the task's offline protocol, ``common``, ``task_args``,
-the variant, the grid values. Each run's arguments are saved as ``args.json`` beside its results together with
-``sweep_point.json`` (the grid coordinates), so the collector needs nothing else.
+one row per pooling, named ``<variant>_<pooling>``). A variant's ``method`` gets ``@<layer>`` when it is per layer;
+``{layer}`` and ``{next_layer}`` inside any string option are filled in (for strategies such as
+``adapter@{layer},{next_layer}``). Arguments are merged in the order: :data:`DEFAULTS` and the sweep's
+``protocol`` (a ``--protocol`` preset, see :mod:`peftlab.protocols`, applied by each run), the task's offline
+protocol, ``common``, ``task_args``, the variant, the grid values.
+
+How a sweep runs (:func:`run_sweep`). The driver alone decides what runs: it skips finished runs, copies the
+results of identical finished runs (:func:`fingerprint`), and cuts the rest into jobs. Runs that read the same
+data (task and data options) form a *group*: a fill job computes, in one pass per split, every frozen-prefix cache
+the group's runs read (:mod:`peftlab.cache`), then the group's runs go in chunks (one per seed, split further to
+keep every worker busy), each chunk ONE process that loads data and model once and trains its runs one after
+another (:func:`peftlab.run.run_many`). Jobs go to a local thread pool that starts one process per job
+(``--backend local``) or to Ray tasks with declared CPUs and GPUs (``--backend ray``, one machine or a cluster);
+a chunk is started once its group's fill job has ended. A run's folder is written only by the process that
+trains it, under an OS lock on the folder (released when the process dies however it dies), and every job
+process dies with the driver, so a killed sweep leaves no run behind and a rerun finishes what is left.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
-import shutil
+import queue
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,37 +62,43 @@ from peftlab.errors import ConfigError
 from peftlab.io import write_json
 
 DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 32,
-    "warmup_ratio": 0.06,
-    "weight_decay": 0.1,
-    "max_seq_length": 128,
     "logging_steps": 50,
     "disable_tqdm": True,
     "do_train": True,
     "do_eval": True,
     "overwrite_output_dir": True,
+    "save_model": False,
 }
-FULL_LR, PEFT_LR = 5e-5, 2e-3
+"""What every sweep run has besides its protocol: scores only (no weights written), progress in the log."""
 OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
     "mnli": {"train_split": "validation_mismatched"},
     "qqp": {"train_split": "validation", "split_dev": 0.25},
     "qnli": {"train_split": "validation", "split_dev": 0.25},
 }
 """Training protocols for the tasks whose train file is not available offline (see the README)."""
+DATA_KEYS = ("task_name", "train_split", "split_dev", "split_seed", "max_train_samples", "max_eval_samples",
+             "max_seq_length", "model_name_or_path", "glue_dir")  # fmt: skip
+"""The arguments that decide a run's data and frozen backbone: runs equal in all of them form one group."""
 
 RESULTS = "all_results.json"
 REUSED = "reused_from.txt"
 COPIED_WHEN_REUSED = (RESULTS, "run_config.json", "trainer_state.json")
+JOBS = ".jobs"
 
 
-def run_args(task: str, method: str, seed: int = 42, protocol: bool = True) -> dict[str, Any]:
-    """The defaults of one run: :data:`DEFAULTS`, the learning rate for ``method`` (full fine-tuning or a frozen
-    backbone) and, with ``protocol``, the task's offline protocol. Sweeps and ``scripts/glue.sh`` both start here."""
-    lr = FULL_LR if method.split("@")[0] == "full" else PEFT_LR
-    args = {**DEFAULTS, "learning_rate": lr, "head_learning_rate": lr}
-    args.update(OFFLINE_PROTOCOL.get(task, {}) if protocol else {})
+def run_args(task: str, method: str, seed: int = 42, protocol: str | None = "quick", offline: bool = True) -> dict:
+    """The arguments of one run before the sweep's own: :data:`DEFAULTS`, the protocol preset's name (each run
+    applies it) and, with ``offline``, the task's offline protocol. Sweeps and ``scripts/glue.sh`` start here."""
+    args = {**DEFAULTS, **({"protocol": protocol} if protocol else {})}
+    args.update(OFFLINE_PROTOCOL.get(task, {}) if offline else {})
     return {**args, "task_name": task, "method": method, "seed": seed}
+
+
+def effective_args(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with its protocol preset filled in under it (the values the run will have)."""
+    from peftlab.protocols import apply_protocol
+
+    return apply_protocol(args)[0]
 
 
 def as_flags(args: dict[str, Any]) -> list[str]:
@@ -115,6 +138,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
             raise ConfigError(f"Sweep file has no {key!r}; it needs name, tasks and variants.")
     runs = []
     seeds = sweep.get("seeds", [42])
+    protocol = sweep.get("protocol", "quick")
     for seed, task, (variant, spec) in itertools.product(seeds, sweep["tasks"], sweep["variants"].items()):
         layers = sweep.get("layers", [None]) if spec.get("per_layer") else [None]
         dims = sweep.get("bottleneck_dims", [None]) if spec.get("per_bottleneck") else [None]
@@ -129,7 +153,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
                 for k, v in spec.items()
                 if k not in ("method", "per_layer", "per_bottleneck", "per_pooling")
             }
-            args = run_args(task, method, seed)
+            args = run_args(task, method, seed, protocol)
             args.update(sweep.get("common", {}))
             args.update(sweep.get("task_args", {}).get(task, {}))
             args.update(options)
@@ -156,15 +180,299 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
     return runs
 
 
-# The cost model of ``--dry_run``, in CPU core-seconds (a run on one core for 10 s costs 10; on two cores for 6 s,
-# 12). "overhead" is per run (start-up, model load, tokenizing, writing); the others are per example at
-# REFERENCE_TOKENS tokens: "forward" one no-grad pass of the whole backbone (evaluation, or filling the
-# frozen-prefix cache), "read" reading it back from the cache, "full" one training pass with everything trainable,
-# "frozen" one through the layers above the cache (scaled by their share of the backbone). Every per-example cost
-# grows with the tokens (batches are grouped by length, so there is little padding; a fixed share per example fits
-# the measured runs worse). Fitted by least squares to measured runs of the bundled MiniLM:
+# --------------------------------------------------------------------------------------------------------------
+# Identical runs
+# --------------------------------------------------------------------------------------------------------------
+@functools.cache
+def _argument_defaults() -> dict[str, Any]:
+    from peftlab.run import ARGUMENT_CLASSES  # imports transformers: only when needed
+
+    defaults: dict[str, Any] = {}
+    for cls in ARGUMENT_CLASSES:
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                defaults.setdefault(f.name, f.default)
+    return defaults
+
+
+def fingerprint(args: dict[str, Any]) -> str:
+    """What makes two runs the same run: every argument (protocol preset filled in) but where it is written, with
+    arguments equal to their default left out (``placement: ffn`` and no placement are one run) and numbers
+    compared as numbers."""
+    defaults = _argument_defaults()
+
+    def is_default(key: str, value: Any) -> bool:
+        if key not in defaults:
+            return False
+        default = defaults[key]
+        return value == default or value == getattr(default, "value", object())
+
+    def number(value: Any) -> Any:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    kept = {k: number(v) for k, v in effective_args(args).items() if k != "output_dir" and not is_default(k, v)}
+    return json.dumps(kept, sort_keys=True)
+
+
+def finished_runs(root: str | os.PathLike) -> dict[str, Path]:
+    """Finished runs under ``root`` (every sweep) that ran themselves (not copied from a twin), by fingerprint."""
+    done: dict[str, Path] = {}
+    for args_path in sorted(Path(root).rglob("args.json")):
+        folder = args_path.parent
+        if (folder / RESULTS).is_file() and not (folder / REUSED).is_file():
+            done.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
+    return done
+
+
+def reuse(run: Run, source: Path) -> None:
+    """Fill ``run`` with the results of the identical finished run ``source`` (no weights), and say so."""
+    from peftlab.run import output_lock
+
+    with output_lock(run.output_dir):
+        write_json(run.output_dir / "args.json", run.args)
+        write_json(run.output_dir / "sweep_point.json", run.point)
+        (run.output_dir / REUSED).write_text(f"{source}\n")
+        for name in COPIED_WHEN_REUSED[::-1]:  # the results file last: it is what marks the run finished
+            if (source / name).is_file():
+                (run.output_dir / f".{name}.tmp").write_bytes((source / name).read_bytes())
+                os.replace(run.output_dir / f".{name}.tmp", run.output_dir / name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """Runs done by one process: a fill job computes their frozen-prefix caches, a chunk trains them."""
+
+    name: str
+    runs: list[Run]
+    fill: bool = False
+    after: Job | None = None
+    """The fill job this chunk waits for (its caches are then on disk)."""
+
+    def file(self, root: Path) -> Path:
+        return root / JOBS / f"{self.name}.json"
+
+
+def group_key(run: Run) -> tuple:
+    return tuple(json.dumps(run.args.get(k)) for k in DATA_KEYS)
+
+
+def plan_jobs(runs: list[Run], workers: int) -> list[Job]:
+    """Cut ``runs`` into jobs, in the runs' order: per group of runs reading the same data, a fill job (when any of
+    them uses the frozen-prefix cache) and chunks of runs, one per seed, split further so that a group has at
+    least ``workers`` chunks when it has that many runs."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(group_key(run), []).append(run)
+    jobs: list[Job] = []
+    for number, members in enumerate(groups.values(), start=1):
+        task = members[0].args["task_name"]
+        fill = None
+        if any(run.args.get("cache_frozen_prefix") for run in members):
+            fill = Job(f"{task}-{number}-fill", [r for r in members if r.args.get("cache_frozen_prefix")], fill=True)
+            jobs.append(fill)
+        size = max(1, math.ceil(len(members) / max(workers, 1)))
+        by_seed: dict[Any, list[Run]] = {}
+        for run in members:
+            by_seed.setdefault(run.args.get("seed"), []).append(run)
+        for seed, seed_runs in by_seed.items():
+            for start in range(0, len(seed_runs), size):
+                chunk = seed_runs[start : start + size]
+                jobs.append(Job(f"{task}-{number}-seed{seed}-{start // size + 1}", chunk, after=fill))
+    return jobs
+
+
+def write_job_file(job: Job, root: Path) -> Path:
+    path = job.file(root)
+    write_json(path, {"fill": job.fill, "runs": [{"args": r.args, "point": r.point} for r in job.runs]})
+    return path
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the job process gets SIGKILL when the process that started it dies, however it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+_CHILDREN: set[subprocess.Popen] = set()
+"""Job processes running now (stopped when the driver stops; a killed driver takes them along: PDEATHSIG)."""
+
+
+def run_job_process(job_file: str | os.PathLike, env: dict[str, str], python: str = sys.executable) -> int:
+    """Run one job file in a child process (``python -m peftlab.job``) that dies with this one; its output goes
+    to the job's log beside the file. Returns its exit code."""
+    job_file = Path(job_file)
+    if not job_file.is_file():
+        raise FileNotFoundError(
+            f"{job_file} is not visible on {socket.gethostname()}: every worker must see the sweep's --root "
+            "(a shared filesystem) for its runs to land where the driver looks for them."
+        )
+    repo = Path(__file__).resolve().parents[1]
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))}
+    with open(job_file.with_suffix(".log"), "a") as log:
+        proc = subprocess.Popen(
+            [python, "-m", "peftlab.job", str(job_file)], stdout=log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )  # fmt: skip
+        _CHILDREN.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            _CHILDREN.discard(proc)
+
+
+def stop_children() -> None:
+    """Stop every job process this driver started (their runs are redone by the next start)."""
+    for proc in list(_CHILDREN):
+        proc.terminate()
+    for proc in list(_CHILDREN):
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def job_env(workers: int, threads: int | None = None) -> dict[str, str]:
+    """The environment of a job: ``threads`` per job (default ``cores // workers``) unless OMP_NUM_THREADS is set.
+    On the 2-core CPU two single-thread jobs side by side train about 20 % more steps per second than one
+    two-thread job (README)."""
+    env = dict(os.environ)
+    threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], None], python: str) -> None:
+    """Jobs on a pool of ``workers`` threads, each starting one process per job; a chunk is submitted when its
+    fill job has ended (whatever its outcome: a chunk whose caches are missing fills them itself)."""
+    env = job_env(workers)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    submitted: queue.Queue[Future] = queue.Queue()
+    chunks: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.after is not None:
+            chunks.setdefault(job.after.name, []).append(job)
+
+    def submit(job: Job) -> None:
+        def work() -> int:
+            log(f"start {job.name} ({len(job.runs)} runs{', fill' if job.fill else ''})")
+            code = run_job_process(job.file(root), env, python)
+            log(f"end {job.name} (exit {code})")
+            return code
+
+        future = pool.submit(work)
+        if job.name in chunks:
+            future.add_done_callback(lambda _: [submit(chunk) for chunk in chunks[job.name]])
+        submitted.put(future)
+
+    try:
+        for job in jobs:
+            if job.after is None:
+                submit(job)
+        for _ in jobs:  # callbacks submit the chunks while we wait
+            submitted.get().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_children()
+
+
+def run_ray(
+    jobs: list[Job], root: Path, workers: int, log: Callable[[str], None], python: str,
+    address: str | None = None, gpus_per_job: float = 0, threads: int | None = None,
+) -> None:  # fmt: skip
+    """Jobs as Ray tasks with ``threads`` CPUs (and ``gpus_per_job`` GPUs) each, on a local Ray or the cluster at
+    ``address``; a chunk takes its fill job's result as an argument, so Ray starts it once the fill has ended."""
+    import ray
+
+    threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+    if not ray.is_initialized():
+        init = {"address": address} if address else {"num_cpus": workers * threads}
+        ray.init(**init, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    env = job_env(workers, threads)
+
+    @ray.remote(max_retries=0)
+    def job_task(job_file: str, _after: int | None = None) -> int:
+        return run_job_process(job_file, env, python)
+
+    refs: dict[str, Any] = {}
+    for job in jobs:
+        after = refs.get(job.after.name) if job.after else None
+        task = job_task.options(num_cpus=threads, num_gpus=gpus_per_job, name=job.name)
+        refs[job.name] = task.remote(str(job.file(root)), after)
+        log(f"submitted {job.name} ({len(job.runs)} runs{', fill' if job.fill else ''})")
+    try:
+        for name, code in zip(refs, ray.get(list(refs.values()))):
+            log(f"end {name} (exit {code})")
+    except BaseException:
+        for ref in refs.values():
+            ray.cancel(ref, force=True)
+        raise
+
+
+BACKENDS = ("local", "ray")
+
+
+def run_sweep(
+    runs: list[Run], root: str | os.PathLike, *, workers: int = 1, backend: str = "local", log=print,
+    reuse_root: str | os.PathLike | None = None, python: str = sys.executable, **ray_options: Any,
+) -> list[Run]:  # fmt: skip
+    """Run the unfinished runs of one sweep (all under ``root``); returns those not finished at the end.
+
+    With ``reuse_root``, a run whose arguments equal those of a run already finished anywhere under that folder is
+    not run again: its results are copied in, with ``reused_from.txt`` naming the source (sweeps overlap: Table 1's
+    MRPC rows are points of the MRPC layer sweep)."""
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}.")
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} is not valid; choose one of {', '.join(BACKENDS)}.")
+    root = Path(root)
+    todo = [run for run in runs if not run.finished]
+    if reuse_root is not None and todo:
+        done = finished_runs(reuse_root)
+        for run in list(todo):
+            source = done.get(fingerprint(run.args))
+            if source is not None and source.resolve() != run.output_dir.resolve():
+                reuse(run, source)
+                todo.remove(run)
+                log(f"reuse {run.name}: identical to the finished {source}")
+    log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run")
+    if not todo:
+        return []
+    jobs = plan_jobs(todo, workers)
+    for job in jobs:
+        write_job_file(job, root)
+    start = time.time()
+    if backend == "local":
+        run_local(jobs, root, workers, log, python)
+    else:
+        run_ray(jobs, root, workers, log, python, **ray_options)
+    log(f"{len(jobs)} jobs in {time.time() - start:.0f} s")
+    return [run for run in todo if not run.finished]
+
+
+def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"Cannot read sweep file {path}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The cost model of --dry_run
+# --------------------------------------------------------------------------------------------------------------
+# In CPU core-seconds (a job on one core for 10 s costs 10; on two cores for 6 s, 12). "startup" is per job
+# process (imports, data, tokenizing, model load); "run" per run (model copy, trainer, results); the others are per
+# example at REFERENCE_TOKENS tokens: "forward" one no-grad pass of the whole backbone (a cache fill, or an
+# evaluation without the cache), "read" one example served from the cache, "full" one training pass with
+# everything trainable, "frozen" one training pass through the layers above the cache (scaled by their share of
+# the backbone). Fitted by least squares to measured jobs and runs of the bundled MiniLM:
 #     python scripts/estimate_check.py runs/sweeps --fit
-COST = {"overhead": 8.62, "forward": 0.0299, "read": 0.000321, "full": 0.0561, "frozen": 0.0344}
+COST = {"startup": 8.0, "run": 0.5, "forward": 0.0299, "read": 0.000321, "full": 0.0561, "frozen": 0.0344}
 REFERENCE_TOKENS = 60
 TOKENS_PER_WORD = 1.2
 """Word-piece tokens per whitespace word in GLUE text (measured with the bundled tokenizer: 1.15 to 1.25)."""
@@ -181,9 +489,10 @@ class Workload:
 
 def workload(run: Run, glue_dir: str | os.PathLike) -> Workload:
     """The :class:`Workload` of ``run``, read from its data (token counts estimated from word counts)."""
+    args = effective_args(run.args)
     return _workload(
-        run.args["task_name"], str(glue_dir), run.args.get("train_split", "train"), run.args.get("split_dev"),
-        run.args.get("max_train_samples"), run.args.get("max_eval_samples"), int(run.args.get("max_seq_length", 128)),
+        args["task_name"], str(glue_dir), args.get("train_split", "train"), args.get("split_dev"),
+        args.get("max_train_samples"), args.get("max_eval_samples"), int(args.get("max_seq_length", 128)),
     )  # fmt: skip
 
 
@@ -202,309 +511,84 @@ def _workload(task, glue_dir, train_split, split_dev, max_train, max_eval, max_s
     return Workload(len(data.train), sum(len(split) for split in data.eval.values()), tokens)
 
 
-def cache_key(run: Run, num_layers: int = 6) -> tuple | None:
-    """What the frozen-prefix cache of ``run`` depends on (``None`` without the cache): runs with one key share it.
-    The lowest trained layer is the second element; a probe caches its pooled features (key ends with the pooling)."""
+def cache_depth(run: Run, num_layers: int = 6) -> int | None:
+    """The lowest trained layer of ``run`` when it reads the frozen-prefix cache (``num_layers`` for a probe), else
+    ``None``."""
     from peftlab.architectures import parse_layers  # import torch: only when estimating
     from peftlab.methods.base import parse_method_string
 
-    methods = parse_method_string(run.args["method"])
-    if not run.args.get("cache_frozen_prefix") or any(name == "full" for name, _ in methods):
+    args = effective_args(run.args)
+    methods = parse_method_string(args["method"])
+    if not args.get("cache_frozen_prefix") or any(name == "full" for name, _ in methods):
         return None
     trained = [
         layer
         for name, layers in methods
         if name != "probe"
-        for layer in parse_layers(layers or run.args.get("target_layers", "all"), num_layers)
+        for layer in parse_layers(layers or args.get("target_layers", "all"), num_layers)
     ]
-    data = tuple(
-        run.args.get(k) for k in ("task_name", "train_split", "split_dev", "max_train_samples", "max_seq_length")
-    )
-    return (data, min(trained), None) if trained else (data, num_layers, run.args.get("pooling"))
+    return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
 
 
-def cost_terms(run: Run, load: Workload, fills_cache: bool = True, num_layers: int = 6) -> dict[str, float]:
-    """How many of each :data:`COST` unit ``run`` spends: its estimate is ``sum(terms[k] * COST[k])``.
-
-    ``fills_cache``: whether this run computes its frozen-prefix cache (the first run of a sweep with that
-    :func:`cache_key` does; later ones read it from disk)."""
+def run_terms(run: Run, load: Workload, num_layers: int = 6) -> dict[str, float]:
+    """How many of each :data:`COST` unit ``run`` spends inside its job (its share of start-up and fill aside):
+    every epoch trains and (with per-epoch evaluation) evaluates; early stopping is not foreseen."""
+    args = effective_args(run.args)
     length = load.tokens / REFERENCE_TOKENS
-    examples = load.train * float(run.args.get("num_train_epochs", 3))
-    kind = "full" if run.args["method"].split("@")[0] == "full" else "frozen"
+    epochs = float(args.get("num_train_epochs", 3))
+    evals = 1 + (epochs if str(args.get("eval_strategy", "no")) == "epoch" else 0)
     terms = dict.fromkeys(COST, 0.0)
-    terms["overhead"] = 1.0
-    key = cache_key(run, num_layers)
-    if key is None:
-        terms[kind] = examples * length
-        terms["forward"] = load.eval * length
+    terms["run"] = 1.0
+    depth = cache_depth(run, num_layers)
+    if depth is None:
+        terms["full" if args["method"].split("@")[0] == "full" else "frozen"] = load.train * epochs * length
+        terms["forward"] = evals * load.eval * length
         return terms
-    above = (num_layers - key[1]) / num_layers  # only the layers from the lowest trained one up run
-    terms["frozen"] = above * examples * length
-    terms["forward"] = ((load.train + load.eval) * fills_cache + above * load.eval) * length
-    terms["read"] = (load.train + load.eval) * length
+    above = (num_layers - depth) / num_layers  # only the layers from the lowest trained one up run
+    terms["frozen"] = above * load.train * epochs * length
+    terms["forward"] = above * evals * load.eval * length
+    terms["read"] = (load.train * epochs + load.eval * evals) * length
     return terms
 
 
-def estimate_seconds(run: Run, load: Workload, fills_cache: bool = True, num_layers: int = 6) -> float:
-    """A rough CPU-time estimate of ``run`` in core-seconds, for planning (``--dry_run``); see :data:`COST`."""
-    return sum(n * COST[unit] for unit, n in cost_terms(run, load, fills_cache, num_layers).items())
+def fill_terms(runs: list[Run], load: Workload, num_layers: int = 6) -> dict[str, float]:
+    """The units of one fill job: one pass over train and eval up to the deepest layer its runs read."""
+    depths = [d for d in (cache_depth(run, num_layers) for run in runs) if d is not None]
+    terms = dict.fromkeys(COST, 0.0)
+    terms["startup"] = 1.0
+    terms["forward"] = (
+        (max(depths) / num_layers if depths else 0) * (load.train + load.eval) * load.tokens / REFERENCE_TOKENS
+    )
+    return terms
 
 
-LOCK = ".running"
+def job_terms(job: Job, glue_dir: str | os.PathLike, num_layers: int = 6, fill_done: bool = False) -> dict[str, float]:
+    """The units of ``job``: start-up plus its runs' (a chunk), or its one pass (a fill; nothing once done)."""
+    load = workload(job.runs[0], glue_dir)
+    if job.fill:
+        return dict.fromkeys(COST, 0.0) if fill_done else fill_terms(job.runs, load, num_layers)
+    terms = dict.fromkeys(COST, 0.0)
+    terms["startup"] = 1.0
+    for run in job.runs:
+        for unit, n in run_terms(run, workload(run, glue_dir), num_layers).items():
+            terms[unit] += n
+    return terms
 
 
-def _claim(run: Run) -> bool:
-    """Take ``run`` for this process: create its lock file, or take over a lock whose process on this host died.
-
-    The lock lets several sweep processes (on one machine, or on machines sharing the runs folder) work through
-    the same sweep side by side without starting the same run twice.
-    """
-    run.output_dir.mkdir(parents=True, exist_ok=True)
-    lock = run.output_dir / LOCK
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _lock_held(lock):
-                return False
-            lock.unlink(missing_ok=True)  # its process is gone: the run was interrupted
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(me)
-        return True
-    return False
+def seconds_of(terms: dict[str, float], cost: dict[str, float] | None = None) -> float:
+    cost = cost or COST
+    return sum(n * cost[unit] for unit, n in terms.items())
 
 
-def _lock_held(lock: Path) -> bool:
-    """Whether ``lock`` exists and its owner may still be running (alive here, or on another host)."""
-    try:
-        host, _, pid = lock.read_text().partition(" ")
-    except FileNotFoundError:
-        return False
-    return host != socket.gethostname() or not pid.strip().isdigit() or _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@functools.cache
-def _argument_defaults() -> dict[str, Any]:
-    from peftlab.run import ARGUMENT_CLASSES  # imports transformers: only when needed
-
-    defaults: dict[str, Any] = {}
-    for cls in ARGUMENT_CLASSES:
-        for field in dataclasses.fields(cls):
-            if field.default is not dataclasses.MISSING:
-                defaults.setdefault(field.name, field.default)
-    return defaults
-
-
-def fingerprint(args: dict[str, Any]) -> str:
-    """What makes two runs the same run: every argument but where it is written, with arguments equal to their
-    default left out (``placement: ffn`` and no placement are one run) and numbers compared as numbers."""
-    defaults = _argument_defaults()
-
-    def is_default(key: str, value: Any) -> bool:
-        if key not in defaults:
-            return False
-        default = defaults[key]
-        return value == default or value == getattr(default, "value", object())
-
-    def number(value: Any) -> Any:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-    kept = {k: number(v) for k, v in args.items() if k != "output_dir" and not is_default(k, v)}
-    return json.dumps(kept, sort_keys=True)
-
-
-def finished_runs(root: str | os.PathLike) -> dict[str, Path]:
-    """Finished runs under ``root`` (every sweep) made by this runner themselves (not reused), by fingerprint."""
-    return twins(root)[0]
-
-
-def twins(
-    root: str | os.PathLike, exclude: Path | None = None
-) -> tuple[dict[str, Path], dict[str, list[tuple[int, Path]]]]:
-    """Runs under ``root`` by fingerprint: those finished by a run of their own (not reused), and those running
-    now (locked by a live process), with the time their lock was taken."""
-    done: dict[str, Path] = {}
-    running: dict[str, list[tuple[int, Path]]] = {}
-    for args_path in sorted(Path(root).rglob("args.json")):
-        folder = args_path.parent
-        if exclude is not None and folder.resolve() == exclude.resolve():
-            continue
-        # Locked means running, results or not: its process may still be writing (the lock goes when it exits).
-        if _lock_held(folder / LOCK):
-            try:
-                taken = (folder / LOCK).stat().st_mtime_ns
-                running.setdefault(fingerprint(json.loads(args_path.read_text())), []).append((taken, folder))
-                continue
-            except FileNotFoundError:  # it finished in the meantime
-                pass
-        if (folder / RESULTS).is_file() and not (folder / REUSED).is_file():
-            done.setdefault(fingerprint(json.loads(args_path.read_text())), folder)
-    return done, running
-
-
-def reuse(run: Run, source: Path) -> None:
-    """Fill ``run`` with the results of the identical finished run ``source`` (no weights), and say so."""
-    run.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run.output_dir / "args.json", run.args)
-    write_json(run.output_dir / "sweep_point.json", run.point)
-    (run.output_dir / REUSED).write_text(f"{source}\n")
-    for name in COPIED_WHEN_REUSED[::-1]:  # the results file last: it is what marks the run finished
-        if (source / name).is_file():
-            shutil.copyfile(source / name, run.output_dir / f".{name}.tmp")
-            os.replace(run.output_dir / f".{name}.tmp", run.output_dir / name)
-
-
-def run_all(
-    runs: list[Run], *, python: str = sys.executable, log=print, workers: int = 1, reuse_root: str | None = None
-) -> list[Run]:
-    """Run the unfinished runs, ``workers`` at a time; returns those that failed.
-
-    With ``reuse_root``, a run whose arguments (all but ``output_dir``) equal those of a run already finished
-    anywhere under that folder is not run again: its results are copied in, with ``reused_from.txt`` naming the
-    source (sweeps overlap: Table 1's MRPC rows are points of the MRPC layer sweep). A run whose identical twin
-    is running now (in this or another sweep process) waits for it, after the other runs have started. So does,
-    with several workers, a run whose frozen-prefix cache (:func:`cache_key`) a running run is computing: started
-    side by side, both would compute it; started after, it reads it from disk.
-
-    With several workers each run gets ``OMP_NUM_THREADS = cores // workers`` (unless the variable is set): on the
-    2-core CPU, two single-thread runs side by side train about 20 % more steps per second than one two-thread run
-    (scripts/bench.py numbers in the README). Runs locked by another live sweep process are skipped.
-    """
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}.")
-    entry = Path(__file__).resolve().parents[1] / "run_glue.py"
-    env = dict(os.environ)
-    if workers > 1:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    failed: list[Run] = []
-    active: list[tuple[Run, subprocess.Popen, float, Any]] = []
-
-    def reap() -> None:
-        for item in [item for item in active if item[1].poll() is not None]:
-            active.remove(item)
-            run, proc, start, handle = item
-            handle.close()
-            (run.output_dir / LOCK).unlink(missing_ok=True)
-            if proc.returncode != 0 or not run.finished:
-                failed.append(run)
-                log(f"    FAILED {run.name} (exit {proc.returncode}); see {run.output_dir / 'log.txt'}")
-            else:
-                seconds = time.time() - start
-                (run.output_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
-                (run.output_dir / "threads.txt").write_text(f"{env.get('OMP_NUM_THREADS', os.cpu_count())}\n")
-                log(f"    finished {run.name} in {seconds:.0f} s")
-
-    def wait_below(limit: int) -> None:
-        reap()
-        while len(active) >= limit:
-            time.sleep(0.2)
-            reap()
-
-    waiting: set[tuple[str, str]] = set()  # (run, what it waits for): each wait is logged once
-
-    def later(tag: str, run: Run, cause: str, why: str) -> bool:
-        """Leave ``run`` for later (False, for :func:`attempt`), saying why the first time."""
-        if (run.name, cause) not in waiting:
-            waiting.add((run.name, cause))
-            log(f"{tag} later {run.name}: {why}")
-        return False
-
-    keys: dict[str, tuple | None] = {}
-
-    def shared_cache(run: Run) -> tuple | None:
-        if run.name not in keys:
-            keys[run.name] = cache_key(run)
-        return keys[run.name]
-
-    def filling(run: Run) -> str | None:
-        """The running run that is computing the frozen-prefix cache ``run`` would read, if any (a cache is on disk
-        once a run of the sweep that uses it has finished; with one worker nothing runs beside ``run``)."""
-        key = shared_cache(run) if workers > 1 else None
-        if key is None or any(other.finished for other in runs if shared_cache(other) == key):
-            return None
-        return next((other.name for other, *_ in active if shared_cache(other) == key), None)
-
-    def attempt(index: int, run: Run) -> bool:
-        """Skip, reuse or start ``run``; False when an identical run is in progress (try again later)."""
-        tag = f"[{index}/{len(runs)}]"
-        if run.finished:
-            log(f"{tag} skip {run.name} (finished)")
-            return True
-        wait_below(workers)
-        if (other := filling(run)) is not None:
-            return later(tag, run, other, f"{other} is computing the frozen-prefix cache it reads")
-        if not _claim(run):
-            log(f"{tag} skip {run.name} (running in another sweep process)")
-            return True
-        if run.finished:  # another sweep process finished it while this one waited for a slot
-            (run.output_dir / LOCK).unlink(missing_ok=True)
-            log(f"{tag} skip {run.name} (finished)")
-            return True
-        write_json(run.output_dir / "args.json", run.args)
-        write_json(run.output_dir / "sweep_point.json", run.point)
-        if reuse_root is not None:
-            done, running = twins(reuse_root, exclude=run.output_dir)
-            key = fingerprint(run.args)
-            if key in done:
-                reuse(run, done[key])
-                (run.output_dir / LOCK).unlink(missing_ok=True)
-                log(f"{tag} reuse {run.name}: identical to the finished {done[key]}")
-                return True
-            mine = ((run.output_dir / LOCK).stat().st_mtime_ns, str(run.output_dir))
-            earlier = [folder for taken, folder in running.get(key, []) if (taken, str(folder)) < mine]
-            if earlier:  # the twin that took its lock first runs; this one takes its results
-                (run.output_dir / LOCK).unlink(missing_ok=True)
-                return later(tag, run, str(earlier[0]), f"the identical {earlier[0]} is running; its results will do")
-        log(f"{tag} run {run.name}")
-        handle = open(run.output_dir / "log.txt", "w")
-        proc = subprocess.Popen(
-            [python, str(entry), str(run.output_dir / "args.json")], stdout=handle, stderr=subprocess.STDOUT, env=env
-        )
-        active.append((run, proc, time.time(), handle))
-        return True
-
-    try:
-        deferred = [(index, run) for index, run in enumerate(runs, start=1) if not attempt(index, run)]
-        while deferred:  # runs waiting for a twin's results or for a cache: try again as runs finish
-            time.sleep(2)
-            reap()
-            deferred = [(index, run) for index, run in deferred if not attempt(index, run)]
-        wait_below(1)
-    finally:
-        for run, proc, _, handle in active:  # interrupted: stop the children, free their runs
-            proc.terminate()
-            proc.wait()
-            handle.close()
-            (run.output_dir / LOCK).unlink(missing_ok=True)
-    return failed
-
-
-def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"Cannot read sweep file {path}: {err}") from None
-
-
-if __name__ == "__main__":  # python -m peftlab.sweep TASK METHOD [--no_protocol]: the defaults, one flag a line
+if __name__ == "__main__":  # python -m peftlab.sweep TASK METHOD [--protocol P] [--no_offline]: one flag a line
     import argparse
 
     parser = argparse.ArgumentParser(description="Print run_glue.py's default flags for one run (scripts/glue.sh).")
     parser.add_argument("task")
     parser.add_argument("method")
-    parser.add_argument("--no_protocol", action="store_true", help="leave out the task's offline protocol")
+    parser.add_argument("--protocol", default="paper")
+    parser.add_argument("--no_offline", action="store_true", help="leave out the task's offline protocol")
     cli = parser.parse_args()
-    print("\n".join(as_flags(run_args(cli.task, cli.method, protocol=not cli.no_protocol))))
+    defaults = run_args(cli.task, cli.method, protocol=cli.protocol, offline=not cli.no_offline)
+    defaults.pop("save_model")  # a one-off run keeps its weights
+    print("\n".join(as_flags(defaults)))

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """Run a sweep: python scripts/sweep.py scripts/sweeps/layer_sweep_mrpc.json [--root runs/sweeps] [--workers N]
+                                        [--backend local|ray [--address auto] [--gpus_per_job 1]]
 
-Expands the grid in the JSON file (see peftlab/sweep.py), runs the unfinished runs, one after another or
---workers at a time (an interrupted sweep resumes where it stopped; finished runs are never redone or overwritten). --dry_run prints the
-runs and a rough CPU-time estimate without starting anything (scripts/estimate_check.py compares it with
-measured runs).
+Expands the grid in the JSON file (see peftlab/sweep.py), skips finished runs, copies the results of identical
+finished runs, and runs the rest as jobs: per group of runs on the same data, one fill job for the frozen-prefix
+caches and chunks of runs that share one process each. --backend local runs --workers jobs at a time on this
+machine; --backend ray hands them to Ray (a local one, or the cluster at --address, whose workers must share
+--root). An interrupted sweep resumes where it stopped. --dry_run prints the jobs and a CPU-time estimate without
+starting anything (scripts/estimate_check.py compares it with measured jobs).
 """
 
 from __future__ import annotations
@@ -18,89 +21,103 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.sweep import (  # noqa: E402
-    cache_key,
-    estimate_seconds,
+    BACKENDS,
     expand,
     fingerprint,
     finished_runs,
+    job_terms,
     load_sweep,
-    run_all,
-    workload,
+    plan_jobs,
+    run_sweep,
+    seconds_of,
 )
+
+
+def dry_run(runs, args) -> int:
+    done = {} if args.no_reuse else finished_runs(args.root)
+    todo, reused = [], 0
+    for run in runs:
+        if run.finished:
+            print(f"{run.name:60s} {run.args['method']:24s} finished")
+        elif fingerprint(run.args) in done:
+            reused += 1
+            print(f"{run.name:60s} {run.args['method']:24s} reuse {done[fingerprint(run.args)]}")
+        else:
+            todo.append(run)
+    total = 0.0
+    for job in plan_jobs(todo, args.workers):
+        fill_done = job.fill and any(r.finished for r in runs if r.args["task_name"] == job.runs[0].args["task_name"])
+        seconds = seconds_of(job_terms(job, args.glue_dir, fill_done=fill_done))
+        total += seconds
+        kind = "fill" if job.fill else f"{len(job.runs)} runs"
+        print(f"job {job.name:48s} {kind:10s} ~{seconds / 60:.1f} core-min")
+        if not job.fill:
+            for run in job.runs:
+                print(f"    {run.name:56s} {run.args['method']}")
+    cores = os.cpu_count() or 1
+    print(
+        f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished, {reused} to be copied from identical finished"
+        f" runs; estimated CPU time left: {total / 3600:.1f} core-hours, about {total / 3600 / cores:.1f} h on this"
+        f" machine's {cores} cores with --workers {cores} (early stopping not foreseen; see scripts/estimate_check.py)"
+    )
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep definition (JSON)")
     parser.add_argument("--root", default="runs/sweeps", help="runs go to ROOT/<sweep name>/...")
-    parser.add_argument("--dry_run", action="store_true", help="print the runs and a CPU-time estimate, run nothing")
+    parser.add_argument("--dry_run", action="store_true", help="print the jobs and a CPU-time estimate, run nothing")
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
     parser.add_argument(
         "--tasks",
         help="comma-separated subset of the sweep's tasks to run now, in the order given (e.g. the cheap ones "
         "first); default: all, in the sweep's order",
     )
+    parser.add_argument("--seeds", help="comma-separated subset of the sweep's seeds to run now")
     parser.add_argument(
         "--no_reuse",
         action="store_true",
         help="run every run, even one whose arguments equal those of a finished run elsewhere under --root "
         "(by default its results are copied in, with reused_from.txt naming the source)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="jobs side by side (each gets cores // workers threads)")
+    parser.add_argument("--backend", default="local", choices=BACKENDS, help="local process pool, or Ray")
     parser.add_argument(
-        "--workers", type=int, default=1,
-        help="runs side by side (each gets OMP_NUM_THREADS = cores // workers); several sweep processes, "
-        "even on machines sharing --root, may also work on one sweep: a lock file keeps them off each other's runs",
-    )  # fmt: skip
+        "--address", help="Ray cluster address (e.g. auto after `ray start --head`); default: a local Ray"
+    )
+    parser.add_argument("--gpus_per_job", type=float, default=0, help="Ray: GPUs each job asks for (1 for CUDA runs)")
+    parser.add_argument(
+        "--threads", type=int, help="Ray: CPUs (and threads) each job asks for; default cores // workers"
+    )
     args = parser.parse_args()
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     sweep = load_sweep(args.sweep)
-    if args.tasks:
-        chosen = args.tasks.split(",")
-        unknown = [t for t in chosen if t not in sweep.get("tasks", [])]
-        if unknown:
-            parser.error(f"--tasks {','.join(unknown)}: not in the sweep; its tasks are {', '.join(sweep['tasks'])}")
-        sweep["tasks"] = list(dict.fromkeys(chosen))  # in the order given: cheap tasks first finish whole columns
+    for option, key in (("tasks", "tasks"), ("seeds", "seeds")):
+        if getattr(args, option):
+            chosen = [type(sweep.get(key, [42])[0])(v) for v in getattr(args, option).split(",")]
+            unknown = [str(v) for v in chosen if v not in sweep.get(key, [42])]
+            if unknown:
+                valid = ", ".join(map(str, sweep.get(key, [42])))
+                parser.error(f"--{option} {','.join(unknown)}: not in the sweep; its {key} are {valid}")
+            sweep[key] = list(dict.fromkeys(chosen))  # in the order given: cheap tasks first finish whole columns
     runs = expand(sweep, args.root)
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)
     if args.dry_run:
-        total = 0.0
-        done = {} if args.no_reuse else finished_runs(args.root)
-        reused = 0
-        cached = {cache_key(run) for run in runs if run.finished}  # the first run with a new key fills the cache
-        for run in runs:
-            source = None if run.finished else done.get(fingerprint(run.args))
-            if source is not None:
-                reused += 1
-                print(f"{run.name:60s} {run.args['method']:24s} reuse {source}")
-                continue
-            if run.finished:
-                print(f"{run.name:60s} {run.args['method']:24s} finished")
-                continue
-            key = cache_key(run)
-            seconds = estimate_seconds(run, workload(run, args.glue_dir), fills_cache=key not in cached)
-            cached.add(key)
-            total += seconds
-            print(f"{run.name:60s} {run.args['method']:24s} ~{seconds / 60:.1f} core-min")
-        cores = os.cpu_count() or 1
-        print(
-            f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished, {reused} to be copied from identical finished"
-            f" runs; estimated CPU time left: {total / 3600:.1f} core-hours, about {total / 3600 / cores:.1f} h on"
-            f" this machine's {cores} cores with --workers {cores} (rough: see scripts/estimate_check.py)"
-        )
-        return 0
-    # A terminated sweep stops its runs and frees their locks (the runs left are redone on the next start).
+        return dry_run(runs, args)
+    # A terminated sweep stops its jobs (their unfinished runs are redone on the next start).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    failed = run_all(runs, workers=args.workers, reuse_root=None if args.no_reuse else args.root)
+    options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "threads": args.threads}
+    left = run_sweep(
+        runs, Path(args.root) / sweep["name"], workers=args.workers, backend=args.backend,
+        reuse_root=None if args.no_reuse else args.root,
+        **(options if args.backend == "ray" else {}),
+    )  # fmt: skip
     finished = sum(run.finished for run in runs)
-    elsewhere = len(runs) - finished - len(failed)  # left to another sweep process that holds their locks
-    print(
-        f"{finished} of {len(runs)} runs finished"
-        + (f"; {elsewhere} running in another sweep process" if elsewhere else "")
-        + (f"; failed: {[r.name for r in failed]}" if failed else "")
-    )
-    return 1 if failed else 0
+    print(f"{finished} of {len(runs)} runs finished" + (f"; not finished: {[r.name for r in left]}" if left else ""))
+    return 1 if left else 0
 
 
 if __name__ == "__main__":

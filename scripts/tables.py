@@ -6,7 +6,8 @@
 
 Without --by, the paper's Table 1: per method row and task, mean ± std (n seeds) of the task's main metric (x100),
 with the average relative improvement and gap bridged over the tasks (see peftlab/results.py); --cells gap_bridged
-(or relative_improvement) shows that quantity per task instead of the score. With --by layer or
+(or relative_improvement) shows that quantity per task instead of the score. --score last shows each run's
+last-epoch score instead of its reported (best-epoch, for the paper's protocol) one. With --by layer or
 --by bottleneck_dim, one task of a sweep: per method row and layer (or bottleneck), mean ± std (n), the best cell
 and the gap it bridges between the best probe ("raw") cell and full fine-tuning.
 """
@@ -44,9 +45,16 @@ if __name__ == "__main__":
         "--cells", choices=CELLS, default="score",
         help="Table 1's task cells: the score (default), or each row's relative improvement or gap bridged per task",
     )  # fmt: skip
+    parser.add_argument(
+        "--score", choices=["reported", "last"], default="reported",
+        help="reported: each run's reported score (its best epoch where it selects one on dev); last: its last "
+        "epoch's score, which no selection on the dev set has flattered",
+    )  # fmt: skip
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args()
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
+    if args.score == "last":
+        rows = [{**r, "score": r["last_score"] if r.get("last_score") is not None else r["score"]} for r in rows]
     if not rows:
         parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
     if args.variants:

@@ -20,8 +20,9 @@ two ways::
                                                                                                block's residual)
 
 With ``--adapter_init zero`` (default) the up-projection starts at zero, so a fresh added adapter is the identity
-and the model computes what the base model does; ``uniform`` keeps PyTorch's default ``nn.Linear``
-initialisation of both projections (the paper's ``identity_init False``).
+and the model computes what the base model does; ``model`` initialises both projections as the
+backbone initialises its linear layers, N(0, initializer_range) with zero biases: what the paper's code ends up
+with whatever its ``identity_init`` says (transformers re-initialises the new modules; docs/paper_protocol.md).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _NORM_ROLE = {"ffn": "ffn_norm", "attn": "attn_norm"}
 class Bottleneck(nn.Module):
     """``up(act(down(LN(x))))`` with ``down``: d -> r and ``up``: r -> d."""
 
-    def __init__(self, dim: int, args: PeftArguments) -> None:
+    def __init__(self, dim: int, args: PeftArguments, init_std: float = 0.02) -> None:
         super().__init__()
         affine = args.adapter_layernorm_affine
         self.norm = nn.LayerNorm(dim, elementwise_affine=affine) if args.adapter_layernorm else nn.Identity()
@@ -55,6 +56,10 @@ class Bottleneck(nn.Module):
         elif args.adapter_init == "normal":
             nn.init.normal_(self.up.weight, std=0.02)
             nn.init.zeros_(self.up.bias)
+        else:  # "model": as the backbone initialises its linear layers
+            for linear in (self.down, self.up):
+                nn.init.normal_(linear.weight, std=init_std)
+                nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(self.norm(x))))
@@ -81,10 +86,12 @@ class BlockInput:
 class AdapterLayer(TunerLayer):
     """Wraps a block's output projection; adds the adapter's output to it."""
 
-    def __init__(self, base_layer: nn.Module, dim: int, args: PeftArguments, block_input: BlockInput | None) -> None:
+    def __init__(
+        self, base_layer: nn.Module, dim: int, args: PeftArguments, block_input: BlockInput | None, init_std: float
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.adapter = Bottleneck(dim, args)
+        self.adapter = Bottleneck(dim, args, init_std)
         self.scaling = args.adapter_scaling
         self.block_input = block_input
 
@@ -102,11 +109,17 @@ class ResidualNormAdapterLayer(TunerLayer):
     """Wraps a block's closing LayerNorm; the adapter has its own residual connection, dropout and LayerNorm."""
 
     def __init__(
-        self, base_layer: nn.LayerNorm, dim: int, args: PeftArguments, block_input: BlockInput | None, dropout: float
+        self,
+        base_layer: nn.LayerNorm,
+        dim: int,
+        args: PeftArguments,
+        block_input: BlockInput | None,
+        init_std: float,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.adapter = Bottleneck(dim, args)
+        self.adapter = Bottleneck(dim, args, init_std)
         self.scaling = args.adapter_scaling
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=base_layer.eps, elementwise_affine=args.adapter_layernorm_affine)
@@ -149,15 +162,18 @@ class Adapter(Method):
         placement = self.args.placement
         dim = backbone.config.hidden_size
         dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
+        init_std = getattr(backbone.config, "initializer_range", 0.02)
         for layer in self.layers:
             block_input = None
             if self.args.adapter_form == "parallel":
                 block_input = BlockInput(self.module(backbone, arch, layer, _INPUT_ROLE[placement]))
             if self.args.adapter_residual_norm:
                 path = f"{arch.layers}.{layer}.{arch.roles[_NORM_ROLE[placement]]}"
-                new = ResidualNormAdapterLayer(backbone.get_submodule(path), dim, self.args, block_input, dropout)
+                new = ResidualNormAdapterLayer(
+                    backbone.get_submodule(path), dim, self.args, block_input, init_std, dropout
+                )
             else:
                 path = f"{arch.layers}.{layer}.{arch.roles[_OUTPUT_ROLE[placement]]}"
-                new = AdapterLayer(backbone.get_submodule(path), dim, self.args, block_input)
+                new = AdapterLayer(backbone.get_submodule(path), dim, self.args, block_input, init_std)
             replace_module(backbone, path, new)
         return []

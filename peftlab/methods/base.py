@@ -49,7 +49,8 @@ class PeftArguments:
         default="zero",
         metadata={
             "help": "zero: up-projection zero, so a new adapter is the identity; normal: N(0, 0.02) up-projection; "
-            "uniform: PyTorch's default nn.Linear initialisation of both projections (the paper's code)."
+            "model: both projections as the backbone initialises its own linear layers, N(0, initializer_range) weights and "
+            "zero biases (what the paper's code ends up with: docs/paper_protocol.md section 5)."
         },
     )
     adapter_residual_norm: bool = field(
@@ -90,13 +91,27 @@ class PeftArguments:
     train_layernorm: bool = field(
         default=False, metadata={"help": "ffn/attn methods: also train the block's LayerNorm."}
     )
+    train_extra_roles: str = field(
+        default="",
+        metadata={
+            "help": "ffn/attn methods: comma list of further roles to train in the same layers, e.g. "
+            "attn_out,attn_norm,ffn_norm (the paper's 'FFN only' name rule also trains those)."
+        },
+    )
+    bitfit_offset: bool = field(
+        default=False,
+        metadata={
+            "help": "BitFit trains a zero-initialised offset added to each bias (weight decay then pulls it toward the "
+            "pretrained bias, as in the paper's code) instead of the bias itself (never weight-decayed)."
+        },
+    )
 
     def __post_init__(self) -> None:
         choices = {
             "placement": ("ffn", "attn"),
             "adapter_form": ("sequential", "parallel"),
             "adapter_activation": tuple(ACTIVATIONS),
-            "adapter_init": ("zero", "normal", "uniform"),
+            "adapter_init": ("zero", "normal", "model"),
             "lora_init": ("kaiming", "normal"),
         }
         for name, valid in choices.items():
@@ -111,10 +126,12 @@ class PeftArguments:
             if name not in METHODS:
                 raise ConfigError(f"Unknown method {name!r}. Valid methods: {', '.join(METHODS)}.")
 
-    def roles(self, text: str, option: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    def roles(self, text: str, option: str, valid: tuple[str, ...], allow_empty: bool = False) -> tuple[str, ...]:
         """Parse a comma list of roles (``all`` = every valid role), naming the valid ones on error."""
         if text.strip() == "all":
             return valid
+        if allow_empty and not text.strip():
+            return ()
         roles = tuple(r.strip() for r in text.split(",") if r.strip())
         bad = [r for r in roles if r not in valid]
         if bad or not roles:

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from peftlab.architectures import ATTENTION_ROLES, FFN_ROLES, Architecture
+from peftlab.architectures import ATTENTION_ROLES, FFN_ROLES, LINEAR_ROLES, NORM_ROLES, Architecture
 from peftlab.methods.base import Method, register
 
 
@@ -19,8 +19,14 @@ class BlockFineTune(Method):
     roles: ClassVar[tuple[str, ...]]
     norm_role: ClassVar[str]
 
+    def check(self, backbone: nn.Module, arch: Architecture) -> None:
+        self.args.roles(self.args.train_extra_roles, "train_extra_roles", LINEAR_ROLES + NORM_ROLES, allow_empty=True)
+
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
-        roles = self.roles + ((self.norm_role,) if self.args.train_layernorm else ())
+        extra = self.args.roles(
+            self.args.train_extra_roles, "train_extra_roles", LINEAR_ROLES + NORM_ROLES, allow_empty=True
+        )
+        roles = dict.fromkeys(self.roles + ((self.norm_role,) if self.args.train_layernorm else ()) + extra)
         return [
             p for layer in self.layers for role in roles for p in self.module(backbone, arch, layer, role).parameters()
         ]

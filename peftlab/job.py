@@ -1,0 +1,51 @@
+"""``python -m peftlab.job JOB.json``: the runs of one sweep job, in this process (see :mod:`peftlab.sweep`).
+
+A job file holds ``{"fill": bool, "runs": [{"args": {...}, "point": {...}}, ...]}``. A fill job computes every
+frozen-prefix cache its runs read (one pass per split) and trains nothing; any other job trains its runs one after
+another, sharing data, model and caches (:func:`peftlab.run.run_many`), each writing ``args.json`` and
+``sweep_point.json`` into its own folder. A run found finished when its folder's lock is taken (another process
+finished it meanwhile) is left as it is. The job's summary (wall time, threads, outcome of each run) is written
+beside the job file as ``<job>.result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from peftlab.io import write_json
+from peftlab.run import fill_caches, run_many
+
+
+def main(path: str) -> int:
+    job = json.loads(Path(path).read_text())
+    entries = [run["args"] for run in job["runs"]]
+    start = time.time()
+    if job["fill"]:
+        fill_caches(entries)
+        outcomes = ["filled"] * len(entries)
+    else:
+        records = [{"args.json": run["args"], "sweep_point.json": run["point"]} for run in job["runs"]]
+        outcomes = run_many(entries, records=records, keep_going=True, skip_finished=True)
+    summary = {
+        "fill": job["fill"],
+        "wall_seconds": round(time.time() - start, 1),
+        "threads": torch.get_num_threads(),
+        "runs": [
+            {
+                "output_dir": run["args"]["output_dir"],
+                "outcome": o if isinstance(o, str) else ("failed" if isinstance(o, BaseException) else "finished"),
+            }
+            for run, o in zip(job["runs"], outcomes)
+        ],
+    }
+    write_json(Path(path).with_suffix(".result.json"), summary)
+    return 1 if any(r["outcome"] == "failed" for r in summary["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,180 @@
+"""The sweep engine: jobs on a local process pool or on Ray, shared fills, reuse, and no lost or doubled run when
+the driver is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, write
+
+from peftlab.io import write_json
+from peftlab.sweep import expand, fingerprint, plan_jobs, run_args, run_sweep
+
+
+def small_sweep(model: str, glue: Path, name: str = "s") -> dict:
+    """Two seeds of a cached adapter, a cached probe and full fine-tuning on the tests' 16 RTE examples."""
+    return {
+        "name": name, "protocol": "quick", "tasks": ["rte"], "seeds": [1, 2],
+        "variants": {
+            "adapter": {"method": "adapter@1", "bottleneck_dim": 2, "cache_frozen_prefix": True},
+            "raw": {"method": "probe", "cache_frozen_prefix": True},
+            "full": {"method": "full"},
+        },
+        "common": {"model_name_or_path": model, "glue_dir": str(glue), "pooling": "mean", "num_train_epochs": 1,
+                   "per_device_train_batch_size": 8, "frozen_cache_dir": str(glue.parent / "cache")},
+    }  # fmt: skip
+
+
+def finishes(run) -> list[str]:
+    history = run.output_dir / "history.log"
+    return [line for line in history.read_text().splitlines() if " finish " in line] if history.is_file() else []
+
+
+def test_runs_are_cut_into_one_fill_and_chunks_per_data_group(tmp_path):
+    sweep = {"name": "j", "tasks": ["rte", "mrpc"], "seeds": [1, 2],
+             "variants": {"a": {"method": "adapter@1", "cache_frozen_prefix": True}, "b": {"method": "lora@2"},
+                          "c": {"method": "probe", "cache_frozen_prefix": True}}}  # fmt: skip
+    runs = expand(sweep, tmp_path)
+    jobs = plan_jobs(runs, workers=2)
+    fills = [job for job in jobs if job.fill]
+    assert [job.name for job in fills] == ["rte-1-fill", "mrpc-2-fill"]
+    assert [r.name for r in fills[0].runs] == ["rte/a/seed1", "rte/c/seed1", "rte/a/seed2", "rte/c/seed2"]
+    chunks = [job for job in jobs if not job.fill]
+    assert all(job.after.runs[0].args["task_name"] == job.runs[0].args["task_name"] for job in chunks)
+    assert sorted(r.name for job in chunks for r in job.runs) == sorted(r.name for r in runs)  # each run once
+    assert all(len({r.args["seed"] for r in job.runs}) == 1 for job in chunks)  # one seed per process
+    one_seed = plan_jobs(expand({**sweep, "seeds": [1]}, tmp_path), workers=2)
+    assert [len(job.runs) for job in one_seed if not job.fill] == [2, 1, 2, 1]  # split to keep 2 workers busy
+
+
+def test_local_sweep_fills_each_cache_once_and_trains_runs_in_shared_processes(tiny_bert, rte_dir, tmp_path):
+    runs = expand(small_sweep(tiny_bert, rte_dir), tmp_path / "runs")
+    root = tmp_path / "runs" / "s"
+    log = []
+    assert run_sweep(runs, root, workers=2, log=log.append) == []
+    assert all(run.finished and len(finishes(run)) == 1 for run in runs)
+    for run in runs:  # each folder says what ran there, written by the process that trained it
+        assert json.loads((run.output_dir / "args.json").read_text()) == run.args
+        assert json.loads((run.output_dir / "sweep_point.json").read_text()) == run.point
+        assert not (run.output_dir / "model.safetensors").exists()  # sweeps keep scores, not weights
+    jobs = sorted((root / ".jobs").glob("*.result.json"))
+    assert len(jobs) == 3  # one fill job and one process per seed
+    logs = {p.stem: p.read_text() for p in (root / ".jobs").glob("*.log")}
+    # The fill job computes adapter@1's layer-1 inputs and the probe's features in one pass (train and dev of the
+    # tests' RTE hold the same rows, so one pass serves both); the training processes only read them.
+    assert (
+        logs["rte-1-fill"].count(
+            "Filling the frozen-prefix cache in one pass: Need(depth=1, kind='hidden'), Need(depth=2, kind='mean')"
+        )
+        == 1
+    )
+    assert all("Frozen-prefix cache written" not in text for name, text in logs.items() if name != "rte-1-fill")
+    again = []
+    assert run_sweep(runs, root, workers=2, log=again.append) == [] and again == ["6 of 6 runs finished; 0 to run"]
+
+
+def test_identical_finished_runs_are_copied_not_rerun(tmp_path):
+    source = expand(
+        {"name": "a", "tasks": ["rte"], "variants": {"x": {"method": "adapter@1", "placement": "ffn"}}}, tmp_path
+    )[0]
+    write_json(source.output_dir / "args.json", source.args)
+    write(source.output_dir / "all_results.json", '{"eval_accuracy": 0.75}')
+    runs = expand({"name": "b", "tasks": ["rte"], "variants": {"y": {"method": "adapter@1"}}}, tmp_path)
+    assert fingerprint(runs[0].args) == fingerprint(source.args)  # a default value given or not: the same run
+    log = []
+    assert run_sweep(runs, tmp_path / "b", reuse_root=tmp_path, log=log.append) == []
+    assert log[0] == f"reuse rte/y/seed42: identical to the finished {source.output_dir}"
+    assert (runs[0].output_dir / "reused_from.txt").read_text().strip() == str(source.output_dir)
+    assert json.loads((runs[0].output_dir / "all_results.json").read_text()) == {"eval_accuracy": 0.75}
+    assert not (tmp_path / "b" / ".jobs").exists()  # nothing was started
+
+
+def test_killing_the_driver_at_a_random_point_loses_nothing_and_runs_nothing_twice(tiny_bert, rte_dir, tmp_path):
+    """SIGKILL of scripts/sweep.py takes its job processes along (so their folder locks go too); a rerun finishes
+    every run, each exactly once, with no two processes ever in one run folder."""
+    sweep_file = write(tmp_path / "s.json", json.dumps(small_sweep(tiny_bert, rte_dir)))
+    command = [sys.executable, "scripts/sweep.py", str(sweep_file), "--root", str(tmp_path / "runs"), "--workers", "2"]
+    driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(os.getpid()).uniform(4, 14))
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.time() + 30
+    while (
+        time.time() < deadline and "peftlab.job" in subprocess.run(["ps", "ax"], capture_output=True, text=True).stdout
+    ):
+        time.sleep(0.5)
+    assert "peftlab.job" not in subprocess.run(["ps", "ax"], capture_output=True, text=True).stdout
+    assert subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600).returncode == 0
+    runs = expand(small_sweep(tiny_bert, rte_dir), tmp_path / "runs")
+    for run in runs:
+        assert run.finished and len(finishes(run)) == 1, run.name
+        events = [line.split()[1] for line in (run.output_dir / "history.log").read_text().splitlines()]
+        assert events[-2:] == ["start", "finish"] and "finish" not in events[:-1], run.name  # no overlap, once
+
+
+def test_ray_backend_gives_the_same_results_as_the_local_pool(tiny_bert, rte_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    local = expand(small_sweep(tiny_bert, rte_dir, "s"), tmp_path / "local")
+    assert run_sweep(local, tmp_path / "local" / "s", workers=2, log=lambda _: None) == []
+    remote = expand(small_sweep(tiny_bert, rte_dir, "s"), tmp_path / "ray")
+    try:
+        assert run_sweep(remote, tmp_path / "ray" / "s", workers=2, backend="ray", log=lambda _: None) == []
+    finally:
+        ray.shutdown()
+    for a, b in zip(local, remote):
+        ours, theirs = (json.loads((r.output_dir / "all_results.json").read_text()) for r in (a, b))
+        assert ours["eval_loss"] == theirs["eval_loss"] and ours["eval_accuracy"] == theirs["eval_accuracy"], a.name
+
+
+def test_a_job_file_a_worker_cannot_see_is_a_clear_error(tmp_path):
+    from peftlab.sweep import run_job_process
+
+    with pytest.raises(FileNotFoundError, match="every worker must see the sweep's --root"):
+        run_job_process(tmp_path / "missing.json", dict(os.environ))
+
+
+def test_glue_sh_runs_under_the_named_protocol_with_offline_splits(tmp_path):
+    def command(*args, protocol="paper"):
+        env = {**os.environ, "DRY_RUN": "1", "OUT_DIR": str(tmp_path / "run"), "PROTOCOL": protocol}
+        out = subprocess.run(["bash", "scripts/glue.sh", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        return out.stdout.split()
+
+    qnli = command("qnli", "lora@5", "--seed", "7")
+    assert qnli[qnli.index("--protocol") + 1] == "paper" and "--split_dev" in qnli
+    assert qnli[-2:] == ["--seed", "7"]  # the caller's flags come last, so they win
+    assert "--save_model" not in qnli  # a one-off run keeps its weights
+    own_split = command("qnli", "full", "--train_split", "train", protocol="quick")
+    assert "--split_dev" not in own_split and own_split[own_split.index("--protocol") + 1] == "quick"
+    point = expand(
+        {"name": "s", "protocol": "paper", "tasks": ["qnli"], "variants": {"v": {"method": "lora@5"}}}, tmp_path
+    )[0]
+    assert {k: v for k, v in point.args.items() if k != "output_dir"} == run_args("qnli", "lora@5", protocol="paper")
+
+
+def test_dry_run_lists_jobs_with_an_estimate_and_starts_nothing(rte_dir, tmp_path):
+    sweep = write(tmp_path / "s.json", json.dumps({"name": "d", "tasks": ["rte"], "variants": {
+        "full": {"method": "full"}, "lora": {"method": "lora@1", "cache_frozen_prefix": True}}}))  # fmt: skip
+    command = [
+        sys.executable,
+        "scripts/sweep.py",
+        str(sweep),
+        "--root",
+        str(tmp_path / "runs"),
+        "--glue_dir",
+        str(rte_dir),
+    ]
+    out = subprocess.run([*command, "--dry_run"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("job rte-1-fill") and "core-min" in out.stdout and "2 runs, 0 finished" in out.stdout
+    assert not (tmp_path / "runs").exists()
+    bad = subprocess.run([*command, "--dry_run", "--tasks", "mnli"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--tasks mnli: not in the sweep; its tasks are rte" in bad.stderr
