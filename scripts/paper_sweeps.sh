@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The paper-protocol sweeps on the bundled model, in the order they were run for docs/results.md, resumable:
+# each line skips the runs already finished under docs/results/runs (kept in git), so rerunning this script after
+# an interruption picks up where it stopped. Two jobs at a time, one thread each (the 2-core CPU).
+#   bash scripts/paper_sweeps.sh [extra scripts/sweep.py flags, e.g. --dry_run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sweep() { python scripts/sweep.py "$@" --root docs/results/runs --workers "${WORKERS:-2}" "${EXTRA[@]}"; }
+EXTRA=("$@")
+# 1. Table 1: the seven cheaper tasks with three seeds, then SST-2 and QQP with one.
+sweep scripts/sweeps/table1_paper.json --tasks rte,mrpc,stsb,cola,wnli,qnli,mnli
+sweep scripts/sweeps/table1_paper.json --tasks sst2,qqp --seeds 42
+# 2. The MRPC layer sweep and scale-up.
+sweep scripts/sweeps/layer_sweep_mrpc_paper.json
+sweep scripts/sweeps/scaleup_mrpc_paper.json
+# 3. More seeds of SST-2 and QQP as the machine allows.
+sweep scripts/sweeps/table1_paper.json --tasks sst2,qqp --seeds 43,44
