@@ -23,7 +23,7 @@ one row per pooling, named ``<variant>_<pooling>``). A variant's ``method`` gets
 ``{layer}`` and ``{next_layer}`` inside any string option are filled in (for strategies such as
 ``adapter@{layer},{next_layer}``). Arguments are merged in the order: :data:`DEFAULTS` and the sweep's
 ``protocol`` (a ``--protocol`` preset, see :mod:`peftlab.protocols`, applied by each run), the task's offline
-protocol, ``common``, ``task_args``, the variant, the grid values.
+protocol (unless the sweep says ``"offline": false``), ``common``, ``task_args``, the variant, the grid values.
 
 How a sweep runs (:func:`run_sweep`). The driver alone decides what runs: it skips finished runs, copies the
 results of identical finished runs (:func:`fingerprint`), and cuts the rest into jobs. Runs that read the same
@@ -139,6 +139,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
     runs = []
     seeds = sweep.get("seeds", [42])
     protocol = sweep.get("protocol", "quick")
+    offline = sweep.get("offline", True)  # false: every task trains on its own train split (the hub has them all)
     for seed, task, (variant, spec) in itertools.product(seeds, sweep["tasks"], sweep["variants"].items()):
         layers = sweep.get("layers", [None]) if spec.get("per_layer") else [None]
         dims = sweep.get("bottleneck_dims", [None]) if spec.get("per_bottleneck") else [None]
@@ -153,7 +154,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
                 for k, v in spec.items()
                 if k not in ("method", "per_layer", "per_bottleneck", "per_pooling")
             }
-            args = run_args(task, method, seed, protocol)
+            args = run_args(task, method, seed, protocol, offline)
             args.update(sweep.get("common", {}))
             args.update(sweep.get("task_args", {}).get(task, {}))
             args.update(options)
@@ -573,6 +574,55 @@ def job_terms(job: Job, glue_dir: str | os.PathLike, num_layers: int = 6, fill_d
         for unit, n in run_terms(run, workload(run, glue_dir), num_layers).items():
             terms[unit] += n
     return terms
+
+
+GLUE_SIZES = {
+    "cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb": (5749, 1500), "qqp": (363846, 40430),
+    "mnli": (392702, 19647), "qnli": (104743, 5463), "rte": (2490, 277), "wnli": (635, 71),
+}  # fmt: skip
+"""Official GLUE (train, dev) sizes (MNLI dev: matched + mismatched), for estimates without the data at hand."""
+ENCODER_SHAPES = {"roberta-base": (12, 768, 3072), "bert-base-uncased": (12, 768, 3072)}
+"""(layers, hidden, FFN width) of the hub models the GPU sweep files name; others are read from their config."""
+
+
+def encoder_shape(model: str | None) -> tuple[int, int, int]:
+    if model in ENCODER_SHAPES:
+        return ENCODER_SHAPES[model]
+    from transformers import AutoConfig  # a local folder or a cached hub model
+
+    from peftlab.modeling import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model))
+    return config.num_hidden_layers, config.hidden_size, config.intermediate_size
+
+
+def gpu_seconds(run: Run, tflops: float, tokens: int = 128) -> float:
+    """A FLOP-count estimate of ``run`` on one GPU achieving ``tflops`` TFLOP/s: every example padded to
+    ``tokens`` (the paper's ``pad_to_max_length``), the official split sizes, all epochs (no early stopping), one
+    dev evaluation per epoch, no frozen-prefix cache. Forward = 2 x linear parameters + attention per token; the
+    backward pass costs twice the forward through trained layers (input and weight gradients) and once through
+    frozen layers above the lowest trained one (input gradients only)."""
+    args = effective_args(run.args)
+    layers, hidden, width = encoder_shape(args.get("model_name_or_path"))
+    kept = int(args.get("num_hidden_layers") or layers)
+    per_layer = 2 * (4 * hidden * hidden + 2 * hidden * width) + 4 * tokens * hidden
+    forward = kept * per_layer * tokens
+    method = args["method"].split("@")[0]
+    if method == "full":
+        backward = 2 * forward
+    elif method == "probe":
+        backward = 0
+    else:
+        from peftlab.architectures import parse_layers
+        from peftlab.methods.base import parse_method_string
+
+        lowest = min(
+            layer for _, spec in parse_method_string(args["method"]) for layer in parse_layers(spec or "all", kept)
+        )
+        backward = (kept - lowest) * per_layer * tokens
+    train, dev = GLUE_SIZES[args["task_name"]]
+    epochs = float(args.get("num_train_epochs", 3))
+    return (epochs * train * (forward + backward) + epochs * dev * forward) / (tflops * 1e12)
 
 
 def seconds_of(terms: dict[str, float], cost: dict[str, float] | None = None) -> float:

@@ -107,6 +107,23 @@ class GlueTrainer(Trainer):
                         self.state.best_metric)  # fmt: skip
         return output
 
+    def evaluation_of_final_model(self) -> dict[str, float] | None:
+        """The metrics of the model as it is after training, when training already computed them on the first
+        evaluation set: the kept best evaluation (restored from memory), or an evaluation at the very last step.
+        Evaluating again would give the same numbers (same weights, same data, eval mode); ``None`` otherwise."""
+        evaluations = [entry for entry in self.state.log_history if any(k.startswith("eval_") for k in entry)]
+        if not evaluations:
+            return None
+        if self._best_state is not None:
+            entry = self.selection_summary().get("best_evaluation")
+        elif not self.args.load_best_model_at_end and evaluations[-1].get("step") == self.state.global_step:
+            entry = evaluations[-1]
+        else:
+            entry = None
+        if entry is None:
+            return None
+        return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+
     def selection_summary(self) -> dict[str, Any]:
         """Every evaluation during training, the one the reported model comes from, and the last one: so that both
         the best-epoch and the last-epoch score of a run can be read from its results."""

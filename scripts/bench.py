@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.cache import CachedCollator, CachedDataset, frozen_prefix_depth, load_or_compute  # noqa: E402
+from peftlab.cache import CachedCollator, CachedDataset, FrozenPrefixCache, need_of  # noqa: E402
 from peftlab.glue.data import load_run_data  # noqa: E402
 from peftlab.glue.tasks import get_task  # noqa: E402
 from peftlab.methods import PeftArguments  # noqa: E402
@@ -160,16 +160,15 @@ def setup(config: Config, args, task, path, tokenizer, features, cache_dir):
         DataCollatorWithPadding(tokenizer),
     )
     if config.cache:
-        depth = frozen_prefix_depth(model.backbone)
-        model.frozen_prefix = depth
+        need = need_of(model)
+        model.frozen_prefix = need.depth
         start = time.perf_counter()
-        cached = load_or_compute(model, features, depth, tokenizer, cache_dir)
+        cached = FrozenPrefixCache(model.backbone, cache_dir).get(features, need, tokenizer)
         built = time.perf_counter() - start
         start = time.perf_counter()
-        cached = load_or_compute(model, features, depth, tokenizer, cache_dir)
+        cached = FrozenPrefixCache(model.backbone, cache_dir).get(features, need, tokenizer)  # a new process: disk
         loaded = time.perf_counter() - start
-        probe = depth == model.backbone.config.num_hidden_layers
-        data, collate = CachedDataset(features, cached, probe), CachedCollator(tokenizer)
+        data, collate = CachedDataset(features, cached, need.kind != "hidden"), CachedCollator(tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return model, optimizer, data, collate, built, loaded
 

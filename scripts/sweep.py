@@ -25,12 +25,27 @@ from peftlab.sweep import (  # noqa: E402
     expand,
     fingerprint,
     finished_runs,
+    gpu_seconds,
     job_terms,
     load_sweep,
     plan_jobs,
     run_sweep,
     seconds_of,
 )
+
+
+def gpu_dry_run(runs, args) -> int:
+    total = 0.0
+    for run in runs:
+        seconds = 0.0 if run.finished else gpu_seconds(run, args.gpu_tflops)
+        total += seconds
+        print(f"{run.name:60s} {run.args['method']:24s} ~{seconds / 60:.1f} GPU-min")
+    print(
+        f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished; estimated time left on one GPU: "
+        f"{total / 3600:.1f} h at an assumed {args.gpu_tflops:g} TFLOP/s achieved (a FLOP count, not a measurement: "
+        "see gpu_seconds in peftlab/sweep.py)"
+    )
+    return 0
 
 
 def dry_run(runs, args) -> int:
@@ -68,6 +83,10 @@ def main() -> int:
     parser.add_argument("sweep", help="sweep definition (JSON)")
     parser.add_argument("--root", default="runs/sweeps", help="runs go to ROOT/<sweep name>/...")
     parser.add_argument("--dry_run", action="store_true", help="print the jobs and a CPU-time estimate, run nothing")
+    parser.add_argument(
+        "--gpu_tflops", type=float,
+        help="with --dry_run: estimate hours on one GPU achieving this many TFLOP/s (a FLOP count; e.g. 40)",
+    )  # fmt: skip
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
     parser.add_argument(
         "--tasks",
@@ -106,7 +125,7 @@ def main() -> int:
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)
     if args.dry_run:
-        return dry_run(runs, args)
+        return gpu_dry_run(runs, args) if args.gpu_tflops else dry_run(runs, args)
     # A terminated sweep stops its jobs (their unfinished runs are redone on the next start).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "threads": args.threads}

@@ -60,23 +60,30 @@ class LoraLinear(TunerLayer):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Add the update to the base weight (idempotent); the original weight is kept for :meth:`unmerge`."""
+        """Put ``W + update`` in place of the base weight (idempotent); the original tensor is kept for
+        :meth:`unmerge`. The merged weight is a new tensor: the original is never written to, so a base weight
+        shared with other models (runs of one process share the frozen backbone) is never seen modified."""
         if not self.merged:
-            self._unmerged_weight = self.base_layer.weight.detach().clone()
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            weight = self.base_layer.weight
+            self._unmerged_weight = weight.data
+            weight.data = weight.data + self.delta_weight().to(weight.dtype)
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the base weight bit for bit (subtracting the update again would not be exact in floats)."""
+        """Restore the original base weight tensor, bit for bit (subtracting the update would not be exact)."""
         if self.merged:
-            self.base_layer.weight.copy_(self._unmerged_weight)
+            self.base_layer.weight.data = self._unmerged_weight
             self._unmerged_weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         if self.merged:
             return out
-        return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        # out + s * B(A(x)) as one GEMM that accumulates into the base output (no separate scale and add passes
+        # over the (tokens x out_features) result, forward or backward).
+        low = self.lora_A(self.lora_dropout(x)).reshape(-1, self.rank)
+        flat = out.reshape(-1, out.shape[-1])
+        return torch.addmm(flat, low, self.lora_B.weight.t(), alpha=self.scaling).view(out.shape)
 
 
 @register
