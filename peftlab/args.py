@@ -223,6 +223,8 @@ class GlueTrainingArguments(TrainingArguments):
                     if self.save_total_limit is None:
                         self.save_total_limit = 1
         if not torch.cuda.is_available():
+            if self.bf16 and not self.use_cpu:
+                self.use_cpu = True  # bf16 autocast on the CPU (the Trainer asks for use_cpu to allow it)
             self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
             if self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 # Under torchrun on CPUs, transformers would otherwise run N independent single-process

@@ -451,6 +451,10 @@ def run_config(spec: RunSpec, run_data: RunData, peft_args: PeftArguments) -> di
         "data_args": asdict(data_args),
         "training_args": training_args.to_dict(),
         "model_selection": model_selection(training_args),
+        "precision": {
+            "training": "fp16 autocast" if training_args.fp16 else "bf16 autocast" if training_args.bf16 else "fp32",
+            "frozen_prefix_cache": f"{training_args.cache_dtype} (filled in fp32)" if spec.cache_need else None,
+        },
         "frozen_layers_mode": spec.frozen_layers_mode,
         "versions": versions(),
         "device": "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu",

@@ -22,6 +22,7 @@ attention products) against a large fp32 matmul timed in the same run. A benchma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -54,8 +55,17 @@ class Config:
     peer: bool = False  # HuggingFace peft's LoRA instead of ours
 
 
+DEVICE = torch.device("cpu")
+PRECISION = "fp32"
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def configs(top: int) -> list[Config]:
+    from peftlab.protocols import PAPER_METHOD_OPTIONS
+
     lora = {"lora_rank": 8, "lora_alpha": 16, "lora_targets": "query,value"}
+    paper_layer = (top + 1) * 5 // 12  # the paper's adapter layer 5 of 12, scaled (2 of 6)
+    paper_adapter = {**PAPER_METHOD_OPTIONS["adapter"], "adapter_form": "parallel"}
     base = [
         Config("full", "full", {}),
         Config("probe", "probe", {}),
@@ -67,7 +77,8 @@ def configs(top: int) -> list[Config]:
         Config(f"prefix@{top}", f"prefix@{top}", {"prefix_length": 16}),
     ]  # fmt: skip
     cached = [Config(c.name + " +cache", c.method, c.options, cache=True) for c in base if c.name in ("probe", f"ffn@{top}", f"adapter@{top}", f"parallel adapter@{top}", f"prefix@{top}")]  # fmt: skip
-    return base + cached
+    paper = [Config(f"paper adapter@{paper_layer} +cache", f"adapter@{paper_layer}", paper_adapter, cache=True)]
+    return base + cached + paper
 
 
 def build(config: Config, model_path: str, num_labels: int, pooling: str):
@@ -85,7 +96,7 @@ def build(config: Config, model_path: str, num_labels: int, pooling: str):
         peft.inject_adapter_in_model(lora, model.backbone)
         for name, param in model.backbone.named_parameters():
             param.requires_grad_("lora_" in name)  # peft's own layers (this peer only; ours find them by type)
-    return model.train()
+    return model.to(DEVICE).train()
 
 
 def batches(features, size: int):
@@ -93,24 +104,49 @@ def batches(features, size: int):
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+SCALER: torch.amp.GradScaler | None = None
+
+
 def epoch(model, optimizer, data, collate, groups) -> list[float]:
+    """One optimizer step per group, under autocast for fp16/bf16 (a gradient scaler for fp16, as the Trainer
+    uses); returns each step's seconds (inputs already on the device)."""
     times = []
     for group in groups:
-        batch = collate([data[i] for i in group])
+        batch = {k: v.to(DEVICE) for k, v in collate([data[i] for i in group]).items()}
+        _sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        optimizer.step()
+        with torch.autocast(DEVICE.type, dtype=DTYPES[PRECISION]) if PRECISION in DTYPES else contextlib.nullcontext():
+            loss = model(**batch).loss
+        if SCALER is not None:
+            SCALER.scale(loss).backward()
+            SCALER.step(optimizer)
+            SCALER.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        _sync()
         times.append(time.perf_counter() - start)
     return times
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """The device's matrix-product rate in the benchmark's precision (fp32, or fp16/bf16 inputs)."""
+    dtype = DTYPES.get(PRECISION, torch.float32)
+    if DEVICE.type == "cuda":
+        size, repeats = 8192, 10
+    a, b = torch.randn(size, size, device=DEVICE, dtype=dtype), torch.randn(size, size, device=DEVICE, dtype=dtype)
     a @ b
+    _sync()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _sync()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -125,6 +161,26 @@ def full_step_flops(model, features, groups) -> float:
         width = max(features[i]["length"] for i in group)
         tokens = width * len(group)
         total += 6 * linear * tokens + 3 * 4 * layers * width * width * hidden * len(group)
+    return total / len(groups)
+
+
+def cached_step_flops(model, features, groups, depth: int) -> float:
+    """Matrix-product FLOPs per step of a frozen-backbone configuration that reads the cache at layer ``depth``:
+    the layers from ``depth`` up run forward (2 x linear params x tokens, plus QK^T and AV) and backward for the
+    input gradients only (the same again; frozen weights get no gradient); the method's own parameters and the
+    head are left out (a few thousand of the ~2 M per layer)."""
+    layers = model.backbone.config.num_hidden_layers
+    hidden = model.backbone.config.hidden_size
+    per_layer = sum(
+        m.weight.numel() for m in model.backbone.encoder.layer[depth].modules()
+        if isinstance(m, nn.Linear) and not m.weight.requires_grad
+    )  # fmt: skip
+    total = 0.0
+    for group in groups:
+        width = max(features[i]["length"] for i in group)
+        tokens = width * len(group)
+        forward = (layers - depth) * (2 * per_layer * tokens + 4 * width * width * hidden * len(group))
+        total += 2 * forward
     return total / len(groups)
 
 
@@ -229,8 +285,13 @@ def main() -> None:
     parser.add_argument(
         "--profile", default=None, help="print a torch.profiler table of one epoch of this configuration and stop"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast dtype")
     parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE, PRECISION, SCALER
+    DEVICE, PRECISION = torch.device(args.device), args.precision
+    SCALER = torch.amp.GradScaler("cuda") if PRECISION == "fp16" and DEVICE.type == "cuda" else None
     if args._memory_child:
         return memory_child(args._memory_child)
     task, path, tokenizer, features = prepare(args)
@@ -240,7 +301,8 @@ def main() -> None:
         return profile(args, [c for c in configs(top) if c.name == args.profile][0], task, path, tokenizer, features)
     groups = batches(features, args.batch_size)
     print(f"# bench: task={args.task} samples={len(features)} batch={args.batch_size} steps/epoch={len(groups)} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__} device=cpu")  # fmt: skip
+          f"threads={torch.get_num_threads()} torch={torch.__version__} device={args.device} "
+          f"({torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}) precision={args.precision}")  # fmt: skip
     with tempfile.TemporaryDirectory() as cache_dir:
         # Each configuration gets its own cache folder, so that "cold" really computes (configurations at the
         # same layer would otherwise share one file, which is the sweep case that "warm" measures).
@@ -253,15 +315,24 @@ def main() -> None:
         steps = {c.name: [] for c in chosen}
         epochs = {c.name: [] for c in chosen}
         gflops = []
+        gpu_memory: dict[str, float] = {}
         for _ in range(args.repeats):
             gflops.append(matmul_gflops())
             for config in chosen:
                 model, optimizer, data, collate, *_rest = state[config.name]
+                if DEVICE.type == "cuda" and config.name not in gpu_memory:
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
                 times = epoch(model, optimizer, data, collate, groups)
+                if DEVICE.type == "cuda" and config.name not in gpu_memory:
+                    gpu_memory[config.name] = (torch.cuda.max_memory_allocated() - before) / 2**20
                 steps[config.name].append(statistics.median(times))
                 epochs[config.name].append(sum(times))
     matmul = statistics.median(gflops)
-    memory = {c.name: (None if args.no_memory else peak_memory(args, c)) for c in chosen}
+    if DEVICE.type == "cuda":
+        memory = {c.name: gpu_memory[c.name] for c in chosen}  # peak GPU memory over one epoch, beyond the model
+    else:
+        memory = {c.name: (None if args.no_memory else peak_memory(args, c)) for c in chosen}
     print(
         "\n| configuration | trainable params | step (s) | samples/s | vs full | cache build / load (s) | 3 epochs cold (s) | 3 epochs warm (s) | peak extra memory (MB) |"
     )
@@ -294,6 +365,13 @@ def main() -> None:
             built, loaded = state[config.name][4], state[config.name][5]
             print(f"- {plain}: epoch after the first {plain_epoch / cached_epoch:.1f}x faster with the cache; "
                   f"3 epochs warm {3 * plain_epoch / (loaded + 3 * cached_epoch):.1f}x, cold {3 * plain_epoch / (built + 3 * cached_epoch):.1f}x")  # fmt: skip
+    for config in chosen:
+        if config.name.startswith("paper adapter@"):
+            model = state[config.name][0]
+            flops = cached_step_flops(model, features, groups, model.frozen_prefix)
+            floor = flops / (matmul * 1e9)
+            print(f"- {config.name}: {flops / by_name[config.name] / 1e9:.1f} GFLOP/s achieved vs {matmul:.1f} GFLOP/s "
+                  f"matmul rate: the step takes {by_name[config.name] / floor:.2f}x its matmul floor ({floor:.3f} s)")  # fmt: skip
     if "full" in by_name:
         flops = full_step_flops(state["full"][0], features, groups)
         achieved = flops / by_name["full"] / 1e9

@@ -1,0 +1,99 @@
+"""Mixed precision: what a CPU can check (bf16 autocast, narrow cache dtypes, LoRA's merge on half-precision
+weights), and the CUDA checks that run where a GPU is (marked ``gpu``, skipped elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, need_of
+from peftlab.methods import PeftArguments
+from peftlab.methods.lora import LoraLinear, lora_merged
+from peftlab.modeling import HeadConfig, build_classifier
+from peftlab.run import main
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+METHODS = ["full", "probe", "bitfit@1", "lora@all", "adapter@1", "prefix@1", "ffn@0", "attn@1"]
+
+
+def run(model, glue, out, *extra):
+    return main(["--model_name_or_path", model, "--task_name", "rte", "--glue_dir", str(glue), "--output_dir",
+                 str(out), "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+                 "--pooling", "mean", "--disable_tqdm", "True", *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_with_bf16_autocast_on_cpu(tiny_bert, rte_dir, tmp_path, method):
+    results = run(tiny_bert, rte_dir, tmp_path / "o", "--method", method, "--bf16", "true")
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+    config = json.loads((tmp_path / "o" / "run_config.json").read_text())
+    assert config["precision"]["training"] == "bf16 autocast" and config["training_args"]["bf16"] is True
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 2e-2), ("float16", 2e-3)])
+def test_the_cache_serves_a_stated_dtype_and_matches_no_cache_within_tolerance(
+    tiny_bert_no_dropout, rte_dir, tmp_path, dtype, tolerance
+):
+    """fp32 is exact (1e-5: float summation order); bf16 keeps 8 bits of mantissa, fp16 11."""
+    plain = run(tiny_bert_no_dropout, rte_dir, tmp_path / "plain", "--method", "adapter@1", "--head_dropout", "0")
+    cached = run(tiny_bert_no_dropout, rte_dir, tmp_path / "cached", "--method", "adapter@1", "--head_dropout", "0",
+                 "--cache_frozen_prefix", "true", "--frozen_cache_dir", str(tmp_path / "cache"), "--cache_dtype", dtype)  # fmt: skip
+    assert cached["eval_loss"] == pytest.approx(plain["eval_loss"], abs=tolerance)
+    from safetensors import safe_open
+
+    (path,) = {p for p in (tmp_path / "cache").glob("*.safetensors")}
+    with safe_open(str(path), "pt") as handle:
+        assert str(handle.get_tensor("data").dtype) == f"torch.{dtype}"
+    config = json.loads((tmp_path / "cached" / "run_config.json").read_text())
+    assert config["precision"]["frozen_prefix_cache"] == f"{dtype} (filled in fp32)"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lora_merge_on_half_precision_weights_is_close_and_restores_them_exactly(tiny_bert, dtype):
+    torch.manual_seed(0)
+    model = build_classifier(tiny_bert, HeadConfig(2, pooling="mean"), PeftArguments(method="lora@all"))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLinear):
+                module.lora_B.weight.normal_(std=0.05)
+    model = model.to(dtype).eval()
+    ids = torch.randint(5, 1000, (3, 9))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        unmerged = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        with lora_merged(model):
+            merged = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    assert torch.allclose(merged, unmerged, atol=5e-2)  # half-precision rounding of W + BA
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # bit for bit
+
+
+@gpu
+@pytest.mark.parametrize("precision", ["--fp16", "--bf16"])
+def test_cuda_runs_with_the_cache_in_half_precision_keep_everything_on_the_gpu(tiny_bert, rte_dir, tmp_path, precision):
+    results = run(tiny_bert, rte_dir, tmp_path / "o", "--method", "adapter@1", precision, "true",
+                  "--cache_frozen_prefix", "true", "--frozen_cache_dir", str(tmp_path / "cache"),
+                  "--cache_dtype", "float16" if precision == "--fp16" else "bfloat16")  # fmt: skip
+    assert math.isfinite(results["eval_loss"])
+    assert json.loads((tmp_path / "o" / "run_config.json").read_text())["device"] == "cuda"
+
+
+@gpu
+def test_cached_inputs_and_prefix_masks_follow_the_model_to_the_gpu(tiny_bert, tmp_path):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from peftlab.run import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    data = tokenize(datasets.Dataset.from_dict({"sentence": ["a b c", "d e"], "label": [0, 1], "idx": [0, 1]}),
+                    ("sentence",), tokenizer, 16, False)  # fmt: skip
+    for method in ("prefix@1", "probe"):
+        model = build_classifier(tiny_bert, HeadConfig(2, pooling="mean"), PeftArguments(method=method)).cuda()
+        wrapped = cache_datasets(model, {"train": data}, tokenizer, FrozenPrefixCache(model.backbone, tmp_path))
+        batch = {k: v.cuda() for k, v in CachedCollator(tokenizer)([wrapped["train"][0], wrapped["train"][1]]).items()}
+        assert model(**batch).logits.device.type == "cuda"
+        assert need_of(model) is not None
