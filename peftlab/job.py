@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from peftlab.io import write_json
-from peftlab.run import fill_caches, run_many
+from peftlab.run import OutputLocked, fill_caches, run_many
 
 
 def main(path: str) -> int:
@@ -31,6 +31,14 @@ def main(path: str) -> int:
     else:
         records = [{"args.json": run["args"], "sweep_point.json": run["point"]} for run in job["runs"]]
         outcomes = run_many(entries, records=records, keep_going=True, skip_finished=True)
+
+    def outcome(result) -> str:
+        if isinstance(result, str):
+            return result
+        if isinstance(result, OutputLocked):
+            return "locked by another process"  # another sweep process is training it: not a failure
+        return "failed" if isinstance(result, BaseException) else "finished"
+
     summary = {
         "fill": job["fill"],
         "wall_seconds": round(time.time() - start, 1),

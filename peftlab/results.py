@@ -97,6 +97,19 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+SCORES = ("reported", "last")
+
+
+def select_score(rows: list[dict[str, Any]], score: str) -> list[dict[str, Any]]:
+    """The rows with ``score`` in their score column: ``reported`` (each run's reported score, its best epoch where
+    it selects one on the dev set) or ``last`` (its last epoch's, which no selection on dev has flattered)."""
+    if score not in SCORES:
+        raise ValueError(f"score {score!r}: must be one of {', '.join(SCORES)}")
+    if score == "reported":
+        return rows
+    return [{**r, "score": r["last_score"] if r.get("last_score") is not None else r["score"]} for r in rows]
+
+
 def select_variants(rows: list[dict[str, Any]], names: str, where: str) -> list[dict[str, Any]]:
     """The rows of the comma-separated variants ``names``, in that order (``--variants`` of the table and plot
     scripts); a name with no row is an error naming it and ``where`` the rows came from."""

@@ -22,7 +22,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from peftlab.results import aggregate, read_csv, select_variants  # noqa: E402
+from peftlab.results import SCORES, aggregate, read_csv, select_score, select_variants  # noqa: E402
 
 
 def plot(rows, x: str, full: str, logx: bool, title: str, out: str) -> None:
@@ -68,9 +68,10 @@ if __name__ == "__main__":
     parser.add_argument("--logx", action="store_true")
     parser.add_argument("--full", default="finetune")
     parser.add_argument("--variants", help="comma-separated variants to draw, in legend order (default: all)")
+    parser.add_argument("--score", choices=SCORES, default="reported", help="reported (best epoch) or last epoch")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
+    rows = select_score([r for r in read_csv(args.csv) if r["sweep"] == args.sweep], args.score)
     if not rows:
         parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
     task = args.task or rows[0]["task"]
@@ -83,6 +84,7 @@ if __name__ == "__main__":
         except ValueError as err:
             parser.error(str(err))
     seeds = len({r["seed"] for r in rows})
-    title = f"{args.sweep} ({task}, {seeds} seed{'s' if seeds > 1 else ''}, dev)"
+    which = ", last epoch" if args.score == "last" else ""
+    title = f"{args.sweep} ({task}, {seeds} seed{'s' if seeds > 1 else ''}, dev{which})"
     plot(rows, args.x, args.full, args.logx, title, args.out)
     print(f"{len(rows)} runs -> {args.out}")

@@ -24,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peftlab.io import atomic_write_text  # noqa: E402
 from peftlab.results import (  # noqa: E402
     CELLS,
+    SCORES,
     axis_table,
     format_axis_table,
     format_table,
     read_csv,
+    select_score,
     select_variants,
     table1,
 )
@@ -46,15 +48,13 @@ if __name__ == "__main__":
         help="Table 1's task cells: the score (default), or each row's relative improvement or gap bridged per task",
     )  # fmt: skip
     parser.add_argument(
-        "--score", choices=["reported", "last"], default="reported",
+        "--score", choices=SCORES, default="reported",
         help="reported: each run's reported score (its best epoch where it selects one on dev); last: its last "
         "epoch's score, which no selection on the dev set has flattered",
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args()
-    rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep]
-    if args.score == "last":
-        rows = [{**r, "score": r["last_score"] if r.get("last_score") is not None else r["score"]} for r in rows]
+    rows = select_score([r for r in read_csv(args.csv) if r["sweep"] == args.sweep], args.score)
     if not rows:
         parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
     if args.variants:

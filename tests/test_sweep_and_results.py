@@ -205,3 +205,30 @@ def test_splice_tables_replaces_marked_blocks_only(tmp_path):
     assert text == "intro\n<!-- table: t1 -->\n| a |\n<!-- /table -->\nkept\n" and names == ["t1"]
     with pytest.raises(SystemExit, match="t2.md does not exist"):
         splice("<!-- table: t2 -->\n<!-- /table -->", tmp_path)
+
+
+def test_collect_keeps_rows_of_sweeps_whose_runs_are_gone_and_reads_best_and_last(tmp_path):
+    fake_runs(tmp_path / "runs", {("raw", 1): 0.5})
+    folder = tmp_path / "runs" / "raw" / "1"
+    results = json.loads((folder / "all_results.json").read_text())
+    results.update(
+        best_evaluation={"eval_accuracy": 0.5, "epoch": 2.0}, last_evaluation={"eval_accuracy": 0.25, "epoch": 7.0}
+    )
+    (folder / "all_results.json").write_text(json.dumps(results))
+    old = tmp_path / "old.csv"
+    write_csv([{"sweep": "gone", "task": "rte", "variant": "x", "seed": 1, "score": 0.7}], old)
+    out = tmp_path / "runs.csv"
+    proc = subprocess.run([sys.executable, "scripts/collect.py", str(tmp_path / "runs"), str(tmp_path / "absent"),
+                           "--keep", str(old), "--out", str(out)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["sweep"]: r for r in read_csv(out)}
+    assert set(rows) == {"gone", "s"} and rows["gone"]["score"] == 0.7
+    assert (rows["s"]["score"], rows["s"]["last_score"], rows["s"]["best_epoch"], rows["s"]["epochs_run"]) == (
+        0.5,
+        0.25,
+        2,
+        7,
+    )
+    from peftlab.results import select_score
+
+    assert [r["score"] for r in select_score([rows["s"]], "last")] == [0.25]
