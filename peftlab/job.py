@@ -24,7 +24,7 @@ from peftlab.run import OutputLocked, fill_caches, run_many
 def main(path: str) -> int:
     job = json.loads(Path(path).read_text())
     entries = [run["args"] for run in job["runs"]]
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     if job["fill"]:
         fill_caches(entries)
         outcomes = ["filled"] * len(entries)
@@ -42,6 +42,7 @@ def main(path: str) -> int:
     summary = {
         "fill": job["fill"],
         "wall_seconds": round(time.time() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "threads": torch.get_num_threads(),
         "runs": [
             {

@@ -561,7 +561,7 @@ def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
 def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """Train, evaluate and predict one prepared run; write its results. Returns them."""
     model_args, peft_args, data_args, training_args = spec.parsed
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     task = spec.task
     run_data = ws.run_data(spec)
     tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
@@ -652,6 +652,7 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
         results["predict_files"] = predict(trainer, features.test, test_sets, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
     results["wall_seconds"] = round(time.time() - started, 2)
+    results["cpu_seconds"] = round(time.process_time() - cpu_started, 2)  # all threads: core-seconds, whatever the load
     results["threads"] = torch.get_num_threads()
     if trainer.is_world_process_zero():
         config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -531,12 +531,21 @@ def cache_depth(run: Run, num_layers: int = 6) -> int | None:
     return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
 
 
-def run_terms(run: Run, load: Workload, num_layers: int = 6) -> dict[str, float]:
+EPOCH_SHARE = 1.0
+"""The share of its epochs a run with early stopping is expected to train (fitted with the cost model; runs
+without early stopping train them all)."""
+
+
+def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | None = None) -> dict[str, float]:
     """How many of each :data:`COST` unit ``run`` spends inside its job (its share of start-up and fill aside):
-    every epoch trains and (with per-epoch evaluation) evaluates; early stopping is not foreseen."""
+    every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early) and,
+    with per-epoch evaluation, evaluates."""
     args = effective_args(run.args)
     length = load.tokens / REFERENCE_TOKENS
-    epochs = float(args.get("num_train_epochs", 3))
+    if epochs is None:
+        epochs = float(args.get("num_train_epochs", 3))
+        if args.get("early_stopping_patience"):
+            epochs *= EPOCH_SHARE
     evals = 1 + (epochs if str(args.get("eval_strategy", "no")) == "epoch" else 0)
     terms = dict.fromkeys(COST, 0.0)
     terms["run"] = 1.0

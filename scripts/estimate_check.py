@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""Check the sweep's CPU-time estimate (``--dry_run``) against finished runs, or fit its constants to them.
+"""Check the sweep's CPU-time estimate (``--dry_run``) against finished jobs and runs, or fit its constants to them.
 
-    python scripts/estimate_check.py runs/sweeps [--glue_dir ../shared/glue] [--fit]
+    python scripts/estimate_check.py docs/results/runs [--glue_dir ../shared/glue] [--fit]
 
-Reads every run under the roots that has ``args.json`` and ``wall_seconds.txt`` (runs copied from a twin have no
-wall time and are left out). Its cost in core-seconds is its wall time times the threads it had (``threads.txt``,
-written by the sweep runner; ``--threads`` for runs made before it was, default 1: two runs side by side on two
-cores). Whether it filled its frozen-prefix cache is read from its log. Prints, per task and method, the median
-ratio measured / estimated; ``--fit`` instead fits :data:`peftlab.sweep.COST` by least squares and prints the
-constants to put there.
+Reads every sweep job under the roots (``<root>/<sweep>/.jobs/<job>.json`` and, once it has ended, its
+``<job>.result.json``: wall time and threads). Costs are core-seconds: the CPU time of the job or run (``cpu_seconds``, all threads), or where
+that is missing (runs made before it was recorded) wall time x threads, which counts waiting for a busy CPU too. Three kinds of measurement:
+
+- a fill job: its whole cost, against start-up plus one pass over its runs' data (``fill_terms``);
+- a run: its own wall time (``wall_seconds`` in its ``all_results.json``) against ``run_terms`` with the epochs it
+  actually trained (early stopping ends some runs early);
+- a training job's remainder (its wall time minus its runs'): start-up.
+
+Prints, per task and method, the median ratio measured / estimated (runs with their actual epochs), the share of
+their epochs that runs with early stopping trained, and the total of the finished jobs against the dry run's
+estimate of the same jobs. ``--fit`` instead fits :data:`peftlab.sweep.COST` (least squares, relative errors
+weighted equally) and :data:`peftlab.sweep.EPOCH_SHARE` (the mean share) and prints the constants to put there.
 """
 
 from __future__ import annotations
@@ -25,61 +32,111 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.sweep import COST, Run, cost_terms, estimate_seconds, workload  # noqa: E402
+from peftlab.sweep import (  # noqa: E402
+    COST,
+    Job,
+    Run,
+    effective_args,
+    fill_terms,
+    job_terms,
+    run_terms,
+    seconds_of,
+    workload,
+)
 
 
-def measured_runs(roots: list[str], glue_dir: str, threads: int) -> list[tuple[Run, object, bool, float]]:
-    """(run, workload, filled its cache, measured core-seconds) of every timed run under ``roots``."""
-    found = []
+def core_seconds(record: dict, threads: int) -> float:
+    """CPU time (all threads) where recorded, which the machine's load does not inflate; else wall x threads."""
+    return record["cpu_seconds"] if "cpu_seconds" in record else record["wall_seconds"] * threads
+
+
+def measurements(roots: list[str], glue_dir: str) -> tuple[list[tuple[str, dict, float, Run | None]], list, list]:
+    """(kind, terms, measured core-seconds, run) rows for the fit; the finished jobs; epoch shares of runs that
+    could stop early."""
+    rows, jobs, shares = [], [], []
     for root in roots:
-        for wall in sorted(Path(root).rglob("wall_seconds.txt")):
-            folder = wall.parent
-            run = Run(name=str(folder), point={}, args=json.loads((folder / "args.json").read_text()))
-            log = folder / "log.txt"
-            filled = log.is_file() and "Frozen-prefix cache written" in log.read_text(errors="replace")
-            cores = int((folder / "threads.txt").read_text()) if (folder / "threads.txt").is_file() else threads
-            found.append((run, workload(run, glue_dir), filled, float(wall.read_text()) * cores))
-    return found
+        for job_path in sorted(p for p in Path(root).rglob(".jobs/*.json") if not p.name.endswith(".result.json")):
+            result_path = job_path.with_suffix(".result.json")
+            result = json.loads(result_path.read_text()) if result_path.is_file() else None
+            spec = json.loads(job_path.read_text())
+            runs = [Run(name=r["args"]["output_dir"], point=r["point"], args=r["args"]) for r in spec["runs"]]
+            threads = result["threads"] if result else 1
+            job = Job(job_path.stem, runs, fill=spec["fill"])
+            if spec["fill"] and result is not None:
+                load = workload(runs[0], glue_dir)
+                rows.append(("fill", fill_terms(runs, load), core_seconds(result, threads), None))
+                jobs.append((job, core_seconds(result, threads)))
+                continue
+            if spec["fill"]:
+                continue
+            inside = 0.0
+            for run in runs:
+                path = Path(run.args["output_dir"]) / "all_results.json"
+                if not path.is_file():
+                    continue
+                results = json.loads(path.read_text())
+                if "wall_seconds" not in results or "reused_from" in results:
+                    continue
+                args = effective_args(run.args)
+                epochs = (results.get("last_evaluation") or {}).get("epoch") or float(args.get("num_train_epochs", 3))
+                if args.get("early_stopping_patience"):
+                    shares.append(epochs / float(args["num_train_epochs"]))
+                terms = run_terms(run, workload(run, glue_dir), epochs=epochs)
+                rows.append(("run", terms, core_seconds(results, results.get("threads", threads)), run))
+                inside += core_seconds(results, results.get("threads", threads))
+            if result is not None and all(o["outcome"] == "finished" for o in result["runs"]):
+                startup = dict.fromkeys(COST, 0.0) | {"startup": 1.0}
+                rows.append(("startup", startup, max(core_seconds(result, threads) - inside, 0.0), None))
+                jobs.append((job, core_seconds(result, threads)))
+    return rows, jobs, shares
 
 
-def fit(found: list[tuple[Run, object, bool, float]]) -> tuple[dict[str, float], float]:
+def fit(rows) -> tuple[dict[str, float], float]:
     """Least-squares COST (clipped at 0), weighting relative errors equally, and its relative RMS error."""
     units = list(COST)
-    rows = np.array([[cost_terms(run, load, filled)[unit] for unit in units] for run, load, filled, _ in found])
-    seconds = np.array([s for *_, s in found])
-    weights = 1.0 / seconds  # a 10 s run matters as much as a 10 min one
-    coef, *_ = np.linalg.lstsq(rows * weights[:, None], seconds * weights, rcond=None)
+    matrix = np.array([[terms[unit] for unit in units] for _, terms, _, _ in rows])
+    seconds = np.array([s for _, _, s, _ in rows])
+    weights = 1.0 / np.maximum(seconds, 1.0)
+    coef, *_ = np.linalg.lstsq(matrix * weights[:, None], seconds * weights, rcond=None)
     coef = np.clip(coef, 0.0, None)
-    error = float(np.sqrt(np.mean(((rows @ coef - seconds) * weights) ** 2)))
+    error = float(np.sqrt(np.mean(((matrix @ coef - seconds) * weights) ** 2)))
     return dict(zip(units, coef.tolist())), error
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", help="folders searched for finished runs")
+    parser.add_argument("roots", nargs="+", help="folders searched for sweep jobs (<sweep>/.jobs/)")
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
-    parser.add_argument("--threads", type=int, default=1, help="threads per run where threads.txt is absent")
     parser.add_argument("--fit", action="store_true", help="fit the cost constants instead of checking them")
     args = parser.parse_args()
-    found = measured_runs(args.roots, args.glue_dir, args.threads)
-    if not found:
-        parser.error(f"no finished run with wall_seconds.txt under {', '.join(args.roots)}")
+    rows, jobs, shares = measurements(args.roots, args.glue_dir)
+    if not rows:
+        parser.error(f"no finished sweep job under {', '.join(args.roots)}")
+    share = statistics.fmean(shares) if shares else 1.0
     if args.fit:
-        cost, error = fit(found)
-        print(f"{len(found)} runs; relative RMS error {error:.2f}")
+        cost, error = fit(rows)
+        print(f"{len(rows)} measurements ({sum(k == 'run' for k, *_ in rows)} runs, {len(jobs)} jobs); "
+              f"relative RMS error {error:.2f}")  # fmt: skip
         print("COST = {" + ", ".join(f'"{u}": {c:.3g}' for u, c in cost.items()) + "}")
+        print(f"EPOCH_SHARE = {share:.2f}  # over {len(shares)} runs with early stopping")
         return 0
     ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for run, load, filled, seconds in found:
-        kind = run.args["method"].split("@")[0] + (" (fills cache)" if filled else "")
-        ratios[(run.args["task_name"], kind)].append(seconds / estimate_seconds(run, load, filled))
-    print(f"{'task':6s} {'method':24s} {'runs':>4s}  measured/estimated: median (min-max)")
+    for kind, terms, seconds, run in rows:
+        if kind == "run":
+            method = run.args["method"].split("@")[0]
+            ratios[(run.args["task_name"], method)].append(seconds / seconds_of(terms))
+        else:
+            ratios[("-", kind)].append(seconds / max(seconds_of(terms), 1e-9))
+    print(f"{'task':6s} {'method':10s} {'n':>4s}  measured/estimated: median (min-max)")
     for (task, kind), values in sorted(ratios.items()):
         print(
-            f"{task:6s} {kind:24s} {len(values):4d}  {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+            f"{task:6s} {kind:10s} {len(values):4d}  {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
         )
-    everything = [v for values in ratios.values() for v in values]
-    print(f"\nall: {len(everything)} runs, median ratio {statistics.median(everything):.2f}")
+    measured = sum(seconds for _, seconds in jobs)
+    estimated = sum(seconds_of(job_terms(job, args.glue_dir)) for job, _ in jobs)
+    print(f"\nruns with early stopping trained {share:.0%} of their epochs on average ({len(shares)} runs)")
+    print(f"{len(jobs)} finished jobs: measured {measured / 3600:.2f} core-hours, the dry run estimates "
+          f"{estimated / 3600:.2f} (ratio {measured / estimated:.2f})")  # fmt: skip
     return 0
 
 
