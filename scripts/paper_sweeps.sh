@@ -5,7 +5,7 @@
 #   bash scripts/paper_sweeps.sh [extra scripts/sweep.py flags, e.g. --dry_run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sweep() { python scripts/sweep.py "$@" --root docs/results/runs --workers "${WORKERS:-2}" "${EXTRA[@]}"; }
+sweep() { python scripts/sweep.py "$@" --root "${ROOT:-docs/results/runs}" --workers "${WORKERS:-2}" "${EXTRA[@]}"; }
 EXTRA=("$@")
 # 1. Table 1: the seven cheaper tasks with three seeds, then SST-2 and QQP with one.
 sweep scripts/sweeps/table1_paper.json --tasks rte,mrpc,stsb,cola,wnli,qnli,mnli
