@@ -265,13 +265,18 @@ class FrozenPrefixCache:
         self.directory = Path(directory)
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
         self.planned: set[Need] = set()
+        self.planned_for: dict[int, set[Need]] = {}
         self.memory: dict[str, list[torch.Tensor]] = {}
         self._param_digests: list[tuple[str, str]] | None = None
         self._input_digests: dict[int, str] = {}
 
-    def plan(self, need: Need) -> None:
-        """Announce that a run will read ``need``: the first fill of a split computes it together with the rest."""
-        self.planned.add(need)
+    def plan(self, need: Need, features: datasets.Dataset | None = None) -> None:
+        """Announce that a run will read ``need`` (of every split, or of ``features`` only): the first fill of a
+        split computes it together with the rest."""
+        if features is None:
+            self.planned.add(need)
+        else:
+            self.planned_for.setdefault(id(features), set()).add(need)
 
     def _frozen_digest(self, depth: int) -> str:
         arch = architecture_of(self.backbone)
@@ -318,7 +323,8 @@ class FrozenPrefixCache:
         other planned need of this split missing from both."""
         key = self.key(features, need)
         if key not in self.memory:
-            wanted = {n: self.key(features, n) for n in sorted(self.planned | {need})}
+            planned = self.planned | self.planned_for.get(id(features), set()) | {need}
+            wanted = {n: self.key(features, n) for n in sorted(planned)}
             missing = []
             for other, other_key in wanted.items():
                 if other_key not in self.memory:

@@ -45,6 +45,7 @@ from transformers import (
 
 import peftlab
 from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.autolayer import AutoLayerArguments, at_layer, check_auto, choose_layer, wants_auto
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, default_cache_dir, need_of
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
@@ -81,6 +82,7 @@ LOCK_NAME = ".lock"
 # --------------------------------------------------------------------------------------------------------------
 ARGUMENT_CLASSES = (
     ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments, ProtocolArguments,
+    AutoLayerArguments,
 )  # fmt: skip
 
 
@@ -94,6 +96,7 @@ class RunSpec:
     training_args: GlueTrainingArguments
     search_args: SearchArguments
     protocol_args: ProtocolArguments
+    auto_args: AutoLayerArguments
     argv: list[str]
     task: GlueTask | None = None
     glue_dir: str | None = None
@@ -101,6 +104,8 @@ class RunSpec:
     tokenizer_path: str = ""
     space: dict | None = None
     cache_need: Any = None
+    auto_candidates: list[int] | None = None
+    """The candidate layers of a ``--target_layers auto`` run (None: the run's layers are given)."""
     frozen_layers_mode: str = "train (dropout active in frozen layers, as in the paper's code)"
 
     @property
@@ -386,12 +391,23 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
     if data_args.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
     if not is_trained_run(model_args.model_name_or_path):
+        checked = [peft_args]
+        if wants_auto(peft_args.method, peft_args.target_layers):
+            if not training_args.do_train:
+                raise ConfigError("--target_layers auto chooses a layer by training: add --do_train.")
+            layers = peft_args.num_hidden_layers or config.num_hidden_layers
+            spec.auto_candidates = check_auto(
+                peft_args.method, peft_args.target_layers, spec.auto_args.auto_layers, layers
+            )
+            checked = [
+                dataclasses.replace(peft_args, method=at_layer(peft_args.method, k)) for k in spec.auto_candidates
+            ]
         try:
-            meta = check_buildable(config, head_config(model_args, spec.task.num_labels), peft_args)
+            metas = [check_buildable(config, head_config(model_args, spec.task.num_labels), p) for p in checked]
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        if training_args.cache_frozen_prefix:
-            spec.cache_need = need_of(meta)
+        if training_args.cache_frozen_prefix and spec.auto_candidates is None:
+            spec.cache_need = need_of(metas[0])
     if search := spec.search_args.hp_search:
         model_fields = {f.name for f in dataclasses.fields(PeftArguments)} | {"head_dropout"}
         training_fields = {f.name for f in dataclasses.fields(GlueTrainingArguments)}
@@ -453,7 +469,9 @@ def run_config(spec: RunSpec, run_data: RunData, peft_args: PeftArguments) -> di
         "model_selection": model_selection(training_args),
         "precision": {
             "training": "fp16 autocast" if training_args.fp16 else "bf16 autocast" if training_args.bf16 else "fp32",
-            "frozen_prefix_cache": f"{training_args.cache_dtype} (filled in fp32)" if spec.cache_need else None,
+            "frozen_prefix_cache": f"{training_args.cache_dtype} (filled in fp32)"
+            if training_args.cache_frozen_prefix
+            else None,
         },
         "frozen_layers_mode": spec.frozen_layers_mode,
         "versions": versions(),
@@ -558,10 +576,48 @@ def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
     return results
 
 
+def with_cache(ws: Workspace, spec: RunSpec, model, named: dict[str, Any]):
+    """``named`` datasets served from the frozen-prefix cache for ``model`` (sets its ``frozen_prefix``), and the
+    collator that pads them; or the datasets as they are and the plain collator when the run does not cache."""
+    tokenizer = ws.tokenizer(spec.tokenizer_path, spec.model_args)
+    if not spec.training_args.cache_frozen_prefix or need_of(model) is None:
+        if spec.training_args.cache_frozen_prefix:
+            logger.warning("--cache_frozen_prefix: layer 0 (or the embeddings) trains, so there is nothing to cache.")
+        return named, None if spec.data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
+    return cache_datasets(model, named, tokenizer, ws.cache(spec)), CachedCollator(tokenizer)
+
+
+def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
+    """Choose the layer of an ``auto`` run (:mod:`peftlab.autolayer`) and set it in ``spec``; returns the record."""
+    tokenizer = ws.tokenizer(spec.tokenizer_path, spec.model_args)
+    config = ws.config(spec.model_path, spec.model_args)
+    head = head_config(spec.model_args, spec.task.num_labels)
+
+    def build_trainer(peft, train, evaluation, args, callbacks):
+        set_seed(args.seed)
+        model = make_model(ws, spec, peft)
+        sets, collator = with_cache(ws, spec, model, {"train": train, "eval": evaluation})
+        return GlueTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],
+                           processing_class=tokenizer, data_collator=collator,
+                           compute_metrics=compute_metrics_fn(spec.task), callbacks=callbacks)  # fmt: skip
+
+    def plan_cache(pefts, datasets_):
+        if spec.training_args.cache_frozen_prefix:
+            for peft in pefts:
+                need = need_of(check_buildable(config, head, peft))
+                for data in datasets_:
+                    ws.cache(spec).plan(need, data) if need is not None else None
+
+    record = choose_layer(ws, spec, build_trainer, plan_cache)
+    spec.peft_args = dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, record["chosen_layer"]))
+    return record
+
+
 def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """Train, evaluate and predict one prepared run; write its results. Returns them."""
-    model_args, peft_args, data_args, training_args = spec.parsed
     started, cpu_started = time.time(), time.process_time()
+    auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
+    model_args, peft_args, data_args, training_args = spec.parsed
     task = spec.task
     run_data = ws.run_data(spec)
     tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
@@ -572,23 +628,20 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s", model.injection.methods, counts)
 
-    train_set, eval_sets = features.train, dict(features.eval)
-    test_sets = {split: data for split, (_, data) in features.test.items()}
-    collator = None if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
-    if spec.cache_need is not None:
-        named = {
-            **({"train": train_set} if train_set is not None else {}),
-            **{f"eval:{k}": v for k, v in eval_sets.items()},
-            **{f"test:{k}": v for k, v in test_sets.items()},
-        }
-        wrapped = cache_datasets(model, named, tokenizer, ws.cache(spec))
+    named = {
+        **({"train": features.train} if features.train is not None else {}),
+        **{f"eval:{k}": v for k, v in features.eval.items()},
+        **{f"test:{k}": v for k, v in features.test.items()},
+    }
+    named = {k: (v[1] if isinstance(v, tuple) else v) for k, v in named.items()}
+    wrapped, collator = with_cache(ws, spec, model, named)
+    if model.frozen_prefix:
         spec.frozen_layers_mode = (
             f"eval (layers below {model.frozen_prefix} are computed once, without dropout, and cached)"
         )
-        collator = CachedCollator(tokenizer)
-        train_set = wrapped.get("train")
-        eval_sets = {k: wrapped[f"eval:{k}"] for k in eval_sets}
-        test_sets = {k: wrapped[f"test:{k}"] for k in test_sets}
+    train_set = wrapped.get("train")
+    eval_sets = {k: wrapped[f"eval:{k}"] for k in features.eval}
+    test_sets = {k: wrapped[f"test:{k}"] for k in features.test}
 
     callbacks = []
     if training_args.early_stopping_patience is not None:
@@ -622,6 +675,8 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
         return hp_search(trainer, spec)
     config_record = run_config(spec, run_data, model.peft_args)
     results: dict[str, Any] = dict(counts)
+    if auto is not None:
+        results["auto_layer"] = config_record["auto_layer"] = auto
     output_dir = Path(training_args.output_dir)
 
     if training_args.do_train:
@@ -635,6 +690,9 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
                     export_peft(model.backbone, output_dir / "hf_peft", model.base_model)
         trainer.save_state()
         results.update(train_result.metrics)
+        if auto is not None:  # the whole run (choice and final training) in units of the final training alone
+            auto["cost_in_runs"] = round((auto["selection_seconds"] + train_result.metrics["train_runtime"])
+                                         / train_result.metrics["train_runtime"], 2)  # fmt: skip
         results.update(trainer.selection_summary())
         results["train_samples"] = len(train_set)
     if training_args.do_eval:
