@@ -522,15 +522,21 @@ def cache_depth(run: Run, num_layers: int = 6) -> int | None:
     methods = parse_method_string(args["method"])
     if not args.get("cache_frozen_prefix") or any(name == "full" for name, _ in methods):
         return None
+
+    def layers_of(spec: str) -> list[int]:  # an automatic layer is estimated at the middle one
+        return [num_layers // 2] if spec == "auto" else parse_layers(spec, num_layers)
+
     trained = [
         layer
         for name, layers in methods
         if name != "probe"
-        for layer in parse_layers(layers or args.get("target_layers", "all"), num_layers)
+        for layer in layers_of(layers or args.get("target_layers", "all"))
     ]
     return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
 
 
+AUTO_SELECTION = 0.6
+"""The layer choice of a ``--target_layers auto`` run, in units of its final training (peftlab/autolayer.py)."""
 EPOCH_SHARE = 1.0
 """The share of its epochs a run with early stopping is expected to train (fitted with the cost model; runs
 without early stopping train them all)."""
@@ -550,6 +556,8 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | Non
     terms = dict.fromkeys(COST, 0.0)
     terms["run"] = 1.0
     depth = cache_depth(run, num_layers)
+    if "auto" in args["method"] or args.get("target_layers") == "auto":
+        epochs *= 1 + AUTO_SELECTION  # choosing the layer first
     if depth is None:
         terms["full" if args["method"].split("@")[0] == "full" else "frozen"] = load.train * epochs * length
         terms["forward"] = evals * load.eval * length
