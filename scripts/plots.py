@@ -7,6 +7,11 @@
 
 One line per variant (mean over seeds, error bars = std), the full fine-tuning variant as a dashed line (and any
 variant without the x axis as a grey dashed line).
+
+    python scripts/plots.py --auto_layer RUN_DIR --out candidates.png
+
+draws the candidate layers of a ``--target_layers auto`` run: each one's selection-split score by training step,
+where successive halving stopped it, and the layer chosen.
 """
 
 from __future__ import annotations
@@ -59,8 +64,39 @@ def plot(rows, x: str, full: str, logx: bool, title: str, out: str) -> None:
     fig.savefig(out)
 
 
+def plot_auto_layer(run_dir: str, out: str) -> None:
+    """The candidates of a ``--target_layers auto`` run: each layer's selection-split score against the steps it
+    trained (a cross where Optuna's successive halving stopped it), the chosen layer in bold."""
+    import json
+
+    record = json.loads((Path(run_dir) / "all_results.json").read_text())["auto_layer"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for layer, candidate in record["candidates"].items():
+        points = [(e["step"], 100 * e[record["metric"]]) for e in candidate["evaluations"]]
+        if not points:
+            continue
+        chosen = int(layer) == record["chosen_layer"]
+        line = ax.plot(*zip(*points), marker="o", markersize=3, linewidth=2.5 if chosen else 1,
+                       label=f"L{layer} ({candidate['state']}{', chosen' if chosen else ''})")  # fmt: skip
+        if candidate["state"] == "pruned":
+            ax.plot(*points[-1], marker="x", markersize=9, color=line[0].get_color())
+    ax.set_xlabel("training steps")
+    ax.set_ylabel(f"{record['metric']} on the selection split (x100)")
+    ax.set_title(f"auto layer: {record['strategy']}, chose L{record['chosen_layer']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if "--auto_layer" in sys.argv:  # python scripts/plots.py --auto_layer RUN_DIR --out FILE.png
+        parser.add_argument("--auto_layer", required=True, help="a --target_layers auto run's folder")
+        parser.add_argument("--out", required=True)
+        args = parser.parse_args()
+        plot_auto_layer(args.auto_layer, args.out)
+        print(f"{args.auto_layer} -> {args.out}")
+        sys.exit(0)
     parser.add_argument("csv")
     parser.add_argument("--sweep", required=True)
     parser.add_argument("--task", default=None, help="rows of this task only (default: the sweep's first task)")

@@ -73,3 +73,17 @@ def test_auto_with_the_proxy_alone_trains_no_candidate(tiny_bert, rte_distinct, 
 def test_bad_auto_requests_fail_before_anything_trains(tiny_bert, rte_distinct, tmp_path, method, extra, message):
     with pytest.raises(ConfigError, match=message):
         run(tiny_bert, rte_distinct, tmp_path / "o", "--method", method, *extra)
+
+
+def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run(tiny_bert, rte_distinct, tmp_path / "o", "--method", "bitfit", "--target_layers", "auto")
+    out = tmp_path / "candidates.png"
+    proc = subprocess.run([sys.executable, "scripts/plots.py", "--auto_layer", str(tmp_path / "o"), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

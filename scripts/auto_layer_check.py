@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""How good is ``--target_layers auto``? Its runs against the full layer sweeps of the same sweep:
+
+    python scripts/auto_layer_check.py docs/results/runs.csv --sweep auto_layer_check --out docs/results/auto_layer_check
+
+For each task and method (rows ``<method>`` at every layer, ``<method>_auto`` with the layer chosen
+automatically; same seeds): the best layer by mean dev score over the seeds, its mean and standard deviation,
+the auto runs' mean, how far below the best layer that is in the best layer's seed standard deviations, the layers
+auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time over the mean CPU time of the layer
+sweep's runs of that seed) and of the full sweep, and how often the zero-training proxy (gradient norm at
+initialisation) picked the same layer as the halving and as the best layer. Writes <out>.md and <out>.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peftlab.io import atomic_write_text  # noqa: E402
+from peftlab.results import read_csv, render  # noqa: E402
+
+
+def cost(row: dict) -> float | None:
+    path = Path(row["output_dir"]) / "all_results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return results.get("cpu_seconds") or results.get("wall_seconds")
+
+
+def auto_record(row: dict) -> dict:
+    return json.loads((Path(row["output_dir"]) / "all_results.json").read_text())["auto_layer"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv")
+    parser.add_argument("--sweep", default="auto_layer_check")
+    parser.add_argument("--out", required=True, help="output path without extension")
+    args = parser.parse_args()
+    rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep and r["score"] is not None]
+    header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
+              "auto's layers", "cost vs one run", "cost vs sweep", "proxy = halving", "proxy = best", "seeds"]  # fmt: skip
+    body, within, cells = [], 0, 0
+    for task in dict.fromkeys(r["task"] for r in rows):
+        for method in sorted({r["variant"] for r in rows if r["task"] == task and not r["variant"].endswith("_auto")}):
+            fixed = [r for r in rows if r["task"] == task and r["variant"] == method]
+            auto = [r for r in rows if r["task"] == task and r["variant"] == f"{method}_auto"]
+            seeds = sorted({r["seed"] for r in auto} & {r["seed"] for r in fixed})
+            by_layer = defaultdict(dict)
+            for r in fixed:
+                by_layer[r["layer"]][r["seed"]] = r
+            complete = {layer: runs for layer, runs in by_layer.items() if all(s in runs for s in seeds)}
+            if not seeds or not complete:
+                continue
+            means = {layer: statistics.fmean(100 * runs[s]["score"] for s in seeds) for layer, runs in complete.items()}
+            best = max(means, key=means.get)
+            best_scores = [100 * complete[best][s]["score"] for s in seeds]
+            best_std = statistics.stdev(best_scores) if len(seeds) > 1 else 0.0
+            auto_rows = {r["seed"]: r for r in auto if r["seed"] in seeds}
+            auto_scores = [100 * auto_rows[s]["score"] for s in seeds]
+            records = {s: auto_record(auto_rows[s]) for s in seeds}
+            below = (means[best] - statistics.fmean(auto_scores)) / best_std if best_std > 0 else float("nan")
+            cells += 1
+            within += below <= 1.0
+            one_run = [statistics.fmean(c for c in (cost(runs[s]) for runs in complete.values()) if c) for s in seeds]
+            auto_cost = [cost(auto_rows[s]) for s in seeds]
+            vs_run = statistics.fmean(a / b for a, b in zip(auto_cost, one_run) if a and b)
+            chosen = [records[s]["chosen_layer"] for s in seeds]
+            proxy = [records[s]["proxy_choice"] for s in seeds]
+            body.append([
+                task, method, f"L{best}", f"{means[best]:.1f} ± {best_std:.1f}",
+                f"{statistics.fmean(auto_scores):.1f} ± {statistics.stdev(auto_scores) if len(seeds) > 1 else 0:.1f}",
+                f"{below:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
+                f"{vs_run / len(complete):.2f}x", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
+                f"{sum(p == best for p in proxy)}/{len(seeds)}", ",".join(map(str, seeds)),
+            ])  # fmt: skip
+    footer = [
+        f"auto within one seed standard deviation of the best layer: {within} of {cells} task-method cells.",
+        "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs one run = auto's CPU time "
+        "(choice and final training) over the mean CPU time of one fixed-layer run of the same seed; cost vs sweep = "
+        "the same over the whole layer sweep.",
+    ]
+    for style, suffix in (("markdown", ".md"), ("csv", ".csv")):
+        atomic_write_text(args.out + suffix, render(header, body, style, footer))
+    print(render(header, body, "markdown", footer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
