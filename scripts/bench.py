@@ -270,6 +270,23 @@ def profile(args, config: Config, task, path, tokenizer, features) -> None:
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=40))
 
 
+def per_example(args, config: Config, task, path, tokenizer, features) -> None:
+    """Per-example step time of ``config`` at several batch sizes, interleaved repeats (medians)."""
+    sizes = [int(b) for b in args.per_example.split(",")]
+    with tempfile.TemporaryDirectory() as cache_dir:
+        model, optimizer, data, collate, *_ = setup(config, args, task, path, tokenizer, features, cache_dir)
+        groups = {b: batches(features, b) for b in sizes}
+        times: dict[int, list[float]] = {b: [] for b in sizes}
+        for _ in range(args.repeats):
+            for b in sizes:
+                steps = epoch(model, optimizer, data, collate, groups[b])
+                times[b].append(sum(steps) / len(features))
+    base = statistics.median(times[sizes[0]])
+    for b in sizes:
+        median = statistics.median(times[b])
+        print(f"- {config.name}, batch {b}: {1000 * median:.2f} ms per example ({median / base:.2f}x batch {sizes[0]})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="rte")
@@ -285,6 +302,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", default=None, help="print a torch.profiler table of one epoch of this configuration and stop"
     )
+    parser.add_argument(
+        "--per_example", default=None,
+        help="comma-separated batch sizes (e.g. 16,48): per-example step time of the paper adapter config at each, "
+        "interleaved; whether several configurations batched into one forward pass would pay",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast dtype")
     parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
@@ -296,6 +318,9 @@ def main() -> None:
         return memory_child(args._memory_child)
     task, path, tokenizer, features = prepare(args)
     top = len(build(Config("x", "probe", {}), path, task.num_labels, args.pooling).backbone.encoder.layer) - 1
+    if args.per_example:
+        return per_example(args, [c for c in configs(top) if c.name.startswith("paper adapter")][0], task, path,
+                           tokenizer, features)  # fmt: skip
     chosen = [c for c in configs(top) if args.only is None or c.name in args.only.split(";")]
     if args.profile:
         return profile(args, [c for c in configs(top) if c.name == args.profile][0], task, path, tokenizer, features)
