@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from peftlab.glue.data import LABEL_TYPES
 from peftlab.modeling import BUNDLED_MODEL, HEADS, POOLINGS
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,23 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N examples of each eval set."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test examples."})
+    label_type: str = field(
+        default="auto",
+        metadata={
+            "help": "How the labels of --train_file are read: auto (names or whole numbers such as 0/1 or 0.0/1.0 "
+            "are classes; numbers with fractions are regression scores), classification, or regression (any finite "
+            "number is a score)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.label_type not in LABEL_TYPES:
+            raise ValueError(f"--label_type {self.label_type!r} is not valid; choose one of {', '.join(LABEL_TYPES)}.")
+        if self.task_name and self.label_type != "auto":
+            raise ValueError(
+                f"--label_type {self.label_type} is for your own files (--train_file); the GLUE task "
+                f"{self.task_name} fixes its labels. Drop --label_type."
+            )
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -264,14 +264,14 @@ class Workspace:
         key = (
             "data", d.task_name, spec.glue_dir, d.train_file, d.validation_file,
             d.test_file, t.do_train, t.do_eval, t.do_predict, d.train_split, d.split_dev, d.split_seed,
-            d.max_train_samples, d.max_eval_samples, d.max_predict_samples,
+            d.max_train_samples, d.max_eval_samples, d.max_predict_samples, d.label_type,
         )  # fmt: skip
         return self._get(key, lambda: load_run_data(
             task, glue_dir=spec.glue_dir, train_file=d.train_file, validation_file=d.validation_file,
             test_file=d.test_file, do_train=t.do_train, do_eval=t.do_eval, do_predict=t.do_predict,
             train_split=d.train_split, split_dev=d.split_dev, split_seed=d.split_seed,
             max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
-            max_predict_samples=d.max_predict_samples,
+            max_predict_samples=d.max_predict_samples, label_type=d.label_type,
         ))  # fmt: skip
 
     def config(self, path: str, model_args: ModelArguments):
