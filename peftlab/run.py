@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import fcntl
+import functools
 import gc
 import json
 import logging
@@ -23,6 +25,8 @@ import platform
 import subprocess
 import sys
 import time
+import types
+import typing
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,23 +130,100 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
         if from_file:
             explicit = dict(given) if given is not None else read_argument_file(argv[0])
             values, applied = apply_protocol(explicit)
-            parsed = parser.parse_dict(values, allow_extra_keys=False)
+            source = f"Argument file {argv[0]}" if given is None else f"The arguments of run {given.get('output_dir')}"
+            parsed = parser.parse_dict(check_argument_types(values, source), allow_extra_keys=False)
         else:
             explicit = {arg.lstrip("-").split("=")[0]: True for arg in argv if arg.startswith("--")}
             values, applied = apply_protocol(argv)
             parsed = parser.parse_args_into_dataclasses(args=values)
+        spec = RunSpec(*parsed, argv=list(argv))
+        spec.protocol_args.applied = applied
+        stages = ("do_train", "do_eval", "do_predict")
+        if not (set(explicit) | set(applied)).intersection(stages):
+            logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
+            spec.training_args.do_train = spec.training_args.do_eval = True
+            spec.training_args.check_training_length()
     except PeftlabError:
         raise
     except (ValueError, TypeError) as err:  # raised by the dataclasses' own checks and by parse_dict
-        where = f" in {argv[0]}" if from_file and given is None else ""
+        where = f" (argument file {argv[0]})" if from_file and given is None else ""
         raise ConfigError(f"{err}{where}") from err
-    spec = RunSpec(*parsed, argv=list(argv))
-    spec.protocol_args.applied = applied
-    stages = ("do_train", "do_eval", "do_predict")
-    if not (set(explicit) | set(applied)).intersection(stages):
-        logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
-        spec.training_args.do_train = spec.training_args.do_eval = True
     return spec
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` in words, as a JSON value: ``a number``, ``true or false``, ``a string or null``..."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        names = [_type_name(arg) for arg in typing.get_args(hint)]
+        return " or ".join(dict.fromkeys(names))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(json.dumps(arg) for arg in typing.get_args(hint))
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if hint is list or typing.get_origin(hint) is list:
+        return "a list"
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "an object"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "a string"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether the JSON ``value`` has the type ``hint`` (a field's annotation) asks for; unknown types fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in args)
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, list) and (not args or all(_fits(args[0], item) for item in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+@functools.cache
+def argument_types() -> dict[str, Any]:
+    """Every argument's annotation, by name (the dataclasses' fields that are arguments)."""
+    types_: dict[str, Any] = {}
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        types_.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and f.name not in types_})
+    return types_
+
+
+def check_argument_types(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` (a JSON argument file's) checked against the arguments' types, which ``HfArgumentParser.parse_dict``
+    does not do: it passes ``"three"`` on as a number of epochs, to fail (or not) somewhere in training. A number
+    given where a string is expected becomes that string, as on the command line (``"target_layers": 5``)."""
+    checked = dict(values)
+    hints = argument_types()
+    for key, value in values.items():
+        if key not in hints or _fits(hints[key], value):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _fits(hints[key], str(value)):
+            checked[key] = str(value)
+            continue
+        raise ConfigError(
+            f"{source}: {key!r} is {json.dumps(value)} ({type(value).__name__}), expected {_type_name(hints[key])}."
+        )
+    return checked
 
 
 def read_argument_file(path: str) -> dict[str, Any]:
