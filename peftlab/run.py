@@ -60,6 +60,7 @@ from peftlab.methods import PeftArguments
 from peftlab.methods.lora import export_peft
 from peftlab.modeling import (
     BUNDLED_MODEL,
+    MODEL_CONFIG_NAME,
     WEIGHTS_NAME,
     HeadConfig,
     SequenceClassifier,
@@ -272,6 +273,70 @@ def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArgu
     )
 
 
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def resolve_checkpoint(training_args: GlueTrainingArguments) -> str | None:
+    """The checkpoint folder ``--resume_from_checkpoint`` names: ``True`` is the latest complete ``checkpoint-<step>``
+    in ``--output_dir`` (as the Trainer's own ``resume_from_checkpoint=True``), ``False`` none. A checkpoint that is
+    not there is an error now, not after the data and model are loaded."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false") or not training_args.do_train:
+        return None
+    out = Path(training_args.output_dir)
+    if str(value).strip().lower() == "true":
+        steps = {
+            int(path.name[len(CHECKPOINT_PREFIX) :]): path
+            for path in (out.iterdir() if out.is_dir() else [])
+            if path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        }
+        complete = [step for step in steps if (steps[step] / "trainer_state.json").is_file()]
+        if not complete:
+            raise ConfigError(
+                f"--resume_from_checkpoint True: --output_dir {str(out)!r} holds no complete checkpoint-<step> folder "
+                "to resume from. A run writes checkpoints only with --save_strategy steps or epoch; give a checkpoint "
+                "folder, or train from the start without --resume_from_checkpoint."
+            )
+        latest = steps[max(complete)]
+        if max(steps) != max(complete):
+            logger.warning("%s is incomplete (no trainer_state.json): resuming from %s.", steps[max(steps)], latest)
+        return str(latest)
+    path = Path(str(value))
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"--resume_from_checkpoint {str(value)!r} is not a checkpoint folder (no trainer_state.json in it); give "
+            "a checkpoint-<step> folder of an earlier run, or True for the latest one in --output_dir."
+        )
+    return str(path)
+
+
+def check_checkpoint_fits(checkpoint: str, model: SequenceClassifier, base_model: str) -> None:
+    """Refuse to resume from a checkpoint of another model (another method, layers, options, head or base model):
+    the Trainer would load what fits, warn about the rest and train on, reporting a run that is neither."""
+    path = Path(checkpoint)
+    if not (path / MODEL_CONFIG_NAME).is_file():
+        raise ConfigError(
+            f"--resume_from_checkpoint {checkpoint!r} has no {MODEL_CONFIG_NAME}: it was not written by a peftlab run, "
+            "so it cannot be checked against this one. Train from the start without --resume_from_checkpoint."
+        )
+    saved = json.loads((path / MODEL_CONFIG_NAME).read_text())
+    wanted = {"base_model": base_model, "head": asdict(model.head_config), "peft": asdict(model.peft_args)}
+    differences = []
+    for part in ("base_model", "head", "peft"):
+        there, here = saved.get(part), wanted[part]
+        if isinstance(here, dict) and isinstance(there, dict):
+            differences += [
+                f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if k in there and there[k] != here[k]
+            ]
+        elif there != here:
+            differences.append(f"{part} {there!r} there, {here!r} here")
+    if differences:
+        raise ConfigError(
+            f"--resume_from_checkpoint {checkpoint!r} is a checkpoint of another model ({'; '.join(differences[:4])}). "
+            "Resume with the arguments it was trained with, or train from the start without --resume_from_checkpoint."
+        )
+
+
 def check_devices(training_args: GlueTrainingArguments) -> None:
     if training_args.fp16 and not torch.cuda.is_available():
         raise ConfigError("--fp16 needs a CUDA GPU and none is visible. Drop --fp16 to train in fp32 on the CPU.")
@@ -455,6 +520,7 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
         raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
     spec.glue_dir = resolve_glue_dir(data_args)
     check_output_dir(training_args, model_args)
+    training_args.resume_from_checkpoint = resolve_checkpoint(training_args)
     check_devices(training_args)
     spec.task = ws.run_data(spec).task
     spec.model_path = resolve_model_path(base_model_of(model_args))
@@ -471,6 +537,10 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
             meta = check_buildable(config, head_config(model_args, spec.task.num_labels), peft_args)
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        if training_args.resume_from_checkpoint:
+            check_checkpoint_fits(
+                training_args.resume_from_checkpoint, meta, model_args.model_name_or_path or BUNDLED_MODEL
+            )
         if training_args.cache_frozen_prefix:
             spec.cache_need = need_of(meta)
     if search := spec.search_args.hp_search:

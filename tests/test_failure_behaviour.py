@@ -1,5 +1,6 @@
 """Issue 14's cases end to end: every bad input stops before the model is loaded (so before any training) with one
-line naming the bad value and what is valid; two writers never share an output folder."""
+line naming the bad value and what is valid; two writers never share an output folder; resuming works from the
+latest checkpoint and only into the model that wrote it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write
+from conftest import REPO, refuse_model_loading, write
 
 from peftlab.errors import ConfigError, DataError
 from peftlab.run import main as run_main
 from peftlab.run import output_lock
+from peftlab.trainer import GlueTrainer
 
 FAST = ["--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
 
@@ -168,3 +170,37 @@ def test_resume_into_a_non_empty_output_folder_needs_overwrite(tiny_bert, rte_di
     write(out / "all_results.json", "{}")
     with pytest.raises(ConfigError, match=r"exists and is not empty.*--resume_from_checkpoint also needs"):
         main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", str(out / "checkpoint-4")])
+
+
+def test_resume_from_the_latest_checkpoint_and_only_into_the_same_model(tiny_bert, rte_dir, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    train = [*base(tiny_bert, rte_dir, out), "--method", "adapter@0", "--save_strategy", "epoch", *FAST]
+    main([*train, "--num_train_epochs", "1"])
+    assert (out / "checkpoint-4" / "peftlab_model.json").is_file()
+    steps = []
+    step = GlueTrainer.training_step
+    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    results = main([*train, "--num_train_epochs", "2", "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
+    assert len(steps) == 4  # steps 5..8 only: resumed at step 4, not started again
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8 and "eval_accuracy" in results
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["training_args"]["resume_from_checkpoint"] == str(out / "checkpoint-4")  # the latest when it ran
+    # A checkpoint of adapter@0 resumed into an adapter@1 run: stopped before the model is loaded.
+    refuse_model_loading(monkeypatch)
+    other = [*base(tiny_bert, rte_dir, out), "--method", "adapter@1", *FAST, "--overwrite_output_dir"]
+    with pytest.raises(ConfigError, match=r"checkpoint-8' is a checkpoint of another model \(method 'adapter@0' there, 'adapter@1' here\)"):  # fmt: skip
+        main([*other, "--resume_from_checkpoint", "True"])
+    with pytest.raises(ConfigError, match=r"checkpoint-4' is a checkpoint of another model"):
+        main([*other, "--resume_from_checkpoint", str(out / "checkpoint-4")])
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    out = tmp_path / "o"
+    write(out / "checkpoint-3" / "half-written.bin", "")  # no trainer_state.json: incomplete, never resumed from
+    with pytest.raises(
+        ConfigError, match=r"--resume_from_checkpoint True: --output_dir .* holds no complete checkpoint"
+    ):
+        main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
+    with pytest.raises(ConfigError, match=r"--resume_from_checkpoint '.*checkpoint-3' is not a checkpoint folder"):
+        main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", str(out / "checkpoint-3"),
+              "--overwrite_output_dir"])  # fmt: skip
