@@ -100,7 +100,8 @@ def layers_of(backbone: nn.Module, arch: Architecture) -> nn.ModuleList:
 def parse_layers(spec: str | int | list[int], num_layers: int) -> list[int]:
     """Layer indices from ``all``, ``5``, ``-1`` (from the top), ``1,3`` or a range ``0-2`` (inclusive).
 
-    Raises :class:`ConfigError` naming the valid range for any index outside it.
+    Raises :class:`ConfigError` naming the valid range for any index outside it, and for a reversed range
+    (``5-2``) or anything else that would select no layer: a method given no layer would train nothing.
     """
     if isinstance(spec, int):
         items: list[str] = [str(spec)]
@@ -118,9 +119,17 @@ def parse_layers(spec: str | int | list[int], num_layers: int) -> list[int]:
         bounds = item.split("-", 1) if "-" in item[1:] else [item]
         if len(bounds) == 2 and not item.startswith("-"):
             start, stop = _index(bounds[0], spec, num_layers), _index(bounds[1], spec, num_layers)
+            if start > stop:  # an empty range would silently select nothing (a method that trains nothing)
+                where = "" if item == str(spec).strip().lower() else f" in {str(spec)!r}"
+                raise ConfigError(
+                    f"Layer range {item!r}{where} is reversed: it selects no layer. Write the lower index first: "
+                    f"'{stop}-{start}'."
+                )
             layers.extend(range(start, stop + 1))
         else:
             layers.append(_index(item, spec, num_layers))
+    if not layers:  # pragma: no cover - every item above adds at least one layer; kept as the rule itself
+        raise ConfigError(f"Layer spec {spec!r} selects no layer; give 'all', an index, a list '1,3' or a range '0-2'.")
     return sorted(set(layers))
 
 

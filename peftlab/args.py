@@ -8,12 +8,14 @@ pass and transformers 5 dropped or renamed, so those command lines run as writte
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
+from peftlab.glue.data import LABEL_TYPES
 from peftlab.modeling import BUNDLED_MODEL, HEADS, POOLINGS
 
 logger = logging.getLogger(__name__)
@@ -99,8 +101,23 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N examples of each eval set."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test examples."})
+    label_type: str = field(
+        default="auto",
+        metadata={
+            "help": "How the labels of --train_file are read: auto (names or whole numbers such as 0/1 or 0.0/1.0 "
+            "are classes; numbers with fractions are regression scores), classification, or regression (any finite "
+            "number is a score)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.label_type not in LABEL_TYPES:
+            raise ValueError(f"--label_type {self.label_type!r} is not valid; choose one of {', '.join(LABEL_TYPES)}.")
+        if self.task_name and self.label_type != "auto":
+            raise ValueError(
+                f"--label_type {self.label_type} is for your own files (--train_file); the GLUE task "
+                f"{self.task_name} fixes its labels. Drop --label_type."
+            )
         for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -206,6 +223,7 @@ class GlueTrainingArguments(TrainingArguments):
             if str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
                 raise ValueError("--early_stopping_patience needs evaluations: set --eval_strategy epoch or steps.")
             self.load_best_model_at_end = True
+        self.check_values()
         if self.cache_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"--cache_dtype {self.cache_dtype!r} is not valid; choose one of float32, bfloat16, float16."
@@ -231,3 +249,35 @@ class GlueTrainingArguments(TrainingArguments):
                 # trainings (each on all the data, all writing the same output folder).
                 self.ddp_backend = "gloo"
         super().__post_init__()
+
+    def check_values(self) -> None:
+        """Values that would fail deep inside training (a traceback after the data is loaded) or, worse, train
+        nothing and report the untrained model as a finished run: refused here, before anything is loaded."""
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name} {value} is not valid; it must be a whole number >= 1.")
+        for name in ("learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name} {value} is not valid; it must be a finite number >= 0, e.g. 5e-5.")
+        if not math.isfinite(self.num_train_epochs) or self.num_train_epochs < 0:
+            raise ValueError(f"--num_train_epochs {self.num_train_epochs} is not valid; it must be > 0, e.g. 3.")
+        if self.do_train:
+            self.check_training_length()
+
+    def check_training_length(self) -> None:
+        """A training run must take at least one step: with --num_train_epochs 0 (and no --max_steps) it would
+        write the results of the untrained model, and a sweep would count it as finished."""
+        if self.max_steps is not None and self.max_steps > 0:
+            return
+        if self.num_train_epochs <= 0:
+            raise ValueError(
+                f"--num_train_epochs {self.num_train_epochs:g} trains nothing; give a number of epochs > 0 "
+                "(e.g. 3) or --max_steps > 0, or drop --do_train to evaluate only."
+            )
+        if self.learning_rate == 0 and not self.head_learning_rate:
+            raise ValueError(
+                "--learning_rate 0 trains nothing (and no --head_learning_rate is given); give a learning rate > 0, "
+                "e.g. 5e-5, or drop --do_train to evaluate only."
+            )

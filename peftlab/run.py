@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import fcntl
+import functools
 import gc
 import json
 import logging
@@ -23,6 +25,8 @@ import platform
 import subprocess
 import sys
 import time
+import types
+import typing
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +61,7 @@ from peftlab.methods import PeftArguments
 from peftlab.methods.lora import export_peft
 from peftlab.modeling import (
     BUNDLED_MODEL,
+    MODEL_CONFIG_NAME,
     WEIGHTS_NAME,
     HeadConfig,
     SequenceClassifier,
@@ -131,23 +136,100 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
         if from_file:
             explicit = dict(given) if given is not None else read_argument_file(argv[0])
             values, applied = apply_protocol(explicit)
-            parsed = parser.parse_dict(values, allow_extra_keys=False)
+            source = f"Argument file {argv[0]}" if given is None else f"The arguments of run {given.get('output_dir')}"
+            parsed = parser.parse_dict(check_argument_types(values, source), allow_extra_keys=False)
         else:
             explicit = {arg.lstrip("-").split("=")[0]: True for arg in argv if arg.startswith("--")}
             values, applied = apply_protocol(argv)
             parsed = parser.parse_args_into_dataclasses(args=values)
+        spec = RunSpec(*parsed, argv=list(argv))
+        spec.protocol_args.applied = applied
+        stages = ("do_train", "do_eval", "do_predict")
+        if not (set(explicit) | set(applied)).intersection(stages):
+            logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
+            spec.training_args.do_train = spec.training_args.do_eval = True
+            spec.training_args.check_training_length()
     except PeftlabError:
         raise
     except (ValueError, TypeError) as err:  # raised by the dataclasses' own checks and by parse_dict
-        where = f" in {argv[0]}" if from_file and given is None else ""
+        where = f" (argument file {argv[0]})" if from_file and given is None else ""
         raise ConfigError(f"{err}{where}") from err
-    spec = RunSpec(*parsed, argv=list(argv))
-    spec.protocol_args.applied = applied
-    stages = ("do_train", "do_eval", "do_predict")
-    if not (set(explicit) | set(applied)).intersection(stages):
-        logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
-        spec.training_args.do_train = spec.training_args.do_eval = True
     return spec
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` in words, as a JSON value: ``a number``, ``true or false``, ``a string or null``..."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        names = [_type_name(arg) for arg in typing.get_args(hint)]
+        return " or ".join(dict.fromkeys(names))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(json.dumps(arg) for arg in typing.get_args(hint))
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if hint is list or typing.get_origin(hint) is list:
+        return "a list"
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "an object"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "a string"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    """Whether the JSON ``value`` has the type ``hint`` (a field's annotation) asks for; unknown types fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(arg, value) for arg in args)
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, list) and (not args or all(_fits(args[0], item) for item in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+@functools.cache
+def argument_types() -> dict[str, Any]:
+    """Every argument's annotation, by name (the dataclasses' fields that are arguments)."""
+    types_: dict[str, Any] = {}
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        types_.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and f.name not in types_})
+    return types_
+
+
+def check_argument_types(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` (a JSON argument file's) checked against the arguments' types, which ``HfArgumentParser.parse_dict``
+    does not do: it passes ``"three"`` on as a number of epochs, to fail (or not) somewhere in training. A number
+    given where a string is expected becomes that string, as on the command line (``"target_layers": 5``)."""
+    checked = dict(values)
+    hints = argument_types()
+    for key, value in values.items():
+        if key not in hints or _fits(hints[key], value):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _fits(hints[key], str(value)):
+            checked[key] = str(value)
+            continue
+        raise ConfigError(
+            f"{source}: {key!r} is {json.dumps(value)} ({type(value).__name__}), expected {_type_name(hints[key])}."
+        )
+    return checked
 
 
 def read_argument_file(path: str) -> dict[str, Any]:
@@ -194,6 +276,70 @@ def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArgu
             else ""
         )
     )
+
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def resolve_checkpoint(training_args: GlueTrainingArguments) -> str | None:
+    """The checkpoint folder ``--resume_from_checkpoint`` names: ``True`` is the latest complete ``checkpoint-<step>``
+    in ``--output_dir`` (as the Trainer's own ``resume_from_checkpoint=True``), ``False`` none. A checkpoint that is
+    not there is an error now, not after the data and model are loaded."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false") or not training_args.do_train:
+        return None
+    out = Path(training_args.output_dir)
+    if str(value).strip().lower() == "true":
+        steps = {
+            int(path.name[len(CHECKPOINT_PREFIX) :]): path
+            for path in (out.iterdir() if out.is_dir() else [])
+            if path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        }
+        complete = [step for step in steps if (steps[step] / "trainer_state.json").is_file()]
+        if not complete:
+            raise ConfigError(
+                f"--resume_from_checkpoint True: --output_dir {str(out)!r} holds no complete checkpoint-<step> folder "
+                "to resume from. A run writes checkpoints only with --save_strategy steps or epoch; give a checkpoint "
+                "folder, or train from the start without --resume_from_checkpoint."
+            )
+        latest = steps[max(complete)]
+        if max(steps) != max(complete):
+            logger.warning("%s is incomplete (no trainer_state.json): resuming from %s.", steps[max(steps)], latest)
+        return str(latest)
+    path = Path(str(value))
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(
+            f"--resume_from_checkpoint {str(value)!r} is not a checkpoint folder (no trainer_state.json in it); give "
+            "a checkpoint-<step> folder of an earlier run, or True for the latest one in --output_dir."
+        )
+    return str(path)
+
+
+def check_checkpoint_fits(checkpoint: str, model: SequenceClassifier, base_model: str) -> None:
+    """Refuse to resume from a checkpoint of another model (another method, layers, options, head or base model):
+    the Trainer would load what fits, warn about the rest and train on, reporting a run that is neither."""
+    path = Path(checkpoint)
+    if not (path / MODEL_CONFIG_NAME).is_file():
+        raise ConfigError(
+            f"--resume_from_checkpoint {checkpoint!r} has no {MODEL_CONFIG_NAME}: it was not written by a peftlab run, "
+            "so it cannot be checked against this one. Train from the start without --resume_from_checkpoint."
+        )
+    saved = json.loads((path / MODEL_CONFIG_NAME).read_text())
+    wanted = {"base_model": base_model, "head": asdict(model.head_config), "peft": asdict(model.peft_args)}
+    differences = []
+    for part in ("base_model", "head", "peft"):
+        there, here = saved.get(part), wanted[part]
+        if isinstance(here, dict) and isinstance(there, dict):
+            differences += [
+                f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if k in there and there[k] != here[k]
+            ]
+        elif there != here:
+            differences.append(f"{part} {there!r} there, {here!r} here")
+    if differences:
+        raise ConfigError(
+            f"--resume_from_checkpoint {checkpoint!r} is a checkpoint of another model ({'; '.join(differences[:4])}). "
+            "Resume with the arguments it was trained with, or train from the start without --resume_from_checkpoint."
+        )
 
 
 def check_devices(training_args: GlueTrainingArguments) -> None:
@@ -269,14 +415,14 @@ class Workspace:
         key = (
             "data", d.task_name, spec.glue_dir, d.train_file, d.validation_file,
             d.test_file, t.do_train, t.do_eval, t.do_predict, d.train_split, d.split_dev, d.split_seed,
-            d.max_train_samples, d.max_eval_samples, d.max_predict_samples,
+            d.max_train_samples, d.max_eval_samples, d.max_predict_samples, d.label_type,
         )  # fmt: skip
         return self._get(key, lambda: load_run_data(
             task, glue_dir=spec.glue_dir, train_file=d.train_file, validation_file=d.validation_file,
             test_file=d.test_file, do_train=t.do_train, do_eval=t.do_eval, do_predict=t.do_predict,
             train_split=d.train_split, split_dev=d.split_dev, split_seed=d.split_seed,
             max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
-            max_predict_samples=d.max_predict_samples,
+            max_predict_samples=d.max_predict_samples, label_type=d.label_type,
         ))  # fmt: skip
 
     def config(self, path: str, model_args: ModelArguments):
@@ -379,6 +525,7 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
         raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
     spec.glue_dir = resolve_glue_dir(data_args)
     check_output_dir(training_args, model_args)
+    training_args.resume_from_checkpoint = resolve_checkpoint(training_args)
     check_devices(training_args)
     spec.task = ws.run_data(spec).task
     spec.model_path = resolve_model_path(base_model_of(model_args))
@@ -406,6 +553,10 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
             metas = [check_buildable(config, head_config(model_args, spec.task.num_labels), p) for p in checked]
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        if training_args.resume_from_checkpoint:
+            check_checkpoint_fits(
+                training_args.resume_from_checkpoint, metas[0], model_args.model_name_or_path or BUNDLED_MODEL
+            )
         if training_args.cache_frozen_prefix and spec.auto_candidates is None:
             spec.cache_need = need_of(metas[0])
     if search := spec.search_args.hp_search:

@@ -79,3 +79,19 @@ def tiny_bert_no_dropout(tiny_bert, tmp_path_factory) -> str:
     )
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(path)
     return str(path)
+
+
+def refuse_model_loading(monkeypatch) -> None:
+    """From now on, fail the test if a run gets as far as loading model weights."""
+    from peftlab import run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was detected")
+
+    monkeypatch.setattr(run_module, "make_model", refuse)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if a run gets as far as loading model weights."""
+    refuse_model_loading(monkeypatch)

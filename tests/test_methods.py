@@ -247,6 +247,10 @@ def test_lora_merge_equals_unmerged_and_is_idempotent(arch):
         ("full+lora", {}, r"'full' trains everything and cannot be combined"),
         ("lora", {"lora_targets": "query,gate"}, r"\['gate'\] not valid; choose from query, key, value, attn_out"),
         ("bitfit@1+lora@9", {}, r"Layer 9 is out of range"),
+        # A reversed range selects no layer: the method would train nothing (BitFit trained the head only).
+        ("bitfit@2-0", {}, r"Layer range '2-0' is reversed: it selects no layer. Write the lower index first: '0-2'"),
+        ("lora", {"target_layers": "2-1"}, r"Layer range '2-1' is reversed.*'1-2'"),
+        ("adapter", {"target_layers": "0,2-1"}, r"Layer range '2-1' in '0,2-1' is reversed"),
     ],
 )  # fmt: skip
 def test_bad_configuration_fails_before_the_model_is_modified(method, options, message):
@@ -259,6 +263,22 @@ def test_bad_configuration_fails_before_the_model_is_modified(method, options, m
         )
     after = {n: (type(m), [p.requires_grad for p in m.parameters(recurse=False)]) for n, m in backbone.named_modules()}
     assert before == after
+
+
+def test_layer_specs_select_what_they_say_and_never_nothing():
+    from peftlab.architectures import parse_layers
+
+    assert parse_layers("all", 6) == [0, 1, 2, 3, 4, 5]
+    assert parse_layers("2-5", 6) == parse_layers("2--1", 6) == [2, 3, 4, 5]
+    assert parse_layers("-1", 6) == [5] and parse_layers("1,3", 6) == [1, 3] and parse_layers("4-4", 6) == [4]
+    for spec, fix in (("5-2", "2-5"), ("1,5-2", "2-5"), ("5--3", "3-5")):
+        with pytest.raises(
+            ConfigError, match=rf"is reversed: it selects no layer. Write the lower index first: '{fix}'"
+        ):
+            parse_layers(spec, 6)
+    for spec in ("", ",", []):
+        with pytest.raises(ConfigError, match=r"Empty layer list"):
+            parse_layers(spec, 6)
 
 
 def test_unknown_method_and_option_values_are_named():

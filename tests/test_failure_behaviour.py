@@ -1,0 +1,206 @@
+"""Issue 14's cases end to end: every bad input stops before the model is loaded (so before any training) with one
+line naming the bad value and what is valid; two writers never share an output folder; resuming works from the
+latest checkpoint and only into the model that wrote it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, refuse_model_loading, write
+
+from peftlab.errors import ConfigError, DataError
+from peftlab.run import main as run_main
+from peftlab.run import output_lock
+from peftlab.trainer import GlueTrainer
+
+FAST = ["--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
+
+
+def main(argv: list[str]):
+    """A run whose error must be one line, as run_glue.py prints it."""
+    try:
+        return run_main(argv)
+    except (ConfigError, DataError) as err:
+        assert "\n" not in str(err), str(err)
+        raise
+
+
+def base(tiny_bert: str, glue: Path, out: Path) -> list[str]:
+    return ["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(glue), "--output_dir", str(out)]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--num_train_epochs", "0"], r"--num_train_epochs 0 trains nothing; give a number of epochs > 0"),
+        (["--num_train_epochs", "0", "--do_train"], r"--num_train_epochs 0 trains nothing"),
+        (["--num_train_epochs", "-1"], r"--num_train_epochs -1.0 is not valid; it must be > 0"),
+        (["--per_device_train_batch_size", "0"], r"--per_device_train_batch_size 0 is not valid; it must be a whole number >= 1"),
+        (["--per_device_eval_batch_size", "0", "--do_eval"], r"--per_device_eval_batch_size 0 is not valid"),
+        (["--learning_rate=-1e-3"], r"--learning_rate -0.001 is not valid; it must be a finite number >= 0"),
+        (["--learning_rate", "0"], r"--learning_rate 0 trains nothing"),
+        (["--gradient_accumulation_steps", "0"], r"--gradient_accumulation_steps 0 is not valid"),
+        (["--method", "bitfit", "--target_layers", "1-0"], r"Layer range '1-0' is reversed: it selects no layer. Write the lower index first: '0-1'"),
+        (["--method", "bitfit@1-0"], r"Layer range '1-0' is reversed"),
+        (["--method", "adapter@1-0"], r"Layer range '1-0' is reversed"),
+        (["--method", "lora", "--target_layers", "1-0"], r"Layer range '1-0' is reversed"),
+        (["--label_type", "regression"], r"--label_type regression is for your own files \(--train_file\)"),
+    ],
+)  # fmt: skip
+def test_bad_training_values_stop_before_the_model_is_loaded(tiny_bert, rte_dir, tmp_path, no_model_loading, extra, message):  # fmt: skip
+    out = tmp_path / "o"
+    with pytest.raises(ConfigError, match=message):
+        main([*base(tiny_bert, rte_dir, out), *FAST, *extra])
+    assert not out.exists()
+
+
+def test_num_train_epochs_zero_is_fine_when_nothing_trains(tiny_bert, rte_dir, tmp_path):
+    results = main([*base(tiny_bert, rte_dir, tmp_path / "o"), "--do_eval", "--num_train_epochs", "0"])
+    assert "eval_accuracy" in results and "train_loss" not in results
+
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
+
+
+@pytest.mark.parametrize(
+    "split,content,message",
+    [
+        ("dev.tsv", RTE_HEADER.encode(), r"RTE/dev.tsv has a header line and no rows: it holds no rte examples"),
+        ("train.tsv", (RTE_HEADER + "0\ta\tb\tentailment\n1\ta\tb\tc\tentailment\n").encode(), r"RTE/train.tsv, line 3: 5 tab-separated fields, expected 4"),
+        ("dev.tsv", (RTE_HEADER + "0\tcaf\xe9\tb\tentailment\n").encode("latin-1"), r"RTE/dev.tsv, line 2: byte 0xe9 is not UTF-8"),
+    ],
+)  # fmt: skip
+def test_bad_glue_files_stop_before_the_model_is_loaded(tiny_bert, rte_dir, tmp_path, no_model_loading, split, content, message):  # fmt: skip
+    (rte_dir / "RTE" / split).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        main([*base(tiny_bert, rte_dir, tmp_path / "o"), "--do_train", "--do_eval", *FAST])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("text,label\na,pos\nb,\nc,neg\n", r"d.csv, line 3: the label is missing"),
+        ("text,label\na,1\nb,pos\nc,0\n", r"d.csv: labels mix numbers and names \('1' on line 2, 'pos' on line 3\)"),
+        ("text,label\na,pos\nb,pos\n", r"d.csv: every label is 'pos'; classification needs at least two classes"),
+    ],
+)
+def test_bad_user_labels_stop_before_the_model_is_loaded(tiny_bert, tmp_path, no_model_loading, text, message):
+    data = write(tmp_path / "d.csv", text)
+    with pytest.raises(DataError, match=message):
+        main(["--model_name_or_path", tiny_bert, "--train_file", str(data), "--validation_file", str(data),
+              "--output_dir", str(tmp_path / "o"), *FAST])  # fmt: skip
+
+
+def test_user_regression_file_with_scores_outside_zero_to_five_trains(tiny_bert, tmp_path):
+    rows = "".join(f"sentence {i},{(i - 6) * 12.5}\n" for i in range(12))
+    data = write(tmp_path / "d.csv", "text,label\n" + rows)
+    results = main(["--model_name_or_path", tiny_bert, "--train_file", str(data), "--validation_file", str(data),
+                    "--output_dir", str(tmp_path / "o"), "--num_train_epochs", "1", *FAST])  # fmt: skip
+    assert {"eval_pearson", "eval_spearmanr"} <= set(results)
+    assert results["data_protocol"]["label_type"] == "regression"
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"num_train_epochs": "three"}, r"a.json: 'num_train_epochs' is \"three\" \(str\), expected a number\."),
+        ({"num_train_epochs": [1, 2]}, r"a.json: 'num_train_epochs' is \[1, 2\] \(list\), expected a number\."),
+        ({"per_device_train_batch_size": 2.5}, r"'per_device_train_batch_size' is 2.5 \(float\), expected a whole number"),
+        ({"do_train": "yes"}, r"'do_train' is \"yes\" \(str\), expected true or false"),
+        ({"method": ["lora"]}, r"'method' is \[\"lora\"\] \(list\), expected a string"),
+        ({"split_dev": "0.25"}, r"'split_dev' is \"0.25\" \(str\), expected a number or null"),
+        ({"num_train_epochs": 0}, r"--num_train_epochs 0 trains nothing.*\(argument file .*a.json\)"),
+    ],
+)  # fmt: skip
+def test_wrong_typed_json_values_name_the_key_the_file_and_the_type(tiny_bert, rte_dir, tmp_path, no_model_loading, values, message):  # fmt: skip
+    args = {"model_name_or_path": tiny_bert, "task_name": "rte", "glue_dir": str(rte_dir),
+            "output_dir": str(tmp_path / "o"), **values}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        main([str(write(tmp_path / "a.json", json.dumps(args)))])
+
+
+def test_a_number_where_a_string_is_expected_is_read_as_on_the_command_line(tiny_bert, rte_dir, tmp_path):
+    from peftlab.run import parse_args
+
+    spec = parse_args([str(write(tmp_path / "a.json", json.dumps({"task_name": "rte", "target_layers": 1})))])
+    assert spec.peft_args.target_layers == "1"
+
+
+def test_malformed_json_argument_file_is_named(tmp_path, no_model_loading):
+    path = write(tmp_path / "args.json", '{"task_name": "rte",}')
+    with pytest.raises(ConfigError, match=rf"Argument file {path} is not valid JSON"):
+        main([str(path)])
+
+
+def test_second_process_on_a_locked_output_folder_stops_at_once(tiny_bert, rte_dir, tmp_path):
+    """Two run_glue.py processes on one --output_dir: the second stops with one line and touches nothing."""
+    out = tmp_path / "o"
+    with output_lock(out):
+        write(out / "all_results.json", '{"eval_accuracy": 0.5}')
+        proc = subprocess.run(
+            [sys.executable, "run_glue.py", *base(tiny_bert, rte_dir, out), "--do_eval", "--overwrite_output_dir"],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --output_dir {str(out)!r} is being written by another running process; wait for it to end or "
+        "choose another folder."
+    )
+    assert (out / "all_results.json").read_text() == '{"eval_accuracy": 0.5}'
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "all_results.json"]
+
+
+def test_evaluating_a_trained_run_into_its_own_folder_is_refused(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    run = tmp_path / "trained"
+    write(run / "all_results.json", "{}")
+    with pytest.raises(
+        ConfigError, match=r"is the trained run given as --model_name_or_path.*Choose another --output_dir"
+    ):
+        main(["--model_name_or_path", str(run), "--task_name", "rte", "--glue_dir", str(rte_dir),
+              "--output_dir", str(run), "--do_eval", "--overwrite_output_dir"])  # fmt: skip
+
+
+def test_resume_into_a_non_empty_output_folder_needs_overwrite(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    out = tmp_path / "o"
+    write(out / "all_results.json", "{}")
+    with pytest.raises(ConfigError, match=r"exists and is not empty.*--resume_from_checkpoint also needs"):
+        main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", str(out / "checkpoint-4")])
+
+
+def test_resume_from_the_latest_checkpoint_and_only_into_the_same_model(tiny_bert, rte_dir, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    train = [*base(tiny_bert, rte_dir, out), "--method", "adapter@0", "--save_strategy", "epoch", *FAST]
+    main([*train, "--num_train_epochs", "1"])
+    assert (out / "checkpoint-4" / "peftlab_model.json").is_file()
+    steps = []
+    step = GlueTrainer.training_step
+    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    results = main([*train, "--num_train_epochs", "2", "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
+    assert len(steps) == 4  # steps 5..8 only: resumed at step 4, not started again
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8 and "eval_accuracy" in results
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["training_args"]["resume_from_checkpoint"] == str(out / "checkpoint-4")  # the latest when it ran
+    # A checkpoint of adapter@0 resumed into an adapter@1 run: stopped before the model is loaded.
+    refuse_model_loading(monkeypatch)
+    other = [*base(tiny_bert, rte_dir, out), "--method", "adapter@1", *FAST, "--overwrite_output_dir"]
+    with pytest.raises(ConfigError, match=r"checkpoint-8' is a checkpoint of another model \(method 'adapter@0' there, 'adapter@1' here\)"):  # fmt: skip
+        main([*other, "--resume_from_checkpoint", "True"])
+    with pytest.raises(ConfigError, match=r"checkpoint-4' is a checkpoint of another model"):
+        main([*other, "--resume_from_checkpoint", str(out / "checkpoint-4")])
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    out = tmp_path / "o"
+    write(out / "checkpoint-3" / "half-written.bin", "")  # no trainer_state.json: incomplete, never resumed from
+    with pytest.raises(
+        ConfigError, match=r"--resume_from_checkpoint True: --output_dir .* holds no complete checkpoint"
+    ):
+        main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
+    with pytest.raises(ConfigError, match=r"--resume_from_checkpoint '.*checkpoint-3' is not a checkpoint folder"):
+        main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", str(out / "checkpoint-3"),
+              "--overwrite_output_dir"])  # fmt: skip
