@@ -516,16 +516,16 @@ def cache_depth(run: Run, num_layers: int = 6) -> int | None:
     """The lowest trained layer of ``run`` when it reads the frozen-prefix cache (``num_layers`` for a probe), else
     ``None``."""
     from peftlab.architectures import parse_layers  # import torch: only when estimating
-    from peftlab.methods.base import parse_method_string
+    from peftlab.methods.base import METHODS, parse_method_string
 
     args = effective_args(run.args)
     methods = parse_method_string(args["method"])
-    if not args.get("cache_frozen_prefix") or any(name == "full" for name, _ in methods):
+    if not args.get("cache_frozen_prefix") or any(METHODS[name].trains_backbone for name, _ in methods):
         return None
     trained = [
         layer
         for name, layers in methods
-        if name != "probe"
+        if METHODS[name].trains_layers
         for layer in parse_layers(layers or args.get("target_layers", "all"), num_layers)
     ]
     return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
@@ -542,7 +542,7 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6) -> dict[str, float]
     terms["run"] = 1.0
     depth = cache_depth(run, num_layers)
     if depth is None:
-        terms["full" if args["method"].split("@")[0] == "full" else "frozen"] = load.train * epochs * length
+        terms["full" if _method_class(args["method"]).trains_backbone else "frozen"] = load.train * epochs * length
         terms["forward"] = evals * load.eval * length
         return terms
     above = (num_layers - depth) / num_layers  # only the layers from the lowest trained one up run
@@ -550,6 +550,13 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6) -> dict[str, float]
     terms["forward"] = above * evals * load.eval * length
     terms["read"] = (load.train * epochs + load.eval * evals) * length
     return terms
+
+
+def _method_class(method: str):
+    """The registered class of the first method of a ``--method`` string (its attributes answer for it)."""
+    from peftlab.methods.base import METHODS, parse_method_string  # import torch: only when estimating
+
+    return METHODS[parse_method_string(method)[0][0]]
 
 
 def fill_terms(runs: list[Run], load: Workload, num_layers: int = 6) -> dict[str, float]:
@@ -607,10 +614,10 @@ def gpu_seconds(run: Run, tflops: float, tokens: int = 128) -> float:
     kept = int(args.get("num_hidden_layers") or layers)
     per_layer = 2 * (4 * hidden * hidden + 2 * hidden * width) + 4 * tokens * hidden
     forward = kept * per_layer * tokens
-    method = args["method"].split("@")[0]
-    if method == "full":
+    method = _method_class(args["method"])
+    if method.trains_backbone:
         backward = 2 * forward
-    elif method == "probe":
+    elif not method.trains_layers:
         backward = 0
     else:
         from peftlab.architectures import parse_layers
