@@ -234,8 +234,8 @@ def cache_cases():
     for arch in TINY_CONFIGS:
         for method, case in (("adapter@1", "adapter_ffn_seq"), ("prefix@2", "prefix"), ("probe", "probe")):
             for side in ("right", "left") if arch in DECODERS else ("right",):
-                marks = () if supported(arch, case) else pytest.mark.skip(reason=f"{method} is refused on {arch}")
-                yield pytest.param(arch, method, side, id=f"{arch}-{method}-{side}", marks=marks)
+                if supported(arch, case):
+                    yield pytest.param(arch, method, side, id=f"{arch}-{method}-{side}")
 
 
 @pytest.mark.parametrize("arch,method,side", list(cache_cases()))
