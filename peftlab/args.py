@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
-    """Which pretrained encoder to start from, and the head put on it."""
+    """Which pretrained backbone to start from, and the head put on it."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -40,13 +40,17 @@ class ModelArguments:
     pooling: str = field(
         default="pooler",
         metadata={
-            "help": f"How token states become one vector: {', '.join(POOLINGS)} (first token; attention-masked "
-            "mean, the paper's 'avg'; the model's own pooler, as *ForSequenceClassification uses)."
+            "help": f"How token states become one vector: {', '.join(POOLINGS)} (first token, refused on decoders; "
+            "attention-masked mean, the paper's 'avg'; the model's own, as *ForSequenceClassification uses: its "
+            "pooler, or on a decoder the last token; the last non-padding token, left or right padding alike)."
         },
     )
     head: str = field(
         default="linear",
-        metadata={"help": f"Classification head: {', '.join(HEADS)} (linear probe, or dense-tanh-dropout-out)."},
+        metadata={
+            "help": f"Classification head: {', '.join(HEADS)} (linear probe; dense-tanh-dropout-out; one bias-free "
+            "linear layer without dropout, the 'score' of Llama/GPT-2 *ForSequenceClassification with --pooling last)."
+        },
     )
     head_dropout: float | None = field(
         default=None, metadata={"help": "Dropout in the head; default: the model's hidden dropout."}

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from peftlab.architectures import architecture_of, layers_of
+from peftlab.architectures import Architecture, architecture_of, layers_of
 from peftlab.errors import ConfigError
 from peftlab.methods import TunerLayer
 
@@ -47,7 +47,7 @@ CACHE_FORMAT = 2
 """Bumped whenever the meaning of a key or the file layout changes (2: the key names what is kept and its dtype;
 the checksum covers the offsets too)."""
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "label")
-POOLED_KINDS = ("cls", "mean", "pooler")
+POOLED_KINDS = ("cls", "mean", "pooler", "last")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,7 +58,8 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True, order=True)
 class Need:
     """What one run reads from the cache: the input of layer ``depth`` (``kind="hidden"``), or, for a probe, one
-    pooling (``cls``, ``mean``, ``pooler``) of the hidden states after ``depth`` layers."""
+    pooling (``cls``, ``mean``, ``pooler``, ``last``) of the hidden states after ``depth`` layers (and after the
+    architecture's final norm, as the model's own output of that many layers)."""
 
     depth: int
     kind: str
@@ -68,17 +69,26 @@ def _trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters()) or any(isinstance(m, TunerLayer) for m in module.modules())
 
 
+def _above_layers(backbone: nn.Module, arch: Architecture) -> set[int]:
+    """Ids of the parameters that sit above the layer stack (pooler, final norm): their training does not change
+    what enters any layer."""
+    above = set()
+    for path in (arch.pooler, arch.final_norm):
+        if path is not None and isinstance(getattr(backbone, path, None), nn.Module):
+            above.update(id(p) for p in backbone.get_submodule(path).parameters())
+    return above
+
+
 def frozen_prefix_depth(backbone: nn.Module) -> int:
     """Number of bottom layers in which nothing trains (0 when the embeddings train or nothing can be cached)."""
     arch = architecture_of(backbone)
     layers = layers_of(backbone, arch)
-    layer_params = {id(p) for p in layers.parameters()}
-    # What sits below the layers (the embeddings) must be frozen; the pooler sits above them and does not matter.
-    below = [p for n, p in backbone.named_parameters() if id(p) not in layer_params and not n.startswith("pooler")]
-    if any(p.requires_grad for p in below):
+    if arch.refuses_cache(backbone):
         return 0
-    if getattr(getattr(backbone, "encoder", None), "conv", None) is not None:
-        return 0  # DeBERTa-v2's convolution after the first layer depends on the layer index
+    skip = {id(p) for p in layers.parameters()} | _above_layers(backbone, arch)
+    # What sits below the layers (the embeddings) must be frozen; what sits above them does not matter.
+    if any(p.requires_grad for p in backbone.parameters() if id(p) not in skip):
+        return 0
     for index, layer in enumerate(layers):
         if _trains(layer):
             return index
@@ -87,45 +97,74 @@ def frozen_prefix_depth(backbone: nn.Module) -> int:
 
 def need_of(model: nn.Module) -> Need | None:
     """What ``model`` (a :class:`~peftlab.modeling.SequenceClassifier`, real or on the meta device) would read from
-    the cache; ``None`` when layer 0 or the embeddings train."""
+    the cache; ``None`` when layer 0 or the embeddings train. An architecture whose stack cannot be run from layer
+    k is refused with the reason."""
     backbone = model.backbone
+    arch = architecture_of(backbone)
+    refusal = arch.refuses_cache(backbone)
+    if refusal is not None:
+        raise ConfigError(
+            f"--cache_frozen_prefix is not available for this {backbone.config.model_type}: {refusal}. Run without it."
+        )
     depth = frozen_prefix_depth(backbone)
     if depth == 0:
         return None
-    if depth < len(layers_of(backbone, architecture_of(backbone))):
+    if depth < len(layers_of(backbone, arch)):
         return Need(depth, "hidden")
-    pooling = model.head_config.pooling
-    if pooling == "pooler" and any(p.requires_grad for p in backbone.pooler.parameters()):
+    if model.pooling == "pooler" and any(p.requires_grad for p in backbone.get_submodule(arch.pooler).parameters()):
         raise ConfigError("--cache_frozen_prefix with a trainable pooler: use pooling cls or mean.")
-    return Need(depth, pooling)
+    return Need(depth, model.pooling)
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a skipped decoder layer: returns its input hidden states."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
 
 
 @contextmanager
 def run_from_layer(backbone: nn.Module, start: int, hidden: torch.Tensor | None):
     """Within the block, the backbone runs only layers ``start..``; ``hidden`` replaces the input of ``start``.
 
-    With ``hidden=None`` (used to fill the cache) it runs layers ``..start-1`` instead, so that its output is the
-    input of layer ``start``.
+    The model's own forward still runs around the layers, so each layer gets what the model computes for it from
+    the inputs: the attention mask (causal and padding), rotary ``position_embeddings``, DeBERTa's relative
+    embeddings. Skipped layers are cut from the list, or, where the model looks settings up by layer position
+    (``skip_in_place``: Gemma2's alternating masks), replaced by pass-throughs.
+
+    With ``hidden=None`` (used to fill the cache) it runs layers ``..start-1`` instead and leaves out the final
+    norm (Llama's ``norm``, GPT-2's ``ln_f``), so that its output is the input of layer ``start``.
     """
     arch = architecture_of(backbone)
     layers = layers_of(backbone, arch)
     parent_path, _, name = arch.layers.rpartition(".")
     parent = backbone.get_submodule(parent_path) if parent_path else backbone
-    kept = list(layers)[start:] if hidden is not None else list(layers)[:start]
+    if hidden is None:
+        kept = list(layers)[:start]
+    elif arch.skip_in_place:
+        kept = [_PassThrough() for _ in range(start)] + list(layers)[start:]
+    else:
+        kept = list(layers)[start:]
     handle = None
-    if hidden is not None and kept:
+    if hidden is not None and start < len(layers):
 
         def replace_input(module, args, kwargs):
             if args:
                 return (hidden, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}
 
-        handle = kept[0].register_forward_pre_hook(replace_input, with_kwargs=True)
+        handle = layers[start].register_forward_pre_hook(replace_input, with_kwargs=True)
+    final_norm = arch.final_norm if hidden is None else None
+    if final_norm is not None:
+        norm = backbone.get_submodule(final_norm)
+        backbone._modules[final_norm] = nn.Identity()
     parent._modules[name] = nn.ModuleList(kept)
     try:
         yield
     finally:
         parent._modules[name] = layers
+        if final_norm is not None:
+            backbone._modules[final_norm] = norm
         if handle is not None:
             handle.remove()
 
@@ -141,13 +180,31 @@ def _digest(*parts: Any) -> str:
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """First-token (``cls``) or attention-masked mean (``mean``) pooling of ``hidden`` (batch, seq, dim)."""
+    """Pooling of ``hidden`` (batch, seq, dim): first token (``cls``), attention-masked mean (``mean``), or the
+    last token the attention mask keeps (``last``: right- or left-padded alike)."""
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "last":
+        if attention_mask is None:
+            return hidden[:, -1]
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (positions * attention_mask.to(positions.dtype)).argmax(dim=-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if attention_mask is None:
         return hidden.mean(dim=1)
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def pooled(backbone: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """What a probe's head reads from ``hidden``, the output of the layers: through the final norm, then pooled
+    (or through the backbone's pooler)."""
+    arch = architecture_of(backbone)
+    if arch.final_norm is not None:
+        hidden = backbone.get_submodule(arch.final_norm)(hidden)
+    if kind == "pooler":
+        return backbone.get_submodule(arch.pooler)(hidden)
+    return pool(hidden, attention_mask, kind)
 
 
 def _collate_tokens(tokenizer, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -165,7 +222,8 @@ def compute_cache(
     their own order): padded to the longest of a batch in the data's order, GLUE inputs cost up to 3.6 times
     their real tokens (scripts/bench_cache_fill.py)."""
     needs = sorted(set(needs))
-    layers = list(layers_of(backbone, architecture_of(backbone)))
+    arch = architecture_of(backbone)
+    layers = list(layers_of(backbone, arch))
     top = max(need.depth for need in needs)
     device = next(backbone.parameters()).device
     was_training = backbone.training
@@ -185,18 +243,19 @@ def compute_cache(
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             batch = _collate_tokens(tokenizer, [features[i] for i in indices])
-            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            with run_from_layer(backbone, top, None) if top < len(layers) else _nothing():
-                captured[top] = backbone(**batch).last_hidden_state
+            mask = batch["attention_mask"].to(device)
+            inputs = arch.inputs(batch["input_ids"].to(device), mask, batch.get("token_type_ids"))
+            if inputs.get("token_type_ids") is not None:
+                inputs["token_type_ids"] = inputs["token_type_ids"].to(device)
+            with run_from_layer(backbone, top, None):  # layers ..top-1, no final norm
+                captured[top] = backbone(**inputs).last_hidden_state
             for need in needs:
                 hidden = captured[need.depth]
                 if need.kind == "hidden":
-                    hidden = hidden.float().cpu()
-                    rows = [hidden[j, : lengths[i]] for j, i in enumerate(indices)]
-                elif need.kind == "pooler":
-                    rows = backbone.pooler(hidden).float().cpu()
+                    hidden, keep = hidden.float().cpu(), mask.bool().cpu()
+                    rows = [hidden[j][keep[j]] for j in range(len(indices))]  # unpadded, left or right
                 else:
-                    rows = pool(hidden, batch["attention_mask"], need.kind).float().cpu()
+                    rows = pooled(backbone, hidden, mask, need.kind).float().cpu()
                 for i, row in zip(indices, rows):
                     outputs[need][i] = row
     finally:
@@ -204,11 +263,6 @@ def compute_cache(
             handle.remove()
         backbone.train(was_training)
     return outputs
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 class CacheFileError(ValueError):
@@ -372,8 +426,9 @@ class CachedCollator:
             width = batch["input_ids"].shape[1]
             hidden = [r["cached_hidden"] for r in rows]
             padded = hidden[0].new_zeros(len(hidden), width, hidden[0].shape[-1])
+            keep = batch["attention_mask"].bool()
             for i, h in enumerate(hidden):
-                padded[i, : h.shape[0]] = h
+                padded[i, keep[i]] = h  # where the tokens are, whichever side the padding is on
             batch["cached_hidden"] = padded
         return batch
 

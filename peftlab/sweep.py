@@ -27,10 +27,10 @@ protocol (unless the sweep says ``"offline": false``), ``common``, ``task_args``
 
 How a sweep runs (:func:`run_sweep`). The driver alone decides what runs: it skips finished runs, copies the
 results of identical finished runs (:func:`fingerprint`), and cuts the rest into jobs. Runs that read the same
-data (task and data options) form a *group*: a fill job computes, in one pass per split, every frozen-prefix cache
-the group's runs read (:mod:`peftlab.cache`), then the group's runs go in chunks (one per seed, split further to
-keep every worker busy), each chunk ONE process that loads data and model once and trains its runs one after
-another (:func:`peftlab.run.run_many`). Jobs go to a local thread pool that starts one process per job
+data (task and data options) form a *group*. With one worker a group is one job: ONE process that loads data and
+model once, fills every frozen-prefix cache its runs read in one pass per split (:mod:`peftlab.cache`) and trains
+the runs one after another (:func:`peftlab.run.run_many`). With several, a fill job computes the caches first,
+then the group's runs go in chunks (one per seed, split further to keep every worker busy), one process each. Jobs go to a local thread pool that starts one process per job
 (``--backend local``) or to Ray tasks with declared CPUs and GPUs (``--backend ray``, one machine or a cluster);
 a chunk is started once its group's fill job has ended. A run's folder is written only by the process that
 trains it, under an OS lock on the folder (released when the process dies however it dies), and every job
@@ -261,20 +261,26 @@ def group_key(run: Run) -> tuple:
 
 
 def plan_jobs(runs: list[Run], workers: int) -> list[Job]:
-    """Cut ``runs`` into jobs, in the runs' order: per group of runs reading the same data, a fill job (when any of
-    them uses the frozen-prefix cache) and chunks of runs, one per seed, split further so that a group has at
-    least ``workers`` chunks when it has that many runs."""
+    """Cut ``runs`` into jobs, in the runs' order, per group of runs reading the same data.
+
+    One worker: one job per group, which fills every cache its runs read in one pass per split and then trains
+    them all (one start-up per group). Several workers: a fill job (when any run uses the frozen-prefix cache), then
+    chunks of runs, one per seed, split further so that a group has at least ``workers`` chunks when it has that
+    many runs; the chunks start once the fill has ended, so that none of them computes a cache beside another."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(group_key(run), []).append(run)
     jobs: list[Job] = []
     for number, members in enumerate(groups.values(), start=1):
         task = members[0].args["task_name"]
+        if workers <= 1:
+            jobs.append(Job(f"{task}-{number}", members))
+            continue
         fill = None
         if any(run.args.get("cache_frozen_prefix") for run in members):
             fill = Job(f"{task}-{number}-fill", [r for r in members if r.args.get("cache_frozen_prefix")], fill=True)
             jobs.append(fill)
-        size = max(1, math.ceil(len(members) / max(workers, 1)))
+        size = max(1, math.ceil(len(members) / workers))
         by_seed: dict[Any, list[Run]] = {}
         for run in members:
             by_seed.setdefault(run.args.get("seed"), []).append(run)
@@ -516,11 +522,11 @@ def cache_depth(run: Run, num_layers: int = 6) -> int | None:
     """The lowest trained layer of ``run`` when it reads the frozen-prefix cache (``num_layers`` for a probe), else
     ``None``."""
     from peftlab.architectures import parse_layers  # import torch: only when estimating
-    from peftlab.methods.base import parse_method_string
+    from peftlab.methods.base import METHODS, parse_method_string
 
     args = effective_args(run.args)
     methods = parse_method_string(args["method"])
-    if not args.get("cache_frozen_prefix") or any(name == "full" for name, _ in methods):
+    if not args.get("cache_frozen_prefix") or any(METHODS[name].trains_backbone for name, _ in methods):
         return None
 
     def layers_of(spec: str) -> list[int]:  # an automatic layer is estimated at the middle one
@@ -529,7 +535,7 @@ def cache_depth(run: Run, num_layers: int = 6) -> int | None:
     trained = [
         layer
         for name, layers in methods
-        if name != "probe"
+        if METHODS[name].trains_layers
         for layer in layers_of(layers or args.get("target_layers", "all"))
     ]
     return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
@@ -559,7 +565,7 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | Non
     if "auto" in args["method"] or args.get("target_layers") == "auto":
         epochs *= 1 + AUTO_SELECTION  # choosing the layer first
     if depth is None:
-        terms["full" if args["method"].split("@")[0] == "full" else "frozen"] = load.train * epochs * length
+        terms["full" if _method_class(args["method"]).trains_backbone else "frozen"] = load.train * epochs * length
         terms["forward"] = evals * load.eval * length
         return terms
     above = (num_layers - depth) / num_layers  # only the layers from the lowest trained one up run
@@ -567,6 +573,13 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | Non
     terms["forward"] = above * evals * load.eval * length
     terms["read"] = (load.train * epochs + load.eval * evals) * length
     return terms
+
+
+def _method_class(method: str):
+    """The registered class of the first method of a ``--method`` string (its attributes answer for it)."""
+    from peftlab.methods.base import METHODS, parse_method_string  # import torch: only when estimating
+
+    return METHODS[parse_method_string(method)[0][0]]
 
 
 def fill_terms(runs: list[Run], load: Workload, num_layers: int = 6) -> dict[str, float]:
@@ -624,10 +637,10 @@ def gpu_seconds(run: Run, tflops: float, tokens: int = 128) -> float:
     kept = int(args.get("num_hidden_layers") or layers)
     per_layer = 2 * (4 * hidden * hidden + 2 * hidden * width) + 4 * tokens * hidden
     forward = kept * per_layer * tokens
-    method = args["method"].split("@")[0]
-    if method == "full":
+    method = _method_class(args["method"])
+    if method.trains_backbone:
         backward = 2 * forward
-    elif method == "probe":
+    elif not method.trains_layers:
         backward = 0
     else:
         from peftlab.architectures import parse_layers

@@ -10,7 +10,6 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peftlab.methods.lora import lora_merged
 from peftlab.modeling import SequenceClassifier, save_model_config
 
 logger = logging.getLogger("peftlab")
@@ -139,7 +138,8 @@ class GlueTrainer(Trainer):
         return summary
 
     def evaluation_loop(self, *args, **kwargs):
-        """Evaluate and predict with LoRA merged into the base weights; they are restored bit for bit after."""
+        """Evaluate and predict with the methods folded into the base weights where they can be (LoRA: see
+        ``Method.merged_for_eval``); the weights are restored bit for bit after."""
         model = self._classifier()
-        with lora_merged(model) if model is not None else nullcontext():
+        with model.merged_for_eval() if model is not None else nullcontext():
             return super().evaluation_loop(*args, **kwargs)

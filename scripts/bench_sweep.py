@@ -76,7 +76,23 @@ def new_path(args, work: Path) -> tuple[float, dict]:
     left = run_sweep(runs, work / "runs" / "column", workers=1, log=lambda _: None)
     if left:
         raise SystemExit(f"new path: runs not finished: {[r.name for r in left]} (see {work}/runs/column/.jobs)")
-    return time.perf_counter() - start, scores(runs)
+    seconds = time.perf_counter() - start
+    OVERHEADS.extend(probe_overhead(runs))
+    return seconds, scores(runs)
+
+
+OVERHEADS: list[float] = []
+
+
+def probe_overhead(runs) -> list[float]:
+    """Seconds each probe run of the new path spent beyond its training (model copy, trainer, results; its final
+    evaluation is the kept best epoch's, so training's evaluations are its only ones)."""
+    out = []
+    for run in runs:
+        if run.args["method"] == "probe":
+            results = json.loads((run.output_dir / "all_results.json").read_text())
+            out.append(results["wall_seconds"] - results["train_runtime"])
+    return out
 
 
 def scores(runs) -> dict:
@@ -119,6 +135,10 @@ def main() -> int:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| {args.task}, {args.train_samples} train examples, {args.epochs:g} epochs, seeds {args.seeds} | {runs} "
           f"| {old:.1f} | {new:.1f} | {old / new:.2f}x | {diff:.2g} |")  # fmt: skip
+    print(
+        f"\nprobe runs of the new path, seconds beyond their training: median {statistics.median(OVERHEADS):.2f}, "
+        f"max {max(OVERHEADS):.2f} ({len(OVERHEADS)} runs)"
+    )
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -17,8 +19,9 @@ from peftlab.cache import (
     frozen_prefix_depth,
     need_of,
 )
+from peftlab.errors import ConfigError
 from peftlab.methods import PeftArguments
-from peftlab.modeling import HeadConfig, build_classifier
+from peftlab.modeling import HeadConfig, SequenceClassifier, build_classifier
 from peftlab.run import tokenize
 
 SENTENCES = ["a short one", "a somewhat longer sentence with more words in it", "mid length text here", "x"]
@@ -202,3 +205,93 @@ def test_cache_batches_examples_of_similar_length_and_keeps_their_order(
     for i, tensor in enumerate(cached):  # each example as if it went alone, unpadded
         alone = compute_cache(model.backbone, data.select([i]), [need], tokenizer)[need][0]
         assert tensor.shape == alone.shape and torch.allclose(tensor, alone, atol=1e-5), i
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Every architecture of the role table: the cache is exact (decoders: rotary positions, causal mask, final norm,
+# left and right padding)
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundled_tokenizer():
+    from peftlab.modeling import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(None))
+
+
+def random_features(lengths=(3, 9, 6, 1, 7)):
+    import datasets
+
+    generator = torch.Generator().manual_seed(1)
+    ids = [torch.randint(5, 99, (n,), generator=generator).tolist() for n in lengths]
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids, "attention_mask": [[1] * n for n in lengths], "label": [i % 3 for i in range(len(ids))]}
+    )
+
+
+def cache_cases():
+    from test_methods import DECODERS, TINY_CONFIGS, supported
+
+    for arch in TINY_CONFIGS:
+        for method, case in (("adapter@1", "adapter_ffn_seq"), ("prefix@2", "prefix"), ("probe", "probe")):
+            for side in ("right", "left") if arch in DECODERS else ("right",):
+                if supported(arch, case):
+                    yield pytest.param(arch, method, side, id=f"{arch}-{method}-{side}")
+
+
+@pytest.mark.parametrize("arch,method,side", list(cache_cases()))
+def test_cache_is_exact_on_every_architecture(arch, method, side, bundled_tokenizer, tmp_path):
+    """Losses and gradients with the cache equal those without it: the layers above the cache get the mask, the
+    rotary positions and (for a probe's pooled features) the final norm the model itself gives them."""
+    from test_methods import make
+
+    tokenizer = copy.deepcopy(bundled_tokenizer)
+    tokenizer.padding_side = side
+    data = random_features()
+    model = make(arch, method, pooling="last", bottleneck_dim=3, prefix_length=2, prefix_hidden=8)
+    assert not [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]  # the tiny configs have none
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    rows = [{k: data[i][k] for k in ("input_ids", "attention_mask", "label")} for i in range(len(data))]
+    expected_loss, expected_grads = loss_and_grads(model, DataCollatorWithPadding(tokenizer)(rows))
+    wrapped = cache_datasets(model, {"train": data}, tokenizer, FrozenPrefixCache(model.backbone, tmp_path))
+    assert model.frozen_prefix == (1 if method.startswith("adapter") else 2 if method.startswith("prefix") else 3)
+    loss, grads = loss_and_grads(model, CachedCollator(tokenizer)([wrapped["train"][i] for i in range(len(data))]))
+    assert torch.allclose(loss, expected_loss, atol=1e-5)
+    assert grads.keys() == expected_grads.keys()
+    for name in grads:
+        assert torch.allclose(grads[name], expected_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
+def test_a_truncated_decoder_probe_reads_the_cache_of_the_full_model(arch, bundled_tokenizer, tmp_path):
+    """The output of a decoder cut to one layer goes through the final norm; the cache's pooled features of
+    layer 1 computed by the full model do too."""
+    from test_methods import make
+
+    data = random_features()
+    full, truncated = make(arch, "probe"), make(arch, "probe", num_hidden_layers=1)
+    need = need_of(truncated)
+    assert need == Need(1, "last")
+    via_full = FrozenPrefixCache(full.backbone, tmp_path).get(data, need, bundled_tokenizer)
+    rows = [{k: data[i][k] for k in ("input_ids", "attention_mask")} for i in range(len(data))]
+    with torch.no_grad():
+        direct = truncated.eval().pooled_features(**DataCollatorWithPadding(bundled_tokenizer)(rows))
+    assert torch.allclose(torch.stack(via_full), direct, atol=1e-5)
+
+
+def test_an_architecture_that_cannot_run_from_layer_k_refuses_the_cache():
+    from test_methods import _BERT_KW
+    from transformers import AutoModel, DebertaV2Config
+
+    torch.manual_seed(0)
+    backbone = AutoModel.from_config(DebertaV2Config(**_BERT_KW, conv_kernel_size=3))
+    model = SequenceClassifier(
+        backbone,
+        HeadConfig(num_labels=2, pooling="mean"),
+        peft_args=PeftArguments(method="adapter@1", bottleneck_dim=4),
+    )
+    with pytest.raises(ConfigError, match=r"--cache_frozen_prefix is not available for this deberta-v2: its conv"):
+        need_of(model)
+    assert frozen_prefix_depth(model.backbone) == 0

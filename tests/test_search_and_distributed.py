@@ -72,7 +72,6 @@ def test_ray_tune_pbt_search_runs_two_trials_locally(tiny_bert, rte_dir, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "hp_search.json").read_text())
     assert summary["backend"] == "ray" and "learning_rate" in summary["best"]["hyperparameters"]
-    assert 0.0 <= summary["best"]["value"] <= 1.0
 
 
 def test_two_process_ddp_on_cpu_matches_one_process_at_the_same_global_batch(tiny_bert_no_dropout, rte_dir, tmp_path):

@@ -53,6 +53,8 @@ def test_runs_are_cut_into_one_fill_and_chunks_per_data_group(tmp_path):
     assert all(len({r.args["seed"] for r in job.runs}) == 1 for job in chunks)  # one seed per process
     one_seed = plan_jobs(expand({**sweep, "seeds": [1]}, tmp_path), workers=2)
     assert [len(job.runs) for job in one_seed if not job.fill] == [2, 1, 2, 1]  # split to keep 2 workers busy
+    alone = plan_jobs(runs, workers=1)  # one worker: one process per data group, which fills its own caches
+    assert [(job.name, len(job.runs), job.fill) for job in alone] == [("rte-1", 6, False), ("mrpc-2", 6, False)]
 
 
 def test_local_sweep_fills_each_cache_once_and_trains_runs_in_shared_processes(tiny_bert, rte_dir, tmp_path):
@@ -172,7 +174,7 @@ def test_dry_run_lists_jobs_with_an_estimate_and_starts_nothing(rte_dir, tmp_pat
         "--glue_dir",
         str(rte_dir),
     ]
-    out = subprocess.run([*command, "--dry_run"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([*command, "--dry_run", "--workers", "2"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("job rte-1-fill") and "core-min" in out.stdout and "2 runs, 0 finished" in out.stdout
     assert not (tmp_path / "runs").exists()

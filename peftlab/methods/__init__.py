@@ -1,12 +1,23 @@
-"""The PEFT methods. Each lives in its own module and registers itself; importing this package loads them all.
+"""The PEFT methods. Each lives in its own module with its options and registers itself; importing this package
+imports every module in it, then assembles ``PeftArguments`` from the registered options classes.
 
-Adding a method: one file here with a :class:`~peftlab.methods.base.Method` subclass decorated with
-``@register``, one import line below, and one entry in the tests' method list.
+Adding a method: one file here (the checklist is :class:`~peftlab.methods.base.Method`'s docstring) and one row
+in ``CASES`` of ``tests/test_methods.py``.
 """
 
 from __future__ import annotations
 
-from peftlab.methods import adapter, bitfit, block, full, lora, prefix, probe  # noqa: F401  (registration)
-from peftlab.methods.base import METHODS, Injection, Method, PeftArguments, TunerLayer, inject, register
+import importlib
+import pkgutil
+
+from peftlab.methods.base import METHODS, Injection, Method, TunerLayer, assemble_peft_arguments, inject, register
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "base":
+        importlib.import_module(f"{__name__}.{_module}")
+
+PeftArguments = assemble_peft_arguments()
+"""Every run's method options in one flat dataclass: the shared ones (``method``, ``target_layers``,
+``num_hidden_layers``) and each registered method's own options class."""
 
 __all__ = ["METHODS", "Injection", "Method", "PeftArguments", "TunerLayer", "inject", "register"]

@@ -19,6 +19,11 @@ two ways::
                              norm(dropout(out_proj(...)) + LN_a(x + dropout(s · f(x))))       (parallel: the
                                                                                                block's residual)
 
+In a pre-norm block (Llama, GPT-2: ``x + out_proj(...(norm(x)))``) the added adapter sits the same way, on the
+output projection before the residual sum; the parallel one reads the input of the block's first linear layer
+(query, GPT-2's fused qkv, or the FFN's up-projection), i.e. the block's normed input. ``--adapter_residual_norm``
+needs a norm closing the block and is refused on pre-norm architectures.
+
 With ``--adapter_init zero`` (default) the up-projection starts at zero, so a fresh added adapter is the identity
 and the model computes what the base model does; ``model`` initialises both projections as the
 backbone initialises its linear layers, N(0, initializer_range) with zero biases: what the paper's code ends up
@@ -27,23 +32,74 @@ with whatever its ``identity_init`` says (transformers re-initialises the new mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from peftlab.architectures import Architecture
+from peftlab.architectures import Architecture, linear_shape
 from peftlab.errors import ConfigError
-from peftlab.methods.base import ACTIVATIONS, Method, PeftArguments, TunerLayer, register, replace_module
+from peftlab.methods.base import ACTIVATIONS, Method, TunerLayer, check_choices, check_positive, register
 
-# Where the block's input can be read (the input of its first linear layer), and where it ends.
-_INPUT_ROLE = {"ffn": "ffn_in", "attn": "query"}
+# Where the block's input can be read (the input of its first linear layer: the first of these roles the
+# architecture has), and where it ends.
+_INPUT_ROLES = {"ffn": ("ffn_in",), "attn": ("query", "qkv")}
 _OUTPUT_ROLE = {"ffn": "ffn_out", "attn": "attn_out"}
 _NORM_ROLE = {"ffn": "ffn_norm", "attn": "attn_norm"}
+
+
+@dataclass
+class AdapterOptions:
+    """Options of ``--method adapter``."""
+
+    placement: str = field(default="ffn", metadata={"help": "Adapter placement: ffn or attn."})
+    adapter_form: str = field(
+        default="sequential",
+        metadata={"help": "sequential (after the block's output projection) or parallel (beside the block)."},
+    )
+    bottleneck_dim: int = field(default=64, metadata={"help": "Adapter bottleneck, 1 up to the FFN width."})
+    adapter_activation: str = field(default="relu", metadata={"help": "Adapter activation: relu, gelu, tanh, silu."})
+    adapter_layernorm: bool = field(default=False, metadata={"help": "LayerNorm on the adapter's input."})
+    adapter_layernorm_affine: bool = field(
+        default=True, metadata={"help": "Whether that LayerNorm has an elementwise affine (weight and bias)."}
+    )
+    adapter_init: str = field(
+        default="zero",
+        metadata={
+            "help": "zero: up-projection zero, so a new adapter is the identity; normal: N(0, 0.02) up-projection; "
+            "model: both projections as the backbone initialises its own linear layers, N(0, initializer_range) weights and "
+            "zero biases (what the paper's code ends up with: docs/paper_protocol.md section 5)."
+        },
+    )
+    adapter_residual_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the adapter its own residual connection, dropout and LayerNorm, as the paper's code does: "
+            "sequential, after the block's LayerNorm; parallel, in place of the block's residual input "
+            "(post-norm blocks only)."
+        },
+    )
+    adapter_scaling: float = field(
+        default=1.0, metadata={"help": "Adapter output scale s (He et al.'s scaled parallel adapter uses 4)."}
+    )
+
+    def __post_init__(self) -> None:
+        check_choices(
+            self,
+            {
+                "placement": ("ffn", "attn"),
+                "adapter_form": ("sequential", "parallel"),
+                "adapter_activation": tuple(ACTIVATIONS),
+                "adapter_init": ("zero", "normal", "model"),
+            },
+        )
+        check_positive(self, "bottleneck_dim")
 
 
 class Bottleneck(nn.Module):
     """``up(act(down(LN(x))))`` with ``down``: d -> r and ``up``: r -> d."""
 
-    def __init__(self, dim: int, args: PeftArguments, init_std: float = 0.02) -> None:
+    def __init__(self, dim: int, args: AdapterOptions, init_std: float = 0.02) -> None:
         super().__init__()
         affine = args.adapter_layernorm_affine
         self.norm = nn.LayerNorm(dim, elementwise_affine=affine) if args.adapter_layernorm else nn.Identity()
@@ -87,7 +143,7 @@ class AdapterLayer(TunerLayer):
     """Wraps a block's output projection; adds the adapter's output to it."""
 
     def __init__(
-        self, base_layer: nn.Module, dim: int, args: PeftArguments, block_input: BlockInput | None, init_std: float
+        self, base_layer: nn.Module, dim: int, args: AdapterOptions, block_input: BlockInput | None, init_std: float
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -112,7 +168,7 @@ class ResidualNormAdapterLayer(TunerLayer):
         self,
         base_layer: nn.LayerNorm,
         dim: int,
-        args: PeftArguments,
+        args: AdapterOptions,
         block_input: BlockInput | None,
         init_std: float,
         dropout: float,
@@ -143,37 +199,56 @@ class ResidualNormAdapterLayer(TunerLayer):
 @register
 class Adapter(Method):
     name = "adapter"
+    options_class = AdapterOptions
+
+    def input_role(self, arch: Architecture) -> str:
+        return next(
+            (r for r in _INPUT_ROLES[self.options.placement] if arch.has(r)), _INPUT_ROLES[self.options.placement][0]
+        )
+
+    def wrapped_role(self) -> str:
+        """The role whose module the adapter wraps: the block's output projection, or its closing norm."""
+        placement = self.options.placement
+        return _NORM_ROLE[placement] if self.options.adapter_residual_norm else _OUTPUT_ROLE[placement]
 
     def check(self, backbone: nn.Module, arch: Architecture) -> None:
-        width = self.module(backbone, arch, self.layers[0], "ffn_in").out_features
-        if not 1 <= self.args.bottleneck_dim <= width:
-            raise ConfigError(
-                f"--bottleneck_dim {self.args.bottleneck_dim} must be between 1 and the FFN width {width}."
-            )
-        if self.args.adapter_residual_norm:
-            norm = self.module(backbone, arch, self.layers[0], _NORM_ROLE[self.args.placement])
+        options = self.options
+        roles = (self.wrapped_role(), "ffn_in") + (
+            (self.input_role(arch),) if options.adapter_form == "parallel" else ()
+        )
+        self.resolve(backbone, arch, tuple(dict.fromkeys(roles)), "placement")
+        width = linear_shape(self.module(backbone, arch, self.layers[0], "ffn_in"))[1]
+        if not 1 <= options.bottleneck_dim <= width:
+            raise ConfigError(f"--bottleneck_dim {options.bottleneck_dim} must be between 1 and the FFN width {width}.")
+        if options.adapter_residual_norm:
+            role = _NORM_ROLE[options.placement]
+            if arch.norm_position != "post":
+                raise ConfigError(
+                    f"adapter: --adapter_residual_norm needs a norm closing the {options.placement} block (post-norm, "
+                    f"as BERT's); {backbone.config.model_type} is pre-norm: its {role} opens the block (layers "
+                    f"{self.layers})."
+                )
+            norm = self.module(backbone, arch, self.layers[0], role)
             if not isinstance(norm, nn.LayerNorm):
                 raise ConfigError(
-                    f"--adapter_residual_norm needs a LayerNorm closing the {self.args.placement} block; "
+                    f"--adapter_residual_norm needs a LayerNorm closing the {options.placement} block; "
                     f"{backbone.config.model_type} has {type(norm).__name__} there."
                 )
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
-        placement = self.args.placement
+        options = self.options
         dim = backbone.config.hidden_size
         dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
         init_std = getattr(backbone.config, "initializer_range", 0.02)
         for layer in self.layers:
             block_input = None
-            if self.args.adapter_form == "parallel":
-                block_input = BlockInput(self.module(backbone, arch, layer, _INPUT_ROLE[placement]))
-            if self.args.adapter_residual_norm:
-                path = f"{arch.layers}.{layer}.{arch.roles[_NORM_ROLE[placement]]}"
-                new = ResidualNormAdapterLayer(
-                    backbone.get_submodule(path), dim, self.args, block_input, init_std, dropout
-                )
+            if options.adapter_form == "parallel":
+                block_input = BlockInput(self.module(backbone, arch, layer, self.input_role(arch)))
+            path = self.path(arch, layer, self.wrapped_role())
+            base = backbone.get_submodule(path)
+            if options.adapter_residual_norm:
+                new = ResidualNormAdapterLayer(base, dim, options, block_input, init_std, dropout)
             else:
-                path = f"{arch.layers}.{layer}.{arch.roles[_OUTPUT_ROLE[placement]]}"
-                new = AdapterLayer(backbone.get_submodule(path), dim, self.args, block_input, init_std)
-            replace_module(backbone, path, new)
+                new = AdapterLayer(base, dim, options, block_input, init_std)
+            self.replace(backbone, path, new)
         return []

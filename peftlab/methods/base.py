@@ -1,30 +1,42 @@
-"""What every method shares: its options (one dataclass), the method interface, the registry, and injection.
+"""What every method shares: the method interface (its docstring is the checklist for adding one), the registry,
+the options every run has, the assembled ``PeftArguments``, and injection.
+
+Each method owns its options: a dataclass in the method's file, registered with it (``options_class``), as
+HuggingFace ``peft`` registers a config class with each tuner. :func:`assemble_peft_arguments` puts the shared
+options and every registered method's options into ONE flat dataclass, ``PeftArguments``, so the command line,
+JSON argument files, sweeps and ``run_config.json`` (under ``peft_args``) keep one flat namespace of names
+(``lora_rank``, ``bottleneck_dim``...).
 
 Injection is two-phase, as in HuggingFace ``peft``: every method first *checks* that it applies (architecture,
-layer indices, options) without touching the model, and only then are the methods applied. A bad configuration
-therefore never leaves a half-modified model.
+roles, layer indices, options) without touching the model, and only then are the methods applied. A bad
+configuration therefore never leaves a half-modified model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from torch import nn
 
-from peftlab.architectures import LINEAR_ROLES, Architecture, architecture_of, layers_of, parse_layers
+from peftlab.architectures import Architecture, architecture_of, layers_of, parse_layers
 from peftlab.errors import ConfigError
 
 
 @dataclass
-class PeftArguments:
-    """Which parameters train: the method(s), where they go, and their options."""
+class SharedArguments:
+    """Which method(s) run and where: the options every run has, whatever its method."""
 
     method: str = field(
         default="full",
         metadata={
             "help": "Method, or several joined by '+'; each may name its own layers with '@', e.g. "
-            "'adapter@1+lora@all'. Methods: full, probe, bitfit, lora, adapter, prefix, ffn, attn."
+            "'adapter@1+lora@all'."
         },
     )
     target_layers: str = field(
@@ -34,109 +46,37 @@ class PeftArguments:
     num_hidden_layers: int | None = field(
         default=None, metadata={"help": "Keep only the backbone's first N layers (for per-layer probes)."}
     )
-    placement: str = field(default="ffn", metadata={"help": "Adapter placement: ffn or attn."})
-    adapter_form: str = field(
-        default="sequential",
-        metadata={"help": "sequential (after the block's output projection) or parallel (beside the block)."},
-    )
-    bottleneck_dim: int = field(default=64, metadata={"help": "Adapter bottleneck, 1 up to the FFN width."})
-    adapter_activation: str = field(default="relu", metadata={"help": "Adapter activation: relu, gelu, tanh, silu."})
-    adapter_layernorm: bool = field(default=False, metadata={"help": "LayerNorm on the adapter's input."})
-    adapter_layernorm_affine: bool = field(
-        default=True, metadata={"help": "Whether that LayerNorm has an elementwise affine (weight and bias)."}
-    )
-    adapter_init: str = field(
-        default="zero",
-        metadata={
-            "help": "zero: up-projection zero, so a new adapter is the identity; normal: N(0, 0.02) up-projection; "
-            "model: both projections as the backbone initialises its own linear layers, N(0, initializer_range) weights and "
-            "zero biases (what the paper's code ends up with: docs/paper_protocol.md section 5)."
-        },
-    )
-    adapter_residual_norm: bool = field(
-        default=False,
-        metadata={
-            "help": "Give the adapter its own residual connection, dropout and LayerNorm, as the paper's code does: "
-            "sequential, after the block's LayerNorm; parallel, in place of the block's residual input."
-        },
-    )
-    adapter_scaling: float = field(
-        default=1.0, metadata={"help": "Adapter output scale s (He et al.'s scaled parallel adapter uses 4)."}
-    )
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
-    lora_init: str = field(
-        default="kaiming",
-        metadata={
-            "help": "Initialisation of A (B starts at zero): kaiming (HF peft's default) or normal (N(0, 1), as the "
-            "paper's code)."
-        },
-    )
-    lora_targets: str = field(
-        default="query,value",
-        metadata={"help": f"Comma-separated linear roles LoRA adapts: {', '.join(LINEAR_ROLES)}."},
-    )
-    prefix_length: int = field(default=16, metadata={"help": "Number of trainable key/value pairs per layer."})
-    prefix_reparam: bool = field(
-        default=True, metadata={"help": "Produce the prefix through an MLP (Li & Liang's reparameterisation)."}
-    )
-    prefix_hidden: int = field(default=512, metadata={"help": "Hidden width of the prefix MLP."})
-    bitfit_targets: str = field(
-        default="all",
-        metadata={
-            "help": f"Roles whose biases BitFit trains: 'all' or a comma list of {', '.join(LINEAR_ROLES)}, attn_norm, ffn_norm."
-        },
-    )
-    train_layernorm: bool = field(
-        default=False, metadata={"help": "ffn/attn methods: also train the block's LayerNorm."}
-    )
-    train_extra_roles: str = field(
-        default="",
-        metadata={
-            "help": "ffn/attn methods: comma list of further roles to train in the same layers, e.g. "
-            "attn_out,attn_norm,ffn_norm (the paper's 'FFN only' name rule also trains those)."
-        },
-    )
-    bitfit_offset: bool = field(
-        default=False,
-        metadata={
-            "help": "BitFit trains a zero-initialised offset added to each bias (weight decay then pulls it toward the "
-            "pretrained bias, as in the paper's code) instead of the bias itself (never weight-decayed)."
-        },
-    )
 
     def __post_init__(self) -> None:
-        choices = {
-            "placement": ("ffn", "attn"),
-            "adapter_form": ("sequential", "parallel"),
-            "adapter_activation": tuple(ACTIVATIONS),
-            "adapter_init": ("zero", "normal", "model"),
-            "lora_init": ("kaiming", "normal"),
-        }
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ConfigError(f"--{name} {getattr(self, name)!r} is not valid; choose one of {', '.join(valid)}.")
-        for name in ("bottleneck_dim", "lora_rank", "prefix_length", "prefix_hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}.")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"--lora_dropout {self.lora_dropout} must be in [0, 1).")
         for name, _ in parse_method_string(self.method):
             if name not in METHODS:
                 raise ConfigError(f"Unknown method {name!r}. Valid methods: {', '.join(METHODS)}.")
 
-    def roles(self, text: str, option: str, valid: tuple[str, ...], allow_empty: bool = False) -> tuple[str, ...]:
-        """Parse a comma list of roles (``all`` = every valid role), naming the valid ones on error."""
-        if text.strip() == "all":
-            return valid
-        if allow_empty and not text.strip():
-            return ()
-        roles = tuple(r.strip() for r in text.split(",") if r.strip())
-        bad = [r for r in roles if r not in valid]
-        if bad or not roles:
-            raise ConfigError(f"--{option} {text!r}: {bad or 'empty'} not valid; choose from {', '.join(valid)}.")
-        return roles
+
+def parse_roles(text: str, option: str, valid: tuple[str, ...], allow_empty: bool = False) -> tuple[str, ...]:
+    """A comma list of roles (``all``: every valid role), naming the valid ones on error."""
+    if text.strip() == "all":
+        return valid
+    if allow_empty and not text.strip():
+        return ()
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    bad = [r for r in roles if r not in valid]
+    if bad or not roles:
+        raise ConfigError(f"--{option} {text!r}: {bad or 'empty'} not valid; choose from {', '.join(valid)}.")
+    return roles
+
+
+def check_choices(options: Any, choices: dict[str, tuple]) -> None:
+    """Raise a one-line :class:`ConfigError` for an option outside its choices."""
+    for name, valid in choices.items():
+        if getattr(options, name) not in valid:
+            raise ConfigError(f"--{name} {getattr(options, name)!r} is not valid; choose one of {', '.join(valid)}.")
+
+
+def check_positive(options: Any, *names: str) -> None:
+    for name in names:
+        if getattr(options, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(options, name)}.")
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -153,17 +93,45 @@ class TunerLayer(nn.Module):
 
 
 class Method:
-    """One PEFT method applied to a set of layers. Subclasses set ``name`` and implement ``check``/``apply``."""
+    """One PEFT method applied to a set of layers.
+
+    Adding a method is one file in ``peftlab/methods/`` (the package imports every module in it) and one row in
+    ``CASES`` of ``tests/test_methods.py``. In that file, in this order:
+
+    1. **Options**: a dataclass of the method's own options, every field with ``metadata={"help": ...}`` (they
+       become ``run_glue.py`` flags and JSON keys, so name them after the method: ``lora_rank``), validated in
+       ``__post_init__`` with one-line :class:`ConfigError` messages. Set it as ``options_class``.
+    2. **Identity**: subclass :class:`Method`, set ``name`` (the ``--method`` name) and decorate with
+       :func:`register`. Set ``order`` < 10 if it wraps a plain ``nn.Linear`` that others may wrap later;
+       ``trains_backbone`` if it trains every backbone weight; ``trains_layers = False`` if it adds nothing to
+       the layers (a probe).
+    3. ``check(backbone, arch)``: raise :class:`ConfigError` for everything that cannot work, *before anything
+       is modified* (it runs on a weightless copy first). Find targets with :meth:`resolve`, which refuses roles
+       the architecture lacks and a method that would touch nothing, naming the method, the roles and the
+       layers. Refuse architectures whose blocks do not fit (with the reason, from the role table).
+    4. ``apply(backbone, arch)``: modify the backbone. New modules subclass :class:`TunerLayer` (they train and
+       are found by type); wrap or swap modules with :meth:`replace`; return the existing parameters to
+       unfreeze, recording their modules with :meth:`adapted`. ``self.targeted_modules`` is what the run
+       reports as adapted.
+    5. Optional hooks: :meth:`merged_for_eval` (fold the method into the base weights while evaluating, as LoRA
+       does) and :meth:`export` (write the trained method in another library's format).
+    """
 
     name: ClassVar[str]
+    options_class: ClassVar[type | None] = None
+    """The method's own options dataclass (its fields join ``PeftArguments``)."""
     trains_backbone: ClassVar[bool] = False
     """Only ``full`` leaves the backbone trainable; every other method freezes it first."""
+    trains_layers: ClassVar[bool] = True
+    """False for a method that adds and trains nothing in the layers (``probe``: the head alone trains)."""
     order: ClassVar[int] = 10
     """Application order: methods that wrap a base ``nn.Linear`` (LoRA) must come before those that wrap anything."""
 
-    def __init__(self, args: PeftArguments, layers: list[int]) -> None:
-        self.args = args
+    def __init__(self, options: Any, layers: list[int]) -> None:
+        self.options = options
         self.layers = layers
+        self.targeted_modules: list[str] = []
+        """Paths (from the backbone) of the modules this method adapted, filled by :meth:`apply`."""
 
     def check(self, backbone: nn.Module, arch: Architecture) -> None:
         """Raise :class:`ConfigError` if the method cannot be applied; must not modify anything."""
@@ -172,16 +140,114 @@ class Method:
         """Modify ``backbone``; return the existing backbone parameters to unfreeze (new modules train anyway)."""
         raise NotImplementedError
 
+    @contextmanager
+    def merged_for_eval(self, backbone: nn.Module) -> Iterator[None]:
+        """Within the block, evaluate with the method folded into the base weights (default: nothing to fold)."""
+        yield
+
+    def export(self, model: nn.Module, output_dir: Path) -> Path | None:
+        """Write the trained method in another library's format under ``output_dir``; the path, or ``None``."""
+        return None
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def path(self, arch: Architecture, layer: int, role: str) -> str:
+        return f"{arch.layers}.{layer}.{arch.roles[role]}"
+
     def module(self, backbone: nn.Module, arch: Architecture, layer: int, role: str) -> nn.Module:
         return layers_of(backbone, arch)[layer].get_submodule(arch.roles[role])
+
+    def resolve(
+        self,
+        backbone: nn.Module,
+        arch: Architecture,
+        roles: tuple[str, ...],
+        option: str,
+        explicit: bool = True,
+    ) -> list[tuple[int, str]]:
+        """``(layer, role)`` of every target in the method's layers. A role named ``explicit``-ly that the
+        architecture lacks is an error; otherwise (a whole block, ``all``) such roles are passed over. Nothing
+        left to touch is an error too. Both name the method, the roles and the layers."""
+        model_type = backbone.config.model_type
+        missing = [role for role in roles if not arch.has(role)]
+        if missing and explicit:
+            hint = ""
+            if {"query", "key", "value"} & set(missing) and arch.has("qkv"):
+                hint = " Its query, key and value are one fused linear layer: name the role 'qkv'."
+            raise ConfigError(
+                f"{self.name} would touch nothing at {', '.join(missing)} in layers {self.layers}: {model_type} has "
+                f"no such role (--{option}; its roles: {', '.join(arch.roles)}).{hint}"
+            )
+        present = [role for role in roles if arch.has(role)]
+        if not present:
+            raise ConfigError(
+                f"{self.name} would touch nothing: {model_type} has none of {', '.join(roles)} (--{option}) in "
+                f"layers {self.layers}."
+            )
+        return [(layer, role) for layer in self.layers for role in present]
+
+    def replace(self, backbone: nn.Module, path: str, new: nn.Module) -> None:
+        replace_module(backbone, path, new)
+        self.adapted(path)
+
+    def adapted(self, path: str) -> None:
+        if path not in self.targeted_modules:
+            self.targeted_modules.append(path)
 
 
 METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under its ``name``."""
+    """Class decorator adding a method (and with it its options class) to the registry under its ``name``."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise TypeError(f"Two methods are named {cls.name!r}.")
     METHODS[cls.name] = cls
+    return cls
+
+
+def option_classes() -> list[type]:
+    """The shared options, then every registered method's options class (each once), in registration order."""
+    classes: list[type] = [SharedArguments]
+    for method in METHODS.values():
+        if method.options_class is not None and method.options_class not in classes:
+            classes.append(method.options_class)
+    return classes
+
+
+class PeftArgumentsBase:
+    """Behaviour of the assembled ``PeftArguments``: each options class validates its own fields."""
+
+    def __post_init__(self) -> None:
+        for cls in option_classes():
+            self.options_for(cls)  # builds it, which runs its checks
+
+    def options_for(self, cls: type) -> Any:
+        """The options object of one class (a method's ``options_class``) from these flat values."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+
+def assemble_peft_arguments() -> type:
+    """One flat dataclass of the shared options and every registered method's options (for HfArgumentParser,
+    JSON argument files and ``run_config.json``). Two options classes may not declare the same name."""
+    specs: list[tuple[str, Any, Any]] = []
+    owner: dict[str, str] = {}
+    for cls in option_classes():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in owner:
+                raise TypeError(f"Option {f.name!r} is declared by both {owner[f.name]} and {cls.__name__}.")
+            owner[f.name] = cls.__name__
+            metadata = dict(f.metadata)
+            if cls is SharedArguments and f.name == "method":
+                metadata["help"] = f"{metadata['help']} Methods: {', '.join(METHODS)}."
+            specs.append((f.name, hints[f.name], field(default=f.default, metadata=metadata)))
+    cls = dataclasses.make_dataclass(
+        "PeftArguments",
+        specs,
+        bases=(PeftArgumentsBase,),
+        namespace={"__doc__": "Which parameters train: the method(s), where they go, and every method's options."},
+    )
+    cls.__module__ = "peftlab.methods"  # where it lives (pickle finds it there)
     return cls
 
 
@@ -200,20 +266,28 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
 
 @dataclass
 class Injection:
-    """What was injected, for the run's report."""
+    """What was injected, for the run's report and the methods' hooks."""
 
     methods: list[tuple[str, list[int]]]
     method_params: int
+    targeted_modules: list[str] = field(default_factory=list)
+    """Paths (from the backbone) of the modules the methods actually adapted, in the order they did."""
+    applied: list[Method] = field(default_factory=list, repr=False, compare=False)
+    """The method objects, whose hooks (evaluation-time merge, export) the model and the run call."""
 
 
-def inject(backbone: nn.Module, args: PeftArguments) -> Injection:
-    """Check every requested method, then freeze the backbone (unless ``full``) and apply them."""
+def inject(backbone: nn.Module, args: Any) -> Injection:
+    """Check every requested method, then freeze the backbone (unless ``full``) and apply them.
+
+    ``args`` is a ``PeftArguments`` (the assembled dataclass): each method gets its own options object from it.
+    """
     arch = architecture_of(backbone)
     num_layers = len(layers_of(backbone, arch))
-    methods = [
-        METHODS[name](args, parse_layers(layers or args.target_layers, num_layers))
-        for name, layers in parse_method_string(args.method)
-    ]
+    methods = []
+    for name, layers in parse_method_string(args.method):
+        cls = METHODS[name]
+        options = args.options_for(cls.options_class) if cls.options_class is not None else None
+        methods.append(cls(options, parse_layers(layers or args.target_layers, num_layers)))
     if any(m.trains_backbone for m in methods) and len(methods) > 1:
         raise ConfigError(f"--method {args.method!r}: 'full' trains everything and cannot be combined.")
     names = [m.name for m in methods]
@@ -225,10 +299,13 @@ def inject(backbone: nn.Module, args: PeftArguments) -> Injection:
     if not any(m.trains_backbone for m in methods):
         backbone.requires_grad_(False)
     unfrozen: dict[int, nn.Parameter] = {}
-    for method in sorted(methods, key=lambda m: m.order):
+    applied = sorted(methods, key=lambda m: m.order)
+    for method in applied:
         for param in method.apply(backbone, arch):
             param.requires_grad_(True)
             unfrozen[id(param)] = param
+        if method.trains_layers and not method.targeted_modules:
+            raise RuntimeError(f"{method.name} passed its checks but adapted no module (a bug in the method).")
     for module in backbone.modules():
         if isinstance(module, TunerLayer):
             for param in module.tuner_parameters():
@@ -236,4 +313,9 @@ def inject(backbone: nn.Module, args: PeftArguments) -> Injection:
     count = sum(p.numel() for p in unfrozen.values())
     if any(m.trains_backbone for m in methods):
         count = sum(p.numel() for p in backbone.parameters())
-    return Injection(methods=[(m.name, m.layers) for m in methods], method_params=count)
+    return Injection(
+        methods=[(m.name, m.layers) for m in methods],
+        method_params=count,
+        targeted_modules=[path for m in applied for path in m.targeted_modules],
+        applied=methods,
+    )

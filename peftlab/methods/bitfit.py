@@ -11,12 +11,37 @@ pretrained value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from peftlab.architectures import LINEAR_ROLES, NORM_ROLES, Architecture
+from peftlab.architectures import ROLES, Architecture
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, TunerLayer, register, replace_module
+from peftlab.methods.base import Method, TunerLayer, parse_roles, register
+
+
+@dataclass
+class BitFitOptions:
+    """Options of ``--method bitfit``."""
+
+    bitfit_targets: str = field(
+        default="all",
+        metadata={
+            "help": f"Roles whose biases BitFit trains: 'all' (every role of the architecture with a bias) or a "
+            f"comma list of {', '.join(ROLES)}."
+        },
+    )
+    bitfit_offset: bool = field(
+        default=False,
+        metadata={
+            "help": "BitFit trains a zero-initialised offset added to each bias (weight decay then pulls it toward the "
+            "pretrained bias, as in the paper's code) instead of the bias itself (never weight-decayed)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        parse_roles(self.bitfit_targets, "bitfit_targets", ROLES)
 
 
 class BiasOffset(TunerLayer):
@@ -34,19 +59,18 @@ class BiasOffset(TunerLayer):
 @register
 class BitFit(Method):
     name = "bitfit"
-
-    def roles(self) -> tuple[str, ...]:
-        return self.args.roles(self.args.bitfit_targets, "bitfit_targets", LINEAR_ROLES + NORM_ROLES)
+    options_class = BitFitOptions
 
     def targets(self, backbone: nn.Module, arch: Architecture) -> list[tuple[int, str]]:
-        """(layer, role) of every bias to train. A role named explicitly must have a bias in every chosen layer;
-        with ``all``, roles without one are passed over, but at least one bias must remain."""
+        """(layer, role) of every bias to train. A role named explicitly must exist and have a bias in every
+        chosen layer; with ``all``, roles without one (or absent from the architecture) are passed over, but at
+        least one bias must remain. Biasless linear layers (Llama's) and RMSNorms have none."""
+        explicit = self.options.bitfit_targets.strip() != "all"
+        roles = parse_roles(self.options.bitfit_targets, "bitfit_targets", ROLES)
         found, missing = [], []
-        for layer in self.layers:
-            for role in self.roles():
-                has_bias = getattr(self.module(backbone, arch, layer, role), "bias", None) is not None
-                (found if has_bias else missing).append((layer, role))
-        explicit = self.args.bitfit_targets.strip() != "all"
+        for layer, role in self.resolve(backbone, arch, roles, "bitfit_targets", explicit):
+            has_bias = getattr(self.module(backbone, arch, layer, role), "bias", None) is not None
+            (found if has_bias else missing).append((layer, role))
         if (missing and explicit) or not found:
             roles = sorted({role for _, role in missing})
             layers = sorted({layer for layer, _ in missing})
@@ -61,9 +85,12 @@ class BitFit(Method):
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
         targets = self.targets(backbone, arch)
-        if not self.args.bitfit_offset:
-            return [self.module(backbone, arch, layer, role).bias for layer, role in targets]
         for layer, role in targets:
-            path = f"{arch.layers}.{layer}.{arch.roles[role]}"
-            replace_module(backbone, path, BiasOffset(backbone.get_submodule(path)))
-        return []
+            path = self.path(arch, layer, role)
+            if self.options.bitfit_offset:
+                self.replace(backbone, path, BiasOffset(backbone.get_submodule(path)))
+            else:
+                self.adapted(path)
+        if self.options.bitfit_offset:
+            return []
+        return [self.module(backbone, arch, layer, role).bias for layer, role in targets]

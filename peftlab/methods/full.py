@@ -14,4 +14,7 @@ class Full(Method):
     trains_backbone = True
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
+        for name, child in backbone.named_children():
+            if any(True for _ in child.parameters()):
+                self.adapted(name)
         return list(backbone.parameters())

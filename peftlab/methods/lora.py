@@ -11,6 +11,10 @@ Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022. http
 ``B`` starts at zero, so a fresh LoRA model computes exactly what the base model does. ``merge()`` folds the
 update into ``W`` (no extra work at inference), ``unmerge()`` takes it out again. Initialisation and parameter
 names follow HuggingFace ``peft`` so that weights export to its format (see :func:`export_peft`).
+
+The base layer is an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2's linear layers, weight stored transposed:
+``in x out``); for the latter the update is added transposed when merged, and the export says
+``fan_in_fan_out``, as peft does. On GPT-2, query, key and value are one fused layer: target the role ``qkv``.
 """
 
 from __future__ import annotations
@@ -18,32 +22,70 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from peftlab.architectures import LINEAR_ROLES, Architecture
+from peftlab.architectures import LINEAR_ROLES, Architecture, linear_shape
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, TunerLayer, register, replace_module
+from peftlab.methods.base import Method, TunerLayer, check_choices, check_positive, parse_roles, register
+
+
+@dataclass
+class LoraOptions:
+    """Options of ``--method lora``."""
+
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_init: str = field(
+        default="kaiming",
+        metadata={
+            "help": "Initialisation of A (B starts at zero): kaiming (HF peft's default) or normal (N(0, 1), as the "
+            "paper's code)."
+        },
+    )
+    lora_targets: str = field(
+        default="query,value",
+        metadata={
+            "help": f"Comma-separated linear roles LoRA adapts ('all': every one the architecture has): "
+            f"{', '.join(LINEAR_ROLES)} (qkv: GPT-2's fused query/key/value)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_choices(self, {"lora_init": ("kaiming", "normal")})
+        check_positive(self, "lora_rank")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"--lora_dropout {self.lora_dropout} must be in [0, 1).")
+        parse_roles(self.lora_targets, "lora_targets", LINEAR_ROLES)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
 
 
 class LoraLinear(TunerLayer):
     """``base_layer`` plus a scaled low-rank update."""
 
     def __init__(
-        self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, init: str = "kaiming"
+        self, base_layer: nn.Module, rank: int, alpha: float, dropout: float = 0.0, init: str = "kaiming"
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.rank = rank
         self.scaling = alpha / rank
+        self.fan_in_fan_out = _is_conv1d(base_layer)
+        in_features, out_features = linear_shape(base_layer)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False)
-        self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
+        self.lora_A = nn.Linear(in_features, rank, bias=False)
+        self.lora_B = nn.Linear(rank, out_features, bias=False)
         if init == "normal":
             nn.init.normal_(self.lora_A.weight)
         else:
@@ -56,7 +98,9 @@ class LoraLinear(TunerLayer):
         return self._unmerged_weight is not None
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        """The update in the base layer's weight layout (``out x in``, or ``in x out`` for a Conv1D)."""
+        delta = (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        return delta.t() if self.fan_in_fan_out else delta
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -89,33 +133,42 @@ class LoraLinear(TunerLayer):
 @register
 class Lora(Method):
     name = "lora"
+    options_class = LoraOptions
     order = 0  # wraps the plain nn.Linear, before adapters wrap whatever is there
 
-    def targets(self) -> tuple[str, ...]:
-        return self.args.roles(self.args.lora_targets, "lora_targets", LINEAR_ROLES)
+    def targets(self, backbone: nn.Module, arch: Architecture) -> list[tuple[int, str]]:
+        explicit = self.options.lora_targets.strip() != "all"
+        roles = parse_roles(self.options.lora_targets, "lora_targets", LINEAR_ROLES)
+        return self.resolve(backbone, arch, roles, "lora_targets", explicit)
 
     def check(self, backbone: nn.Module, arch: Architecture) -> None:
-        for layer in self.layers:
-            for role in self.targets():
-                module = self.module(backbone, arch, layer, role)
-                if not isinstance(module, nn.Linear):
-                    raise ConfigError(
-                        f"LoRA needs nn.Linear at {role} of layer {layer}; found {type(module).__name__}."
-                    )
+        for layer, role in self.targets(backbone, arch):
+            module = self.module(backbone, arch, layer, role)
+            if not isinstance(module, nn.Linear) and not _is_conv1d(module):
+                raise ConfigError(
+                    f"LoRA needs nn.Linear (or Conv1D) at {role} of layer {layer}; found {type(module).__name__}."
+                )
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
-        for layer in self.layers:
-            for role in self.targets():
-                path = f"{arch.layers}.{layer}.{arch.roles[role]}"
-                base = backbone.get_submodule(path)
-                replace_module(
-                    backbone,
-                    path,
-                    LoraLinear(
-                        base, self.args.lora_rank, self.args.lora_alpha, self.args.lora_dropout, self.args.lora_init
-                    ),
-                )
+        o = self.options
+        for layer, role in self.targets(backbone, arch):
+            path = self.path(arch, layer, role)
+            base = backbone.get_submodule(path)
+            self.replace(backbone, path, LoraLinear(base, o.lora_rank, o.lora_alpha, o.lora_dropout, o.lora_init))
         return []
+
+    @contextmanager
+    def merged_for_eval(self, backbone: nn.Module) -> Iterator[None]:
+        """Evaluate with LoRA folded into the base weights (one matmul per layer instead of three)."""
+        with lora_merged(backbone):
+            yield
+
+    def export(self, model: nn.Module, output_dir: Path) -> Path | None:
+        """``<output_dir>/hf_peft`` in HuggingFace peft's format, when LoRA is the run's only method (peft's
+        format has no place for the others)."""
+        if [name for name, _ in model.injection.methods] != [self.name]:
+            return None
+        return export_peft(model.backbone, Path(output_dir) / "hf_peft", model.base_model)
 
 
 def set_lora_merged(model: nn.Module, merged: bool) -> None:
@@ -142,9 +195,11 @@ def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_n
     hidden states as this backbone. Only LoRA is exported (one rank and alpha for the whole model, as peft wants).
     """
     output_dir = Path(output_dir)
-    tensors, targets, layers, ranks, alphas = {}, set(), set(), set(), set()
+    tensors, targets, layers, ranks, alphas, fan_in_fan_out = {}, set(), set(), set(), set(), set()
+    names = []
     for name, module in backbone.named_modules():
         if isinstance(module, LoraLinear):
+            names.append(name)
             for part in ("lora_A", "lora_B"):
                 tensors[f"base_model.model.{name}.{part}.weight"] = (
                     getattr(module, part).weight.detach().cpu().contiguous()
@@ -153,11 +208,20 @@ def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_n
             layers.update(int(p) for p in name.split(".") if p.isdigit())
             ranks.add(module.rank)
             alphas.add(module.scaling * module.rank)
+            fan_in_fan_out.add(module.fan_in_fan_out)
     if not tensors:
         raise ConfigError("The model has no LoRA layers to export.")
-    if len(ranks) != 1 or len(alphas) != 1:
+    if len(ranks) != 1 or len(alphas) != 1 or len(fan_in_fan_out) != 1:
         raise ConfigError(f"peft's format needs one rank and alpha; found ranks {ranks}, alphas {alphas}.")
     output_dir.mkdir(parents=True, exist_ok=True)
+    target_modules: list[str] | str = sorted(targets)
+    layers_to_transform: list[int] | None = sorted(layers)
+    if any(name.split(".")[1].isdigit() for name in names):
+        # A layer list at the top of the model (Llama's "layers.0...", GPT-2's "h.0..."): peft's
+        # layers_to_transform pattern wants a parent before it, so name the modules exactly (peft full-matches a
+        # regex string against each module's name).
+        target_modules = "^(?:" + "|".join(re.escape(name) for name in sorted(names)) + ")$"
+        layers_to_transform = None
     config = {
         "peft_type": "LORA",
         "task_type": None,
@@ -165,10 +229,10 @@ def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_n
         "r": ranks.pop(),
         "lora_alpha": alphas.pop(),
         "lora_dropout": 0.0,
-        "target_modules": sorted(targets),
-        "layers_to_transform": sorted(layers),
+        "target_modules": target_modules,
+        "layers_to_transform": layers_to_transform,
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": fan_in_fan_out.pop(),
         "inference_mode": True,
     }
     (output_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

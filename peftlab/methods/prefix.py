@@ -6,18 +6,44 @@ https://arxiv.org/abs/2101.00190
 Every token can attend to ``--prefix_length`` extra key/value pairs per layer. They are either free parameters or,
 with ``--prefix_reparam`` (default), produced by an MLP from a smaller embedding, which trains more stably. The
 pairs reach the attention through its ``cache`` argument (the slot that holds earlier keys and values when
-decoding), so no attention code is copied; the attention mask is widened to match. Architectures whose attention
-has no such slot are refused before anything is modified.
+decoding: transformers calls ``cache.update(keys, values, layer_idx)`` and attends to what it returns), so no
+attention code is copied; the attention mask is widened to match. Architectures whose attention has no such
+slot are refused before anything is modified (the role table says why).
+
+Decoders: with grouped-query attention there is one prefix key/value per *key/value* head (the attention repeats
+them for its query heads as it does its own keys); the prefix is added after the rotary embedding, so it has no
+position; and every token, padding included, sees the whole prefix while the causal and padding mask still
+governs the real keys (where the model left the mask out, meaning plain causal attention, it is written out).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from peftlab.architectures import Architecture, layers_of
+from peftlab.architectures import ARCHITECTURES, Architecture, layers_of
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, PeftArguments, TunerLayer, register
+from peftlab.methods.base import Method, TunerLayer, check_positive, register
+
+
+@dataclass
+class PrefixOptions:
+    """Options of ``--method prefix``."""
+
+    prefix_length: int = field(default=16, metadata={"help": "Number of trainable key/value pairs per layer."})
+    prefix_reparam: bool = field(
+        default=True, metadata={"help": "Produce the prefix through an MLP (Li & Liang's reparameterisation)."}
+    )
+    prefix_hidden: int = field(default=512, metadata={"help": "Hidden width of the prefix MLP."})
+
+    def __post_init__(self) -> None:
+        check_positive(self, "prefix_length", "prefix_hidden")
+
+
+ATTENTION_FUNCTIONS = ("eager", "sdpa")
+"""Attention implementations whose mask is a dense tensor the hook can widen (not flash attention's)."""
 
 
 class PrefixKeyValues:
@@ -31,18 +57,20 @@ class PrefixKeyValues:
 
 
 class PrefixEncoder(TunerLayer):
-    """The trainable prefix of one layer: (length, 2 * hidden) key/value vectors."""
+    """The trainable prefix of one layer: (length, 2 * kv_heads * head_dim) key/value vectors."""
 
-    def __init__(self, hidden: int, num_heads: int, args: PeftArguments) -> None:
+    def __init__(self, hidden: int, kv_heads: int, head_dim: int, args: PrefixOptions, causal: bool = False) -> None:
         super().__init__()
-        self.length, self.num_heads, self.head_dim = args.prefix_length, num_heads, hidden // num_heads
+        self.length, self.num_heads, self.head_dim = args.prefix_length, kv_heads, head_dim
+        self.causal = causal
+        width = 2 * kv_heads * head_dim
         if args.prefix_reparam:
             self.embedding = nn.Parameter(torch.randn(args.prefix_length, hidden) * 0.02)
             self.mlp = nn.Sequential(
-                nn.Linear(hidden, args.prefix_hidden), nn.Tanh(), nn.Linear(args.prefix_hidden, 2 * hidden)
+                nn.Linear(hidden, args.prefix_hidden), nn.Tanh(), nn.Linear(args.prefix_hidden, width)
             )
         else:
-            self.embedding = nn.Parameter(torch.randn(args.prefix_length, 2 * hidden) * 0.02)
+            self.embedding = nn.Parameter(torch.randn(args.prefix_length, width) * 0.02)
             self.mlp = None
 
     def key_values(self, batch: int) -> PrefixKeyValues:
@@ -58,6 +86,9 @@ class PrefixEncoder(TunerLayer):
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1:
             mask, args = args[1], args[:1]
+        if mask is None and self.causal:  # the model relies on the attention's is_causal: write the mask out
+            length = hidden_states.shape[1]
+            mask = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril()[None, None]
         if mask is not None:
             keep = torch.ones if mask.dtype == torch.bool else torch.zeros
             pad = keep((*mask.shape[:-1], self.length), dtype=mask.dtype, device=mask.device)
@@ -69,19 +100,31 @@ class PrefixEncoder(TunerLayer):
 @register
 class Prefix(Method):
     name = "prefix"
+    options_class = PrefixOptions
 
     def check(self, backbone: nn.Module, arch: Architecture) -> None:
-        if not arch.supports_prefix:
+        config = backbone.config
+        if arch.prefix_refusal is not None:
+            works = sorted({t for t, a in ARCHITECTURES.items() if a.prefix_refusal is None})
             raise ConfigError(
-                f"prefix tuning is not available for {backbone.config.model_type}: its attention takes no extra "
-                "keys and values. It works on bert, roberta, xlm-roberta and electra."
+                f"prefix tuning is not available for {config.model_type}: {arch.prefix_refusal}. It works on "
+                f"{', '.join(works)}."
+            )
+        implementation = getattr(config, "_attn_implementation", None) or "eager"
+        if arch.causal and implementation not in ATTENTION_FUNCTIONS:
+            raise ConfigError(
+                f"prefix tuning on {config.model_type} needs the eager or sdpa attention, whose mask it widens; "
+                f"this model uses {implementation!r}."
             )
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
         config = backbone.config
         for layer in self.layers:
             attention = layers_of(backbone, arch)[layer].get_submodule(arch.self_attention)
-            encoder = PrefixEncoder(config.hidden_size, config.num_attention_heads, self.args)
+            encoder = PrefixEncoder(
+                config.hidden_size, arch.num_kv_heads(config), arch.head_dim(config), self.options, arch.causal
+            )
             attention.add_module("prefix", encoder)
             attention.register_forward_pre_hook(encoder.hook, with_kwargs=True)
+            self.adapted(f"{arch.layers}.{layer}.{arch.self_attention}")
         return []

@@ -1,7 +1,7 @@
 """Linear probe: the backbone is frozen and only the classification head trains (the paper's "raw" rows).
 
-Combine it with ``--pooling cls|mean`` and ``--head linear`` for a pure probe, and with ``--num_hidden_layers k``
-to probe the representation after layer k.
+Combine it with ``--pooling cls|mean|last`` and ``--head linear`` for a pure probe, and with
+``--num_hidden_layers k`` to probe the representation after layer k.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from peftlab.methods.base import Method, register
 @register
 class Probe(Method):
     name = "probe"
+    trains_layers = False
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
         return []
