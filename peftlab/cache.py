@@ -320,6 +320,8 @@ class FrozenPrefixCache:
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
         self.planned: set[Need] = set()
         self.planned_for: dict[int, set[Need]] = {}
+        self.passes = 0
+        """How many passes over a split this object computed (0: everything came from disk or memory)."""
         self.memory: dict[str, list[torch.Tensor]] = {}
         self._param_digests: list[tuple[str, str]] | None = None
         self._input_digests: dict[int, str] = {}
@@ -389,6 +391,7 @@ class FrozenPrefixCache:
                         self.memory[other_key] = loaded
             if missing:
                 logger.info("Filling the frozen-prefix cache in one pass: %s", ", ".join(map(str, missing)))
+                self.passes += 1
                 for other, tensors in compute_cache(self.backbone, features, missing, tokenizer).items():
                     tensors = [t.to(self.dtype) for t in tensors]
                     _write(self.path(wanted[other]), wanted[other], tensors)

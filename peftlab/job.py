@@ -25,8 +25,9 @@ def main(path: str) -> int:
     job = json.loads(Path(path).read_text())
     entries = [run["args"] for run in job["runs"]]
     start, cpu_start = time.time(), time.process_time()
+    passes = None
     if job["fill"]:
-        fill_caches(entries)
+        passes = fill_caches(entries)
         outcomes = ["filled"] * len(entries)
     else:
         records = [{"args.json": run["args"], "sweep_point.json": run["point"]} for run in job["runs"]]
@@ -41,6 +42,7 @@ def main(path: str) -> int:
 
     summary = {
         "fill": job["fill"],
+        **({"fill_passes": passes} if passes is not None else {}),
         "wall_seconds": round(time.time() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "threads": torch.get_num_threads(),

@@ -458,6 +458,10 @@ class Workspace:
             spec.model_path, **hub
         ).eval())  # fmt: skip
 
+    def fill_passes(self) -> int:
+        """Passes over a split that this workspace's frozen-prefix caches computed."""
+        return sum(item.passes for key, item in self._items.items() if key[0] == "cache")
+
     def cache(self, spec: RunSpec) -> FrozenPrefixCache:
         t = spec.training_args
         directory = str(t.frozen_cache_dir or default_cache_dir())
@@ -973,8 +977,9 @@ def run_many(
     return outcomes
 
 
-def fill_caches(argvs: list[list[str] | dict[str, Any]], ws: Workspace | None = None) -> None:
-    """Compute (or find on disk) every frozen-prefix cache the runs read, in one pass per split, training nothing."""
+def fill_caches(argvs: list[list[str] | dict[str, Any]], ws: Workspace | None = None) -> int:
+    """Compute (or find on disk) every frozen-prefix cache the runs read, in one pass per split, training nothing;
+    returns the number of passes computed."""
     ws = ws or Workspace()
     for spec in prepare_all(ws, argvs):
         if spec.cache_need is None:
@@ -984,6 +989,7 @@ def fill_caches(argvs: list[list[str] | dict[str, Any]], ws: Workspace | None = 
         named = [features.train, *features.eval.values(), *(data for _, data in features.test.values())]
         for data in filter(None, named):
             ws.cache(spec).get(data, spec.cache_need, tokenizer)
+    return ws.fill_passes()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -548,6 +548,11 @@ EPOCH_SHARE = 1.0
 without early stopping train them all)."""
 
 
+def trains_backbone(run: Run) -> bool:
+    """Whether ``run`` trains the whole backbone (full fine-tuning), from its method's class."""
+    return _method_class(effective_args(run.args)["method"]).trains_backbone
+
+
 def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | None = None) -> dict[str, float]:
     """How many of each :data:`COST` unit ``run`` spends inside its job (its share of start-up and fill aside):
     every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early) and,

@@ -62,7 +62,7 @@ def measurements(roots: list[str], glue_dir: str) -> tuple[list[tuple[str, dict,
             runs = [Run(name=r["args"]["output_dir"], point=r["point"], args=r["args"]) for r in spec["runs"]]
             threads = result["threads"] if result else 1
             job = Job(job_path.stem, runs, fill=spec["fill"])
-            if spec["fill"] and result is not None:
+            if spec["fill"] and result is not None and result.get("fill_passes", 1) > 0:
                 load = workload(runs[0], glue_dir)
                 rows.append(("fill", fill_terms(runs, load), core_seconds(result, threads), None))
                 jobs.append((job, core_seconds(result, threads)))

@@ -30,7 +30,10 @@ from peftlab.sweep import (  # noqa: E402
     load_sweep,
     plan_jobs,
     run_sweep,
+    run_terms,
     seconds_of,
+    trains_backbone,
+    workload,
 )
 
 
@@ -59,7 +62,7 @@ def dry_run(runs, args) -> int:
             print(f"{run.name:60s} {run.args['method']:24s} reuse {done[fingerprint(run.args)]}")
         else:
             todo.append(run)
-    total = 0.0
+    total = backbone = 0.0
     for job in plan_jobs(todo, args.workers):
         fill_done = job.fill and any(r.finished for r in runs if r.args["task_name"] == job.runs[0].args["task_name"])
         seconds = seconds_of(job_terms(job, args.glue_dir, fill_done=fill_done))
@@ -69,11 +72,14 @@ def dry_run(runs, args) -> int:
         if not job.fill:
             for run in job.runs:
                 print(f"    {run.name:56s} {run.args['method']}")
+                if trains_backbone(run):
+                    backbone += seconds_of(run_terms(run, workload(run, args.glue_dir)))
     cores = os.cpu_count() or 1
     print(
         f"\n{len(runs)} runs, {sum(r.finished for r in runs)} finished, {reused} to be copied from identical finished"
         f" runs; estimated CPU time left: {total / 3600:.1f} core-hours, about {total / 3600 / cores:.1f} h on this"
-        f" machine's {cores} cores with --workers {cores} (early stopping not foreseen; see scripts/estimate_check.py)"
+        f" machine's {cores} cores with --workers {cores} (see scripts/estimate_check.py): {backbone / 3600:.1f} for"
+        f" full fine-tuning runs, {(total - backbone) / 3600:.1f} for the frozen-backbone ones, their fills and start-ups"
     )
     return 0
 
