@@ -744,24 +744,21 @@ def with_cache(ws: Workspace, spec: RunSpec, model, named: dict[str, Any]):
 
 def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """Choose the layer of an ``auto`` run (:mod:`peftlab.autolayer`) and set it in ``spec``; returns the record."""
-    tokenizer = ws.tokenizer(spec.tokenizer_path, spec.model_args)
     config = ws.config(spec.model_path, spec.model_args)
     head = head_config(spec.model_args, spec.task.num_labels)
 
     def candidate_trainer(peft, train, evaluation, args, callbacks):
         set_seed(args.seed)
         model = make_model(ws, spec, peft)
-        sets, collator = with_cache(ws, spec, model, {"train": train, "eval": evaluation})
-        return GlueTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],
-                           processing_class=tokenizer, data_collator=collator,
-                           compute_metrics=compute_metrics_fn(spec.task), callbacks=callbacks)  # fmt: skip
+        wrapped, collator = with_cache(ws, spec, model, {"train": train, "eval": evaluation})
+        sets = RunSets(wrapped["train"], {"selection": wrapped["eval"]}, {}, collator)
+        return build_trainer(ws, spec, model, sets, args=args, callbacks=callbacks)
 
     def plan_cache(pefts, datasets_):
-        if spec.training_args.cache_frozen_prefix:
-            for peft in pefts:
-                need = need_of(check_buildable(config, head, peft))
-                for data in datasets_:
-                    ws.cache(spec).plan(need, data) if need is not None else None
+        needs = [need_of(check_buildable(config, head, peft)) for peft in pefts]
+        for need in filter(None, needs if spec.training_args.cache_frozen_prefix else []):
+            for data in datasets_:
+                ws.cache(spec).plan(need, data)
 
     record = choose_layer(ws, spec, candidate_trainer, plan_cache)
     spec.peft_args = dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, record["chosen_layer"]))
@@ -799,10 +796,14 @@ def run_sets(ws: Workspace, spec: RunSpec, model: SequenceClassifier) -> RunSets
     )
 
 
-def build_trainer(ws: Workspace, spec: RunSpec, model: SequenceClassifier, sets: RunSets) -> GlueTrainer:
-    """The Trainer of the run (with a model factory per trial under ``--hp_search``)."""
+def build_trainer(
+    ws: Workspace, spec: RunSpec, model: SequenceClassifier, sets: RunSets, args=None, callbacks: list | None = None
+) -> GlueTrainer:
+    """The Trainer of the run (with a model factory per trial under ``--hp_search``); ``args`` and ``callbacks``
+    replace the run's training arguments and add to its callbacks (the candidates of ``--target_layers auto``)."""
     model_args, peft_args, _, training_args = spec.parsed
-    callbacks = []
+    training_args = args or training_args
+    callbacks = list(callbacks or [])
     if training_args.early_stopping_patience is not None:
         callbacks.append(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
