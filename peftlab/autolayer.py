@@ -5,22 +5,28 @@ right layer matters. Finding it by a full layer sweep costs one run per layer an
 it then reports. Here the choice is made on a *selection split* carved from the training set (never the dev
 set), by successive halving over the candidate layers, run through Optuna: each candidate layer is a trial (the
 layer a categorical parameter, one enqueued trial per layer), trained on the rest of the training set and
-evaluated on the selection split every ``r`` steps; Optuna's ``SuccessiveHalvingPruner`` (reduction factor 2)
-stops a trial at the first rung (``r``, ``2r``, ``4r``... steps) where it is not in the better half of the trials
-that reached that rung. Trials run one after another, best-first by a zero-training proxy (below), so the likely
-winner sets the bar early and the others are stopped after few steps. The chosen configuration is then trained
-on the whole training set and evaluated on dev as usual.
+evaluated on the selection split at rungs of ``r``, ``2r``, ``4r``... steps, where :class:`SynchronousHalving`
+(an Optuna pruner) keeps the better half of the trials and prunes the rest; the last one left is the choice. The
+chosen configuration is then trained on the whole training set and evaluated on dev as usual.
 
-Cost. A trial trains at most ``R`` steps, ``R`` a third of the final run's steps (``--auto_budget``), with
-``r = R / 8``; the selection split is at most 1,000 examples. The first trial runs ``R`` steps; a trial that is
-worse than the best half at the first rung costs ``r``. With the frozen-prefix cache, every candidate reads the
-cached input of its own layer (the fills of all candidate layers are one pass over the selection data), so a
-layer-k candidate computes only layers k and up.
+The rungs are complete: every live candidate reaches a rung before any is judged there. Optuna's own
+``SuccessiveHalvingPruner`` is asynchronous (a trial is judged against the trials that happened to reach the
+rung before it), which with trials run one after another lets the first trials through unopposed: measured on
+CoLA, the first LoRA candidate trained the whole budget and the selection cost 1.5 final runs. Here the
+candidates are trainers in threads that take turns (:class:`Turns`): one trains at a time, up to its next rung,
+reports and hands over, so one core does the work of one run at a time; each keeps its own random state across
+turns, so a candidate trains exactly as it would alone.
+
+Cost. The whole halving trains ``--auto_budget`` (default half) of the final run's steps, all candidates
+together: with ``n`` candidates and reduction factor 2, ``r`` is that budget over ``n + n/2 + ...`` (6 layers:
+``9r``). With the frozen-prefix cache, every candidate reads the cached input of its own layer (the fills of all
+candidate layers are one pass over the selection data), so a layer-k candidate computes only layers k and up.
 
 Proxy (``--auto_layer_strategy proxy`` uses it alone): the norm of the loss gradient that the method's
 parameters receive at initialisation, averaged over a few batches of the selection training data, per layer;
 for a zero-initialised module it measures how much the loss wants that layer to change. Its ranking is recorded
-beside the halving's in every run, so how often the two agree can be counted (``scripts/auto_layer_check.py``).
+beside the halving's in every run, so how often the two agree can be counted (``scripts/auto_layer_check.py``);
+the halving takes its turns in the proxy's order.
 """
 
 from __future__ import annotations
@@ -28,14 +34,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from transformers import TrainerCallback, set_seed
 
@@ -67,8 +76,10 @@ class AutoLayerArguments:
         metadata={"help": "Share of the training set held out to choose the layer (at most 1,000 examples)."},
     )
     auto_budget: float = field(
-        default=1 / 3,
-        metadata={"help": "Most steps a candidate trains, as a share of the final run's steps."},
+        default=0.5,
+        metadata={
+            "help": "Steps of the whole successive halving (all candidates together), as a share of the final run's steps."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -78,8 +89,10 @@ class AutoLayerArguments:
             )
         if not 0.0 < self.auto_selection_fraction < 1.0:
             raise ConfigError(f"--auto_selection_fraction {self.auto_selection_fraction} must be in (0, 1).")
-        if not 0.0 < self.auto_budget <= 1.0:
-            raise ConfigError(f"--auto_budget {self.auto_budget} must be in (0, 1].")
+        if not 0.0 < self.auto_budget <= 10.0:
+            raise ConfigError(
+                f"--auto_budget {self.auto_budget} must be in (0, 10] (a share of the final run's steps)."
+            )
 
 
 def wants_auto(method: str, target_layers: str) -> bool:
@@ -120,19 +133,162 @@ class Candidate:
     steps: int = 0
 
 
-class _ReportToTrial(TrainerCallback):
-    """Reports each evaluation on the selection split to the Optuna trial; stops training when it is pruned."""
+def rung_steps(candidates: int, budget_steps: int, factor: int = 2) -> list[int]:
+    """The rungs (steps at which the live candidates are judged) of a successive halving of ``candidates`` that
+    trains about ``budget_steps`` steps in all: ``r, factor r, factor^2 r, ...`` until one candidate is left."""
+    rungs, units, live, length = [], 0, candidates, 1
+    while live > 1:
+        units += live * (length - (rungs[-1] if rungs else 0))
+        rungs.append(length)
+        live, length = max(1, live // factor), length * factor
+    r = max(1, budget_steps // max(units, 1))
+    return [r * rung for rung in rungs]
 
-    def __init__(self, trial, metric: str, candidate: Candidate) -> None:
-        self.trial, self.metric, self.candidate = trial, metric, candidate
+
+class SynchronousHalving:
+    """An Optuna pruner: at a rung (a step every live trial reports before any is judged), a trial goes on if its
+    value is among the best ``n // factor`` of the ``n`` trials that reported that step (ties go on together)."""
+
+    def __init__(self, rungs: list[int], factor: int = 2) -> None:
+        self.rungs, self.factor = set(rungs), factor
+
+    def kept(self, study, step: int) -> list[int]:
+        """Numbers of the trials that go on from the rung at ``step``."""
+        import optuna
+
+        values = {t.number: t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                  if step in t.intermediate_values}  # fmt: skip
+        keep = max(1, len(values) // self.factor)
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        bar = sorted((sign * v for v in values.values()), reverse=True)[keep - 1]
+        return [number for number, value in values.items() if sign * value >= bar]
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step
+        return step in self.rungs and trial.number not in self.kept(study, step)
+
+
+def _rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, cuda, python, numpy = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(python)
+    np.random.set_state(numpy)
+
+
+class Stopped(Exception):
+    """Raised in a waiting candidate when another one failed."""
+
+
+class Turns:
+    """Work in threads that take turns, one running at a time, in a ring: a thread runs until it hands over, then
+    waits for its next turn, which comes after every other live thread has had one. Each keeps its own random
+    state (torch, CUDA, Python, NumPy) across turns, so what it computes is what it would compute alone."""
+
+    def __init__(self, names: list) -> None:
+        self.live = list(names)
+        self._turn = self.live[0] if self.live else None
+        self._cond = threading.Condition()
+        self._states: dict = {}
+        self.failed = False
+
+    def take(self, name) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == name or self.failed)
+            if self.failed:
+                raise Stopped
+        if name in self._states:
+            _set_rng_state(self._states[name])
+
+    def hand_over(self, name, leave: bool = False) -> None:
+        self._states[name] = _rng_state()
+        with self._cond:
+            index = self.live.index(name)
+            ring = self.live[index + 1 :] + self.live[: index + (0 if leave else 1)]
+            if leave:
+                self.live.remove(name)
+            self._turn = ring[0] if ring else None
+            self._cond.notify_all()
+
+    def fail(self) -> None:
+        with self._cond:
+            self.failed = True
+            self._cond.notify_all()
+
+
+class _Rungs(TrainerCallback):
+    """A candidate's training: evaluation on the selection split at each rung, reported to its trial; then the
+    other candidates' turns; then the pruner's verdict (stop if pruned, or if it is the last one left)."""
+
+    def __init__(self, study, trial, turns: Turns, metric: str, candidate: Candidate, pruner: SynchronousHalving):
+        self.study, self.trial, self.turns, self.metric, self.candidate, self.pruner = (
+            study, trial, turns, metric, candidate, pruner
+        )  # fmt: skip
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.pruner.rungs:
+            control.should_evaluate = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = float(metrics[f"eval_{self.metric}"])
         self.candidate.reports.append((state.global_step, value))
         self.trial.report(value, state.global_step)
+        self.turns.hand_over(self.candidate.layer)
+        self.turns.take(self.candidate.layer)  # every live candidate has reported this rung now
         if self.trial.should_prune():
             self.candidate.state = "pruned"
             control.should_training_stop = True
+        elif self.pruner.kept(self.study, state.global_step) == [self.trial.number]:
+            control.should_training_stop = True  # the last one left: the choice
+
+
+def halving(study, candidates: list[Candidate], metric: str, train) -> None:
+    """Successive halving of ``candidates`` (in turn order) through ``study``, whose pruner is a
+    :class:`SynchronousHalving`: ``train(candidate, callback)`` trains one candidate (at most the last rung's steps)
+    with the callback and returns its step count; ``metric`` is the selection score."""
+    import optuna
+
+    layers = [c.layer for c in candidates]
+    for layer in layers:
+        study.enqueue_trial({"layer": layer})
+    trials = {}
+    for candidate in candidates:
+        trials[candidate.layer] = study.ask()
+        assert trials[candidate.layer].suggest_categorical("layer", layers) == candidate.layer
+    turns, errors = Turns(layers), []
+
+    def work(candidate: Candidate) -> None:
+        trial = trials[candidate.layer]
+        try:
+            turns.take(candidate.layer)
+            callback = _Rungs(study, trial, turns, metric, candidate, study.pruner)
+            candidate.steps = train(candidate, callback)
+            if candidate.state == "pruned":
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                candidate.state = "complete"
+                study.tell(trial, candidate.reports[-1][1])
+        except Stopped:
+            return
+        except BaseException as error:  # handed to the caller's thread below
+            errors.append(error)
+            turns.fail()
+            return
+        turns.hand_over(candidate.layer, leave=True)
+
+    threads = [threading.Thread(target=work, args=(c,), daemon=True, name=f"auto-layer-{c.layer}") for c in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
@@ -157,8 +313,8 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     final_steps = (
         training.max_steps if training.max_steps > 0 else math.ceil(training.num_train_epochs * steps_per_epoch)
     )
-    most = max(8, round(args.auto_budget * final_steps))
-    rung = max(1, most // 8)
+    rungs = rung_steps(len(candidates), round(args.auto_budget * final_steps))
+    most = rungs[-1] if rungs else 0
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="auto_layer_", dir=spec.output_dir))
     started = time.time()
@@ -166,7 +322,8 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         "strategy": args.auto_layer_strategy, "metric": f"eval_{metric}",
         "selection_split": f"{len(selection)} examples held out of the {len(features.train)} training examples "
                            f"(seed {spec.data_args.split_seed}); candidates trained on the other {len(rest)}",
-        "budget": {"final_run_steps": final_steps, "most_steps_per_candidate": most, "rung_steps": rung},
+        "budget": {"final_run_steps": final_steps, "auto_budget": args.auto_budget, "rungs": rungs,
+                   "most_steps_per_candidate": most, "rung_steps": rungs[0] if rungs else 0},
     }  # fmt: skip
     pefts = {
         c.layer: dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, c.layer))
@@ -180,26 +337,16 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
             )
             candidate.proxy = gradient_norm(trainer)
         order = sorted(candidates, key=lambda c: -c.proxy)
-        if args.auto_layer_strategy == "halving":
-            study = optuna.create_study(
-                direction="maximize", sampler=optuna.samplers.GridSampler({"layer": [c.layer for c in order]}),
-                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=rung, reduction_factor=2),
-            )  # fmt: skip
-            for candidate in order:
-                study.enqueue_trial({"layer": candidate.layer})
-            for candidate in order:
-                trial = study.ask()
-                assert trial.suggest_categorical("layer", [c.layer for c in order]) == candidate.layer
-                candidate_args = training.__class__(**_copy(training, work, most, eval_steps=rung))
-                report = _ReportToTrial(trial, metric, candidate)
-                trainer = build_trainer(pefts[candidate.layer], rest, selection, candidate_args, [report])
+        if args.auto_layer_strategy == "halving" and len(candidates) > 1:
+            study = optuna.create_study(direction="maximize", pruner=SynchronousHalving(rungs))
+
+            def train(candidate: Candidate, callback: TrainerCallback) -> int:
+                candidate_args = training.__class__(**_copy(training, work, most))
+                trainer = build_trainer(pefts[candidate.layer], rest, selection, candidate_args, [callback])
                 trainer.train()
-                candidate.steps = trainer.state.global_step
-                if candidate.state == "pruned":
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    candidate.state = "complete"
-                    study.tell(trial, candidate.reports[-1][1])
+                return trainer.state.global_step
+
+            halving(study, order, metric, train)
             chosen = study.best_trial.params["layer"]
         else:
             chosen = order[0].layer
@@ -221,14 +368,14 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     return record
 
 
-def _copy(training, work: Path, steps: int, eval_steps: int | None = None) -> dict[str, Any]:
-    """The run's training arguments for one candidate: ``steps`` steps, evaluated every ``eval_steps``, no best-model
-    selection, no early stopping, nothing saved (a scratch folder)."""
+def _copy(training, work: Path, steps: int) -> dict[str, Any]:
+    """The run's training arguments for one candidate: ``steps`` steps, evaluated only where a callback asks (the
+    rungs), no best-model selection, no early stopping, nothing saved (a scratch folder)."""
     values = {f.name: getattr(training, f.name) for f in dataclasses.fields(training) if f.init}
     values.update(
         output_dir=str(work), overwrite_output_dir=True, max_steps=max(steps, 1), save_strategy="no",
-        load_best_model_at_end=False, early_stopping_patience=None, eval_strategy="steps" if eval_steps else "no",
-        eval_steps=eval_steps, logging_steps=max(eval_steps or 50, 1), report_to=[], save_model=False,
+        load_best_model_at_end=False, early_stopping_patience=None, eval_strategy="no",
+        eval_steps=None, logging_steps=50, report_to=[], save_model=False,
         evaluation_strategy=None, warmup_ratio=None,
     )  # fmt: skip
     return values

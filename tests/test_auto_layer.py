@@ -87,3 +87,96 @@ def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rungs_spend_the_budget_over_a_halving_down_to_one_candidate():
+    from peftlab.autolayer import rung_steps
+
+    assert rung_steps(6, 48) == [5, 10]  # 6 candidates x 5 steps, then 3 x 5 more: 45 of 48
+    assert rung_steps(12, 48) == [2, 4, 8]  # 12 x 2 + 6 x 2 + 3 x 4 = 48
+    assert rung_steps(2, 10) == [5] and rung_steps(1, 10) == [] and rung_steps(6, 3) == [1, 2]
+
+
+def fake_training(values):
+    """A ``train`` for :func:`peftlab.autolayer.halving` that steps a callback through a training whose
+    selection score at each step is ``values(layer, step)``."""
+    from transformers import TrainerControl, TrainerState
+
+    def train(candidate, callback):
+        state, control = TrainerState(), TrainerControl()
+        for step in range(1, max(callback.pruner.rungs) + 1):
+            state.global_step = step
+            callback.on_step_end(None, state, control)
+            if control.should_evaluate:
+                control.should_evaluate = False
+                callback.on_evaluate(None, state, control, metrics={"eval_score": values(candidate.layer, step)})
+            if control.should_training_stop:
+                break
+        return state.global_step
+
+    return train
+
+
+def test_halving_judges_complete_rungs_and_stops_at_the_last_candidate_left():
+    import optuna
+
+    from peftlab.autolayer import Candidate, SynchronousHalving, halving
+
+    # Layer 0 leads at the first rung; layers 3 and 5 overtake it at the second: an asynchronous pruner with layer 0
+    # run first would have let it through every rung unopposed.
+    scores = {0: [0.9, 0.5], 1: [0.1, 0.1], 2: [0.2, 0.2], 3: [0.8, 0.7], 4: [0.3, 0.3], 5: [0.7, 0.95]}
+    candidates = [Candidate(layer) for layer in (0, 1, 2, 3, 4, 5)]
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalving([5, 10, 20]))
+    halving(study, candidates, "score", fake_training(lambda layer, step: scores[layer][step // 5 - 1]))
+    assert study.best_trial.params["layer"] == 5
+    assert {c.layer: (c.state, c.steps) for c in candidates} == {
+        0: ("pruned", 10), 1: ("pruned", 5), 2: ("pruned", 5), 3: ("pruned", 10), 4: ("pruned", 5), 5: ("complete", 10)
+    }  # fmt: skip
+    assert sum(c.steps for c in candidates) == 45  # 6 x 5 + 3 x 5: the winner stops as soon as it is alone
+
+
+def test_a_failing_candidate_stops_the_halving_with_its_error():
+    import optuna
+
+    from peftlab.autolayer import Candidate, SynchronousHalving, halving
+
+    def values(layer, step):
+        if layer == 2 and step == 10:
+            raise RuntimeError("candidate 2 broke")
+        return float(layer)
+
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalving([5, 10]))
+    with pytest.raises(RuntimeError, match="candidate 2 broke"):
+        halving(study, [Candidate(layer) for layer in range(4)], "score", fake_training(values))
+
+
+def test_turns_keep_each_threads_random_stream_as_if_it_ran_alone():
+    import threading
+
+    import torch
+
+    from peftlab.autolayer import Turns
+
+    def draws(seed, turns=None, name=None):
+        out = []
+        if turns:
+            turns.take(name)
+        torch.manual_seed(seed)
+        for _ in range(3):
+            out.append(torch.rand(2))
+            if turns:
+                turns.hand_over(name)
+                turns.take(name)
+        if turns:
+            turns.hand_over(name, leave=True)
+        return torch.cat(out)
+
+    alone = {name: draws(seed) for name, seed in (("a", 1), ("b", 2))}
+    turns, together = Turns(["a", "b"]), {}
+    threads = [threading.Thread(target=lambda n=n, s=s: together.__setitem__(n, draws(s, turns, n)))
+               for n, s in (("a", 1), ("b", 2))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert torch.equal(together["a"], alone["a"]) and torch.equal(together["b"], alone["b"])
