@@ -3,14 +3,16 @@
 
     python scripts/estimate_check.py docs/results/runs [--glue_dir ../shared/glue] [--fit]
 
-Reads every sweep job under the roots (``<root>/<sweep>/.jobs/<job>.json`` and, once it has ended, its
-``<job>.result.json``: wall time and threads). Costs are core-seconds: the CPU time of the job or run (``cpu_seconds``, all threads), or where
-that is missing (runs made before it was recorded) wall time x threads, which counts waiting for a busy CPU too. Three kinds of measurement:
+Reads every finished sweep run under the roots (a folder with ``all_results.json``, ``args.json`` and
+``sweep_point.json``) and every ended sweep job (``<root>/<sweep>/.jobs/<job>.json`` and its ``<job>.result.json``).
+Costs are core-seconds of CPU time (``cpu_seconds``, all threads), which a busy machine does not inflate; runs made
+before it was recorded are left out (their wall time counts waiting for the CPU too). Three kinds of measurement:
 
-- a fill job: its whole cost, against start-up plus one pass over its runs' data (``fill_terms``);
-- a run: its own wall time (``wall_seconds`` in its ``all_results.json``) against ``run_terms`` with the epochs it
-  actually trained (early stopping ends some runs early);
-- a training job's remainder (its wall time minus its runs'): start-up.
+- a run: its CPU time against ``run_terms`` with the epochs it actually trained (early stopping ends some runs
+  early);
+- a fill job that computed something: its whole cost, against start-up plus one pass over its runs' data
+  (``fill_terms``);
+- a finished training job's remainder (its CPU time minus its runs'): start-up.
 
 Prints, per task and method, the median ratio measured / estimated (runs with their actual epochs), the share of
 their epochs that runs with early stopping trained, and the total of the finished jobs against the dry run's
@@ -50,44 +52,54 @@ def core_seconds(record: dict, threads: int) -> float:
     return record["cpu_seconds"] if "cpu_seconds" in record else record["wall_seconds"] * threads
 
 
+def run_rows(roots: list[str], glue_dir: str) -> tuple[list[tuple[str, dict, float, Run]], list[float]]:
+    """("run", terms, measured core-seconds, run) for every finished sweep run under the roots (a folder with
+    ``all_results.json``, ``args.json`` and ``sweep_point.json``, and its CPU time recorded), whatever job ran it;
+    and the epoch shares of the runs that could stop early."""
+    rows, shares = [], []
+    for root in roots:
+        for path in sorted(Path(root).rglob("all_results.json")):
+            folder = path.parent
+            if not (folder / "args.json").is_file() or not (folder / "sweep_point.json").is_file():
+                continue
+            results = json.loads(path.read_text())
+            if "cpu_seconds" not in results or "reused_from" in results:
+                continue  # made before CPU time was recorded: their wall time counts a busy machine too
+            run_args = json.loads((folder / "args.json").read_text())
+            run = Run(name=str(folder), point=json.loads((folder / "sweep_point.json").read_text()), args=run_args)
+            args = effective_args(run.args)
+            epochs = (results.get("last_evaluation") or {}).get("epoch") or float(args.get("num_train_epochs", 3))
+            if args.get("early_stopping_patience"):
+                shares.append(epochs / float(args["num_train_epochs"]))
+            terms = run_terms(run, workload(run, glue_dir), epochs=epochs)
+            rows.append(("run", terms, core_seconds(results, results.get("threads", 1)), run))
+    return rows, shares
+
+
 def measurements(roots: list[str], glue_dir: str) -> tuple[list[tuple[str, dict, float, Run | None]], list, list]:
-    """(kind, terms, measured core-seconds, run) rows for the fit; the finished jobs; epoch shares of runs that
-    could stop early."""
-    rows, jobs, shares = [], [], []
+    """(kind, terms, measured core-seconds, run) rows for the fit (every finished run, every fill job that computed
+    something, and the start-up of every finished training job); the finished jobs; epoch shares of runs that could
+    stop early."""
+    rows, shares = run_rows(roots, glue_dir)
+    measured = {row[3].args["output_dir"]: row[2] for row in rows}
+    jobs = []
     for root in roots:
         for job_path in sorted(p for p in Path(root).rglob(".jobs/*.json") if not p.name.endswith(".result.json")):
             result_path = job_path.with_suffix(".result.json")
-            result = json.loads(result_path.read_text()) if result_path.is_file() else None
-            spec = json.loads(job_path.read_text())
+            if not result_path.is_file():
+                continue
+            result, spec = json.loads(result_path.read_text()), json.loads(job_path.read_text())
             runs = [Run(name=r["args"]["output_dir"], point=r["point"], args=r["args"]) for r in spec["runs"]]
-            threads = result["threads"] if result else 1
-            job = Job(job_path.stem, runs, fill=spec["fill"])
-            if spec["fill"] and result is not None and result.get("fill_passes", 1) > 0:
-                load = workload(runs[0], glue_dir)
-                rows.append(("fill", fill_terms(runs, load), core_seconds(result, threads), None))
-                jobs.append((job, core_seconds(result, threads)))
-                continue
+            job, seconds = Job(job_path.stem, runs, fill=spec["fill"]), core_seconds(result, result["threads"])
             if spec["fill"]:
-                continue
-            inside = 0.0
-            for run in runs:
-                path = Path(run.args["output_dir"]) / "all_results.json"
-                if not path.is_file():
-                    continue
-                results = json.loads(path.read_text())
-                if "wall_seconds" not in results or "reused_from" in results:
-                    continue
-                args = effective_args(run.args)
-                epochs = (results.get("last_evaluation") or {}).get("epoch") or float(args.get("num_train_epochs", 3))
-                if args.get("early_stopping_patience"):
-                    shares.append(epochs / float(args["num_train_epochs"]))
-                terms = run_terms(run, workload(run, glue_dir), epochs=epochs)
-                rows.append(("run", terms, core_seconds(results, results.get("threads", threads)), run))
-                inside += core_seconds(results, results.get("threads", threads))
-            if result is not None and all(o["outcome"] == "finished" for o in result["runs"]):
+                if result.get("fill_passes", 1) > 0:
+                    rows.append(("fill", fill_terms(runs, workload(runs[0], glue_dir)), seconds, None))
+                    jobs.append((job, seconds))
+            elif all(o["outcome"] == "finished" for o in result["runs"]):
+                inside = sum(measured.get(run.args["output_dir"], 0.0) for run in runs)
                 startup = dict.fromkeys(COST, 0.0) | {"startup": 1.0}
-                rows.append(("startup", startup, max(core_seconds(result, threads) - inside, 0.0), None))
-                jobs.append((job, core_seconds(result, threads)))
+                rows.append(("startup", startup, max(seconds - inside, 0.0), None))
+                jobs.append((job, seconds))
     return rows, jobs, shares
 
 
@@ -111,7 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     rows, jobs, shares = measurements(args.roots, args.glue_dir)
     if not rows:
-        parser.error(f"no finished sweep job under {', '.join(args.roots)}")
+        parser.error(f"no finished sweep run or job under {', '.join(args.roots)}")
     share = statistics.fmean(shares) if shares else 1.0
     if args.fit:
         cost, error = fit(rows)
@@ -132,11 +144,15 @@ def main() -> int:
         print(
             f"{task:6s} {kind:10s} {len(values):4d}  {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
         )
-    measured = sum(seconds for _, seconds in jobs)
-    estimated = sum(seconds_of(job_terms(job, args.glue_dir)) for job, _ in jobs)
     print(f"\nruns with early stopping trained {share:.0%} of their epochs on average ({len(shares)} runs)")
-    print(f"{len(jobs)} finished jobs: measured {measured / 3600:.2f} core-hours, the dry run estimates "
-          f"{estimated / 3600:.2f} (ratio {measured / estimated:.2f})")  # fmt: skip
+    runs = [(seconds, seconds_of(terms)) for kind, terms, seconds, _ in rows if kind == "run"]
+    print(f"{len(runs)} finished runs: measured {sum(m for m, _ in runs) / 3600:.2f} core-hours, estimated "
+          f"{sum(e for _, e in runs) / 3600:.2f} with their actual epochs")  # fmt: skip
+    if jobs:
+        measured = sum(seconds for _, seconds in jobs)
+        estimated = sum(seconds_of(job_terms(job, args.glue_dir)) for job, _ in jobs)
+        print(f"{len(jobs)} finished jobs: measured {measured / 3600:.2f} core-hours, the dry run estimates "
+              f"{estimated / 3600:.2f} (ratio {measured / estimated:.2f})")  # fmt: skip
     return 0
 
 
