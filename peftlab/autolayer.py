@@ -191,11 +191,11 @@ class Turns:
     waits for its next turn, which comes after every other live thread has had one. Each keeps its own random
     state (torch, CUDA, Python, NumPy) across turns, so what it computes is what it would compute alone."""
 
-    def __init__(self, names: list) -> None:
+    def __init__(self, names: list, states: dict | None = None) -> None:
         self.live = list(names)
         self._turn = self.live[0] if self.live else None
         self._cond = threading.Condition()
-        self._states: dict = {}
+        self._states: dict = dict(states or {})
         self.failed = False
 
     def take(self, name) -> None:
@@ -248,10 +248,11 @@ class _Rungs(TrainerCallback):
             control.should_training_stop = True  # the last one left: the choice
 
 
-def halving(study, candidates: list[Candidate], metric: str, train) -> None:
+def halving(study, candidates: list[Candidate], metric: str, train, states: dict | None = None) -> None:
     """Successive halving of ``candidates`` (in turn order) through ``study``, whose pruner is a
     :class:`SynchronousHalving`: ``train(candidate, callback)`` trains one candidate (at most the last rung's steps)
-    with the callback and returns its step count; ``metric`` is the selection score."""
+    with the callback and returns its step count; ``metric`` is the selection score; ``states`` the random state
+    each candidate's training starts from (by layer; default: whatever it finds)."""
     import optuna
 
     layers = [c.layer for c in candidates]
@@ -261,7 +262,7 @@ def halving(study, candidates: list[Candidate], metric: str, train) -> None:
     for candidate in candidates:
         trials[candidate.layer] = study.ask()
         assert trials[candidate.layer].suggest_categorical("layer", layers) == candidate.layer
-    turns, errors = Turns(layers), []
+    turns, errors = Turns(layers, states), []
 
     def work(candidate: Candidate) -> None:
         trial = trials[candidate.layer]
@@ -330,27 +331,31 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         for c in candidates
     }
     plan_cache(list(pefts.values()), [rest, selection])
+    halve = args.auto_layer_strategy == "halving" and len(candidates) > 1
+    trainers, states, cpu = {}, {}, time.process_time()
     try:
-        for candidate in candidates:  # the zero-training proxy, for every candidate
-            trainer = build_trainer(
-                pefts[candidate.layer], rest, selection, training.__class__(**_copy(training, work, 0)), []
-            )
-            candidate.proxy = gradient_norm(trainer)
+        for candidate in candidates:  # each candidate's trainer, and the zero-training proxy
+            candidate_args = training.__class__(**_copy(training, work, most if halve else 0))
+            trainers[candidate.layer] = build_trainer(pefts[candidate.layer], rest, selection, candidate_args, [])
+            states[candidate.layer] = _rng_state()  # where its training starts, as if it were built and trained alone
+            candidate.proxy = gradient_norm(trainers[candidate.layer])
         order = sorted(candidates, key=lambda c: -c.proxy)
-        if args.auto_layer_strategy == "halving" and len(candidates) > 1:
+        record["setup_cpu_seconds"] = round(time.process_time() - cpu, 2)  # models, trainers, cache fills, proxy
+        if halve:
             study = optuna.create_study(direction="maximize", pruner=SynchronousHalving(rungs))
 
             def train(candidate: Candidate, callback: TrainerCallback) -> int:
-                candidate_args = training.__class__(**_copy(training, work, most))
-                trainer = build_trainer(pefts[candidate.layer], rest, selection, candidate_args, [callback])
+                trainer = trainers.pop(candidate.layer)
+                trainer.add_callback(callback)
                 trainer.train()
                 return trainer.state.global_step
 
-            halving(study, order, metric, train)
+            halving(study, order, metric, train, states)
             chosen = study.best_trial.params["layer"]
         else:
             chosen = order[0].layer
     finally:
+        trainers.clear()
         shutil.rmtree(work, ignore_errors=True)
     record["chosen_layer"] = chosen
     record["candidates"] = {
@@ -360,6 +365,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     }  # fmt: skip
     record["proxy_choice"] = order[0].layer
     record["selection_seconds"] = round(time.time() - started, 2)
+    record["selection_cpu_seconds"] = round(time.process_time() - cpu, 2)
     record["selection_steps"] = sum(c.steps for c in candidates)
     record["selection_cost_in_final_runs"] = round(record["selection_steps"] / max(final_steps, 1), 3)
     logger.info(

@@ -48,4 +48,9 @@ for suffix in "" _paper; do
   done
 done
 
+# --target_layers auto against the full layer sweeps of the same runs (scripts/sweeps/auto_layer_check.json)
+if has auto_layer_check adapter,lora,adapter_auto,lora_auto; then
+  python scripts/auto_layer_check.py "$CSV" --sweep auto_layer_check --out "$OUT/auto_layer_check"
+else echo "auto_layer_check: not every row has finished runs yet"; fi
+
 python scripts/splice_tables.py "$DOC" "$OUT"
