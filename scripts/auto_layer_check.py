@@ -46,8 +46,8 @@ def main() -> int:
     args = parser.parse_args()
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep and r["score"] is not None]
     header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
-              "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep", "proxy = halving", "proxy = best", "seeds"]  # fmt: skip
-    body, within, cells, same, compared = [], 0, 0, 0, 0
+              "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep", "proxy alone (below best)", "proxy = halving", "proxy = best", "seeds"]  # fmt: skip
+    body, within, cells, same, compared, proxy_within = [], 0, 0, 0, 0, 0
     for task in dict.fromkeys(r["task"] for r in rows):
         for method in sorted({r["variant"] for r in rows if r["task"] == task and not r["variant"].endswith("_auto")}):
             fixed = [r for r in rows if r["task"] == task and r["variant"] == method]
@@ -80,19 +80,31 @@ def main() -> int:
                     compared += 1
                     same += auto_rows[seed]["score"] == by_layer[layer][seed]["score"]
             proxy = [records[s]["proxy_choice"] for s in seeds]
+            # the proxy strategy's score: the fixed-layer run at the proxy's layer (auto's final run is that run)
+            proxy_scores = [100 * complete[p][s]["score"] for p, s in zip(proxy, seeds) if p in complete]
+            proxy_cell = "-"
+            if len(proxy_scores) == len(seeds):
+                proxy_below = (
+                    (means[best] - statistics.fmean(proxy_scores)) / best_std if best_std > 0 else float("nan")
+                )
+                proxy_cell = f"{statistics.fmean(proxy_scores):.1f} ({proxy_below:.2f})"
+                proxy_within += proxy_below <= 1.0
             body.append([
                 task, method, f"L{best}", f"{means[best]:.1f} ± {best_std:.1f}",
                 f"{statistics.fmean(auto_scores):.1f} ± {statistics.stdev(auto_scores) if len(seeds) > 1 else 0:.1f}",
                 f"{below:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
-                f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
+                f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x", proxy_cell, f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
                 f"{sum(p == best for p in proxy)}/{len(seeds)}", ",".join(map(str, seeds)),
             ])  # fmt: skip
     footer = [
-        f"auto within one seed standard deviation of the best layer: {within} of {cells} task-method cells.",
+        f"auto within one seed standard deviation of the best layer: {within} of {cells} task-method cells; the "
+        f"proxy alone: {proxy_within} of {cells}.",
         "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs one run = auto's CPU time "
         "(choice and final training) over the mean CPU time of one fixed-layer run of the same seed; cost vs its "
         "layer's run = the same over the fixed-layer run at the layer auto chose; cost vs sweep = the same over the "
-        "whole layer sweep.",
+        "whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the layers the gradient-norm "
+        "proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how far below the best layer "
+        "that is, in its seed std.",
         f"auto's final training gave exactly the score of the fixed-layer run at the layer it chose (same seed) in "
         f"{same} of {compared} runs.",
     ]
