@@ -180,3 +180,45 @@ def test_turns_keep_each_threads_random_stream_as_if_it_ran_alone():
     for thread in threads:
         thread.join()
     assert torch.equal(together["a"], alone["a"]) and torch.equal(together["b"], alone["b"])
+
+
+def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_path):
+    """scripts/auto_layer_check.py on made-up runs: layer 1 is best (70 and 72 over two seeds, std 1.41); auto chose
+    layer 1 once and layer 0 once (66 there), the proxy layer 0 twice."""
+    import csv
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    scores = {0: {42: 0.66, 43: 0.66}, 1: {42: 0.70, 43: 0.72}}
+    chosen, cpu = {42: 1, 43: 0}, {0: 20.0, 1: 10.0}
+    rows = []
+
+    def add(variant, layer, seed, score, results):
+        folder = tmp_path / variant / str(layer) / str(seed)
+        folder.mkdir(parents=True)
+        (folder / "all_results.json").write_text(json.dumps(results))
+        rows.append({"sweep": "check", "task": "mrpc", "variant": variant, "layer": layer, "seed": seed,
+                     "score": score, "output_dir": str(folder)})  # fmt: skip
+
+    for layer, by_seed in scores.items():
+        for seed, score in by_seed.items():
+            add("adapter", layer, seed, score, {"cpu_seconds": cpu[layer]})
+    for seed, layer in chosen.items():
+        record = {"chosen_layer": layer, "proxy_choice": 0}
+        add("adapter_auto", "", seed, scores[layer][seed], {"cpu_seconds": 30.0, "auto_layer": record})
+    with open(tmp_path / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    proc = subprocess.run([sys.executable, "scripts/auto_layer_check.py", str(tmp_path / "runs.csv"), "--sweep", "check",
+                           "--out", str(tmp_path / "table")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # best L1 71.0 ± 1.4; auto 70 (seed 42, L1) and 66 (seed 43, L0): 68.0 ± 2.8, 2.12 std below; costs 30 / 15 (the
+    # mean run), 30/10 and 30/20 (its layer's run), 30 / 30 (the sweep); the proxy's layer 0 gives 66.0, 3.54 below
+    assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
+    assert cells[11:] == ["1/2", "0/2", "42,43"]
+    assert "in 2 of 2 runs" in proc.stdout and "0 of 1 task-method cells; the proxy alone: 0 of 1" in proc.stdout
