@@ -306,8 +306,8 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     rest, selection = selection_split(features.train, args.auto_selection_fraction, spec.data_args.split_seed)
     candidates = [Candidate(layer) for layer in spec.auto_candidates]
     metric = training.metric_for_best_model or spec.task.main_metric
-    if metric == "main":
-        metric = spec.task.main_metric
+    metric = (spec.task.main_metric if metric == "main" else metric).removeprefix("eval_")
+    greater = training.greater_is_better if training.greater_is_better is not None else not metric.endswith("loss")
     steps_per_epoch = math.ceil(
         len(features.train) / (training.per_device_train_batch_size * training.gradient_accumulation_steps)
     )
@@ -320,7 +320,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="auto_layer_", dir=spec.output_dir))
     started = time.time()
     record: dict[str, Any] = {
-        "strategy": args.auto_layer_strategy, "metric": f"eval_{metric}",
+        "strategy": args.auto_layer_strategy, "metric": f"eval_{metric}", "greater_is_better": greater,
         "selection_split": f"{len(selection)} examples held out of the {len(features.train)} training examples "
                            f"(seed {spec.data_args.split_seed}); candidates trained on the other {len(rest)}",
         "budget": {"final_run_steps": final_steps, "auto_budget": args.auto_budget, "rungs": rungs,
@@ -342,7 +342,8 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         order = sorted(candidates, key=lambda c: -c.proxy)
         record["setup_cpu_seconds"] = round(time.process_time() - cpu, 2)  # models, trainers, cache fills, proxy
         if halve:
-            study = optuna.create_study(direction="maximize", pruner=SynchronousHalving(rungs))
+            direction = "maximize" if greater else "minimize"
+            study = optuna.create_study(direction=direction, pruner=SynchronousHalving(rungs))
 
             def train(candidate: Candidate, callback: TrainerCallback) -> int:
                 trainer = trainers.pop(candidate.layer)

@@ -222,3 +222,12 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
     assert cells[11:] == ["1/2", "0/2", "42,43"]
     assert "in 2 of 2 runs" in proc.stdout and "0 of 1 task-method cells; the proxy alone: 0 of 1" in proc.stdout
+
+
+def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rte_distinct, tmp_path):
+    results = run(tiny_bert, rte_distinct, tmp_path / "o", "--method", "adapter@auto", "--metric_for_best_model",
+                  "eval_loss", "--auto_layers", "0-1")  # fmt: skip
+    auto = results["auto_layer"]
+    assert auto["metric"] == "eval_loss" and auto["greater_is_better"] is False
+    last = {int(layer): c["evaluations"][-1]["eval_loss"] for layer, c in auto["candidates"].items()}
+    assert auto["chosen_layer"] == min(last, key=last.get)
