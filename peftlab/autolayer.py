@@ -46,7 +46,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback
 
 from peftlab.architectures import parse_layers
 from peftlab.errors import ConfigError
@@ -226,10 +226,9 @@ class _Rungs(TrainerCallback):
     """A candidate's training: evaluation on the selection split at each rung, reported to its trial; then the
     other candidates' turns; then the pruner's verdict (stop if pruned, or if it is the last one left)."""
 
-    def __init__(self, study, trial, turns: Turns, metric: str, candidate: Candidate, pruner: SynchronousHalving):
-        self.study, self.trial, self.turns, self.metric, self.candidate, self.pruner = (
-            study, trial, turns, metric, candidate, pruner
-        )  # fmt: skip
+    def __init__(self, study, trial, turns: Turns, metric: str, candidate: Candidate):
+        self.study, self.trial, self.turns, self.metric, self.candidate = study, trial, turns, metric, candidate
+        self.pruner: SynchronousHalving = study.pruner
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in self.pruner.rungs:
@@ -268,7 +267,7 @@ def halving(study, candidates: list[Candidate], metric: str, train, states: dict
         trial = trials[candidate.layer]
         try:
             turns.take(candidate.layer)
-            callback = _Rungs(study, trial, turns, metric, candidate, study.pruner)
+            callback = _Rungs(study, trial, turns, metric, candidate)
             candidate.steps = train(candidate, callback)
             if candidate.state == "pruned":
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -305,8 +304,8 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     features = ws.features(spec)
     rest, selection = selection_split(features.train, args.auto_selection_fraction, spec.data_args.split_seed)
     candidates = [Candidate(layer) for layer in spec.auto_candidates]
-    metric = training.metric_for_best_model or spec.task.main_metric
-    metric = (spec.task.main_metric if metric == "main" else metric).removeprefix("eval_")
+    # the selection metric, as the run's own best-model selection names it ("main" was resolved in run.prepare)
+    metric = (training.metric_for_best_model or spec.task.main_metric).removeprefix("eval_")
     greater = training.greater_is_better if training.greater_is_better is not None else not metric.endswith("loss")
     steps_per_epoch = math.ceil(
         len(features.train) / (training.per_device_train_batch_size * training.gradient_accumulation_steps)
@@ -405,5 +404,4 @@ def gradient_norm(trainer, batches: int = 4) -> float:
         ]
         norms.append(float(torch.stack(grads).sum().sqrt()) if grads else 0.0)
     model.zero_grad(set_to_none=True)
-    set_seed(trainer.args.seed)
     return sum(norms) / max(len(norms), 1)

@@ -755,8 +755,9 @@ def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
         return build_trainer(ws, spec, model, sets, args=args, callbacks=callbacks)
 
     def plan_cache(pefts, datasets_):
-        needs = [need_of(check_buildable(config, head, peft)) for peft in pefts]
-        for need in filter(None, needs if spec.training_args.cache_frozen_prefix else []):
+        if not spec.training_args.cache_frozen_prefix:
+            return
+        for need in filter(None, (need_of(check_buildable(config, head, peft)) for peft in pefts)):
             for data in datasets_:
                 ws.cache(spec).plan(need, data)
 

@@ -38,6 +38,11 @@ def auto_record(row: dict) -> dict:
     return json.loads((Path(row["output_dir"]) / "all_results.json").read_text())["auto_layer"]
 
 
+def stds_below(best_mean: float, best_std: float, scores: list[float]) -> float:
+    """How far the mean of ``scores`` is below the best layer's mean, in the best layer's seed standard deviations."""
+    return (best_mean - statistics.fmean(scores)) / best_std if best_std > 0 else float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv")
@@ -46,7 +51,8 @@ def main() -> int:
     args = parser.parse_args()
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep and r["score"] is not None]
     header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
-              "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep", "proxy alone (below best)", "proxy = halving", "proxy = best", "seeds"]  # fmt: skip
+              "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep",
+              "proxy alone (below best)", "proxy = halving", "proxy = best", "seeds"]  # fmt: skip
     body, within, cells, same, compared, proxy_within = [], 0, 0, 0, 0, 0
     for task in dict.fromkeys(r["task"] for r in rows):
         for method in sorted({r["variant"] for r in rows if r["task"] == task and not r["variant"].endswith("_auto")}):
@@ -66,7 +72,7 @@ def main() -> int:
             auto_rows = {r["seed"]: r for r in auto if r["seed"] in seeds}
             auto_scores = [100 * auto_rows[s]["score"] for s in seeds]
             records = {s: auto_record(auto_rows[s]) for s in seeds}
-            below = (means[best] - statistics.fmean(auto_scores)) / best_std if best_std > 0 else float("nan")
+            below = stds_below(means[best], best_std, auto_scores)
             cells += 1
             within += below <= 1.0
             one_run = [statistics.fmean(c for c in (cost(runs[s]) for runs in complete.values()) if c) for s in seeds]
@@ -84,16 +90,15 @@ def main() -> int:
             proxy_scores = [100 * complete[p][s]["score"] for p, s in zip(proxy, seeds) if p in complete]
             proxy_cell = "-"
             if len(proxy_scores) == len(seeds):
-                proxy_below = (
-                    (means[best] - statistics.fmean(proxy_scores)) / best_std if best_std > 0 else float("nan")
-                )
+                proxy_below = stds_below(means[best], best_std, proxy_scores)
                 proxy_cell = f"{statistics.fmean(proxy_scores):.1f} ({proxy_below:.2f})"
                 proxy_within += proxy_below <= 1.0
             body.append([
                 task, method, f"L{best}", f"{means[best]:.1f} ± {best_std:.1f}",
                 f"{statistics.fmean(auto_scores):.1f} ± {statistics.stdev(auto_scores) if len(seeds) > 1 else 0:.1f}",
                 f"{below:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
-                f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x", proxy_cell, f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
+                f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x", proxy_cell,
+                f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
                 f"{sum(p == best for p in proxy)}/{len(seeds)}", ",".join(map(str, seeds)),
             ])  # fmt: skip
     footer = [

@@ -56,7 +56,7 @@ def column(args, root: Path, cache: Path) -> list:
     return expand(sweep, root)
 
 
-def old_path(args, work: Path) -> tuple[float, dict]:
+def old_path(args, work: Path) -> tuple[float, list]:
     runs = column(args, work / "runs", work / "cache")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
@@ -66,22 +66,17 @@ def old_path(args, work: Path) -> tuple[float, dict]:
         argument_file.write_text(json.dumps({**run.args, "best_model_in_memory": False, "save_model": True}))
         subprocess.run([sys.executable, "run_glue.py", str(argument_file)], cwd=REPO, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    return time.perf_counter() - start, scores(runs)
+    return time.perf_counter() - start, runs
 
 
-def new_path(args, work: Path) -> tuple[float, dict]:
+def new_path(args, work: Path) -> tuple[float, list]:
     runs = column(args, work / "runs", work / "cache")
     os.environ["OMP_NUM_THREADS"] = "1"
     start = time.perf_counter()
     left = run_sweep(runs, work / "runs" / "column", workers=1, log=lambda _: None)
     if left:
         raise SystemExit(f"new path: runs not finished: {[r.name for r in left]} (see {work}/runs/column/.jobs)")
-    seconds = time.perf_counter() - start
-    OVERHEADS.extend(probe_overhead(runs))
-    return seconds, scores(runs)
-
-
-OVERHEADS: list[float] = []
+    return time.perf_counter() - start, runs
 
 
 def probe_overhead(runs) -> list[float]:
@@ -117,12 +112,15 @@ def main() -> int:
     args = parser.parse_args()
     times: dict[str, list[float]] = {"old": [], "new": []}
     results: dict[str, dict] = {}
+    overheads: list[float] = []
     for repeat in range(args.repeats):
         for name, path in (("old", old_path), ("new", new_path)):
             work = Path(tempfile.mkdtemp(prefix=f"bench_sweep_{name}_"))
-            seconds, found = path(args, work)
+            seconds, column_runs = path(args, work)
             times[name].append(seconds)
-            results[name] = found
+            results[name] = scores(column_runs)
+            if name == "new":
+                overheads.extend(probe_overhead(column_runs))
             print(f"repeat {repeat + 1}: {name} path {seconds:.1f} s ({work})", flush=True)
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
@@ -136,8 +134,8 @@ def main() -> int:
     print(f"| {args.task}, {args.train_samples} train examples, {args.epochs:g} epochs, seeds {args.seeds} | {runs} "
           f"| {old:.1f} | {new:.1f} | {old / new:.2f}x | {diff:.2g} |")  # fmt: skip
     print(
-        f"\nprobe runs of the new path, seconds beyond their training: median {statistics.median(OVERHEADS):.2f}, "
-        f"max {max(OVERHEADS):.2f} ({len(OVERHEADS)} runs)"
+        f"\nprobe runs of the new path, seconds beyond their training: median {statistics.median(overheads):.2f}, "
+        f"max {max(overheads):.2f} ({len(overheads)} runs)"
     )
     return 0
 
