@@ -128,7 +128,8 @@ def selection_split(train: datasets.Dataset, fraction: float, seed: int) -> tupl
 class Candidate:
     layer: int
     proxy: float = math.nan
-    reports: list[tuple[int, float]] = field(default_factory=list)
+    reports: list[tuple[int, float]] = field(default_factory=list)  # (step, selection score) at each rung
+    evaluations: list[dict[str, float]] = field(default_factory=list)  # every metric of each rung's evaluation
     state: str = "not run"
     steps: int = 0
 
@@ -237,6 +238,8 @@ class _Rungs(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = float(metrics[f"eval_{self.metric}"])
         self.candidate.reports.append((state.global_step, value))
+        scores = {k: float(v) for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+        self.candidate.evaluations.append({"step": state.global_step, **scores})
         self.trial.report(value, state.global_step)
         self.turns.hand_over(self.candidate.layer)
         self.turns.take(self.candidate.layer)  # every live candidate has reported this rung now
@@ -360,7 +363,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     record["chosen_layer"] = chosen
     record["candidates"] = {
         str(c.layer): {"proxy_gradient_norm": c.proxy, "state": c.state, "steps": c.steps,
-                       "evaluations": [{"step": s, f"eval_{metric}": v} for s, v in c.reports]}
+                       "evaluations": c.evaluations}
         for c in candidates
     }  # fmt: skip
     record["proxy_choice"] = order[0].layer

@@ -48,6 +48,8 @@ def test_auto_chooses_a_layer_on_a_split_of_the_training_set_and_records_every_c
     states = {c["state"] for c in auto["candidates"].values()}
     assert "complete" in states and states <= {"complete", "pruned"}
     assert all(c["evaluations"] and c["proxy_gradient_norm"] > 0 for c in auto["candidates"].values())
+    rungs = [e for c in auto["candidates"].values() for e in c["evaluations"]]
+    assert all({"step", "eval_accuracy", "eval_loss"} <= set(e) for e in rungs)  # every metric of every rung
     assert auto["budget"]["most_steps_per_candidate"] >= auto["budget"]["rung_steps"] >= 1
     assert auto["cost_in_runs"] > 1
     config = json.loads((tmp_path / "o" / "run_config.json").read_text())
