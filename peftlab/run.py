@@ -813,12 +813,15 @@ def build_trainer(
     if spec.space is not None:
 
         def model_init(trial=None):
-            """Every search trial builds its model right after seeding, as an ordinary run does."""
+            """Every search trial builds its model right after seeding, as an ordinary run does; then seeds again,
+            as the Trainer's construction does in an ordinary run, so that the trial draws its data order and
+            dropout from the same random state as ``best_run.json`` will (the Trainer seeds once, before this)."""
             values = trial_values(trial, spec.space)
             peft = dataclasses.replace(peft_args, **{k: v for k, v in values.items() if hasattr(peft_args, k)})
             head = dataclasses.replace(model_args, **{k: v for k, v in values.items() if k == "head_dropout"})
             built = make_model(ws, spec, peft, head)
             built.frozen_prefix = model.frozen_prefix
+            set_seed(training_args.seed)
             return built
 
     return GlueTrainer(

@@ -151,6 +151,9 @@ def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, 
     objective_key = f"eval_{metric}"
 
     def objective(metrics: dict[str, float]) -> float:
+        trial = getattr(trainer, "_trial", None)  # the Trainer's trial in progress
+        if hasattr(trial, "set_user_attr"):  # Optuna: keep every metric of the trial's last evaluation
+            trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics[objective_key]
 
     kwargs: dict[str, Any] = {}
@@ -216,7 +219,9 @@ def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, 
     if search_args.hp_search == "optuna":
         study = optuna.load_study(study_name=search_args.hp_study_name, storage=kwargs["storage"])
         summary["trials"] = [
-            {"number": t.number, "value": t.value, "params": t.params, "state": t.state.name} for t in study.trials
+            {"number": t.number, "value": t.value, "params": t.params, "state": t.state.name,
+             "metrics": t.user_attrs.get("metrics")}
+            for t in study.trials
         ]
         summary["best"] = {
             "value": study.best_value,

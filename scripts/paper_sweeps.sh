@@ -10,7 +10,9 @@ EXTRA=("$@")
 # 1. Table 1: the seven cheaper tasks with three seeds, then SST-2 and QQP with one.
 sweep scripts/sweeps/table1_paper.json --tasks rte,mrpc,stsb,cola,wnli,qnli,mnli
 sweep scripts/sweeps/table1_paper.json --tasks sst2,qqp --seeds 42
-# 2. The MRPC layer sweep and scale-up.
+# 2. The MRPC layer sweep and scale-up: seed 42 of both first (whole tables early), then seeds 43 and 44.
+sweep scripts/sweeps/layer_sweep_mrpc_paper.json --seeds 42
+sweep scripts/sweeps/scaleup_mrpc_paper.json --seeds 42
 sweep scripts/sweeps/layer_sweep_mrpc_paper.json
 sweep scripts/sweeps/scaleup_mrpc_paper.json
 # 3. More seeds of SST-2 and QQP as the machine allows.

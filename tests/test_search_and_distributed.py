@@ -45,6 +45,11 @@ def test_optuna_search_resumes_and_its_best_trial_reruns_to_the_same_metric(tiny
     assert "hp_search" not in best
     rerun = main([str(out / "best_run.json")])
     assert rerun["eval_accuracy"] == pytest.approx(summary["best"]["value"])
+    # the same training, not only the same accuracy (a barely trained tiny model scores 0.5 whatever it does):
+    # the loss, a continuous function of every weight, agrees to float precision
+    trial = summary["trials"][summary["best"]["trial"]]
+    assert trial["metrics"]["eval_accuracy"] == trial["value"]
+    assert rerun["eval_loss"] == pytest.approx(trial["metrics"]["eval_loss"], rel=1e-6)
     assert rerun["method_params"] == 2 * 32 * best["bottleneck_dim"] + best["bottleneck_dim"] + 32
 
 
