@@ -219,8 +219,13 @@ def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, 
     if search_args.hp_search == "optuna":
         study = optuna.load_study(study_name=search_args.hp_study_name, storage=kwargs["storage"])
         summary["trials"] = [
-            {"number": t.number, "value": t.value, "params": t.params, "state": t.state.name,
-             "metrics": t.user_attrs.get("metrics")}
+            {
+                "number": t.number,
+                "value": t.value,
+                "params": t.params,
+                "state": t.state.name,
+                "metrics": t.user_attrs.get("metrics"),
+            }
             for t in study.trials
         ]
         summary["best"] = {
