@@ -7,8 +7,9 @@ For each task and method (rows ``<method>`` at every layer, ``<method>_auto`` wi
 automatically; same seeds): the best layer by mean dev score over the seeds, its mean and standard deviation,
 the auto runs' mean, how far below the best layer that is in the best layer's seed standard deviations, the layers
 auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time over the mean CPU time of the layer
-sweep's runs of that seed) and of the full sweep, and how often the zero-training proxy (gradient norm at
-initialisation) picked the same layer as the halving and as the best layer. Writes <out>.md and <out>.csv.
+sweep's runs of that seed) and of the full sweep, how often the zero-training proxy (gradient norm at
+initialisation) picked the same layer as the halving and as the best layer, and how many layers are within one std
+of the best (what a layer drawn at random would pass with). Writes <out>.md and <out>.csv.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def main() -> int:
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep and r["score"] is not None]
     header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
               "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep",
-              "proxy alone (below best)", "proxy = halving", "proxy = best", "seeds"]  # fmt: skip
-    body, within, cells, same, compared, proxy_within = [], 0, 0, 0, 0, 0
+              "proxy alone (below best)", "proxy = halving", "proxy = best", "layers within 1 std", "seeds"]  # fmt: skip
+    body, within, cells, same, compared, proxy_within, chance = [], 0, 0, 0, 0, 0, 0.0
     for task in dict.fromkeys(r["task"] for r in rows):
         for method in sorted({r["variant"] for r in rows if r["task"] == task and not r["variant"].endswith("_auto")}):
             fixed = [r for r in rows if r["task"] == task and r["variant"] == method]
@@ -73,7 +74,9 @@ def main() -> int:
             auto_scores = [100 * auto_rows[s]["score"] for s in seeds]
             records = {s: auto_record(auto_rows[s]) for s in seeds}
             below = stds_below(means[best], best_std, auto_scores)
+            near = sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values())
             cells += 1
+            chance += near / len(means)
             within += below <= 1.0
             one_run = [statistics.fmean(c for c in (cost(runs[s]) for runs in complete.values()) if c) for s in seeds]
             auto_cost = [cost(auto_rows[s]) for s in seeds]
@@ -99,17 +102,18 @@ def main() -> int:
                 f"{below:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
                 f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x", proxy_cell,
                 f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
-                f"{sum(p == best for p in proxy)}/{len(seeds)}", ",".join(map(str, seeds)),
+                f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{near}/{len(means)}", ",".join(map(str, seeds)),
             ])  # fmt: skip
     footer = [
         f"auto within one seed standard deviation of the best layer: {within} of {cells} task-method cells; the "
-        f"proxy alone: {proxy_within} of {cells}.",
+        f"proxy alone: {proxy_within} of {cells}; a layer drawn at random: {chance:.1f} of {cells} expected.",
         "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs one run = auto's CPU time "
         "(choice and final training) over the mean CPU time of one fixed-layer run of the same seed; cost vs its "
         "layer's run = the same over the fixed-layer run at the layer auto chose; cost vs sweep = the same over the "
         "whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the layers the gradient-norm "
         "proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how far below the best layer "
-        "that is, in its seed std.",
+        "that is, in its seed std; layers within 1 std = the layers whose mean is within one std of the best "
+        "layer's (the best included), the chance that a layer drawn at random passes.",
         f"auto's final training gave exactly the score of the fixed-layer run at the layer it chose (same seed) in "
         f"{same} of {compared} runs.",
     ]

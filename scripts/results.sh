@@ -48,9 +48,12 @@ for suffix in "" _paper; do
   done
 done
 
-# --target_layers auto against the full layer sweeps of the same runs (scripts/sweeps/auto_layer_check.json)
-if has auto_layer_check adapter,lora,adapter_auto,lora_auto; then
-  python scripts/auto_layer_check.py "$CSV" --sweep auto_layer_check --out "$OUT/auto_layer_check"
-else echo "auto_layer_check: not every row has finished runs yet"; fi
+# --target_layers auto against the full layer sweeps of the same runs (scripts/sweeps/auto_layer_check.json: 1,000
+# training examples per task; auto_layer_check_full.json: whole training sets)
+for sweep in auto_layer_check auto_layer_check_full; do
+  if has $sweep adapter,lora,adapter_auto,lora_auto; then
+    python scripts/auto_layer_check.py "$CSV" --sweep $sweep --out "$OUT/$sweep"
+  else echo "$sweep: not every row has finished runs yet"; fi
+done
 
 python scripts/splice_tables.py "$DOC" "$OUT"

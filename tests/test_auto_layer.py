@@ -222,8 +222,11 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     # best L1 71.0 ± 1.4; auto 70 (seed 42, L1) and 66 (seed 43, L0): 68.0 ± 2.8, 2.12 std below; costs 30 / 15 (the
     # mean run), 30/10 and 30/20 (its layer's run), 30 / 30 (the sweep); the proxy's layer 0 gives 66.0, 3.54 below
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
-    assert cells[11:] == ["1/2", "0/2", "42,43"]
-    assert "in 2 of 2 runs" in proc.stdout and "0 of 1 task-method cells; the proxy alone: 0 of 1" in proc.stdout
+    assert cells[11:] == ["1/2", "0/2", "1/2", "42,43"]  # layer 0's 66 is 3.54 std below: only L1 is within one
+    assert "in 2 of 2 runs" in proc.stdout
+    assert (
+        "0 of 1 task-method cells; the proxy alone: 0 of 1; a layer drawn at random: 0.5 of 1 expected" in proc.stdout
+    )
 
 
 def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rte_distinct, tmp_path):
