@@ -6,7 +6,8 @@ it then reports. Here the choice is made on a *selection split* carved from the 
 set), by successive halving over the candidate layers, run through Optuna: each candidate layer is a trial (the
 layer a categorical parameter, one enqueued trial per layer), trained on the rest of the training set and
 evaluated on the selection split at rungs of ``r``, ``2r``, ``4r``... steps, where :class:`SynchronousHalving`
-(an Optuna pruner) keeps the better half of the trials and prunes the rest; the last one left is the choice. The
+(an Optuna pruner) keeps the better half of the trials and prunes the rest (equal scores told apart by the
+selection loss); the last one left is the choice. The
 chosen configuration is then trained on the whole training set and evaluated on dev as usual.
 
 The rungs are complete: every live candidate reaches a rung before any is judged there. Optuna's own
@@ -146,23 +147,43 @@ def rung_steps(candidates: int, budget_steps: int, factor: int = 2) -> list[int]
     return [r * rung for rung in rungs]
 
 
+def rank(study, trial, step: int) -> tuple[float, float]:
+    """How good ``trial``'s evaluation at ``step`` is, larger better: its value (negated when the study minimises),
+    then its selection loss, lower better (a missing or non-finite loss ranks last)."""
+    import optuna
+
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    loss = trial.user_attrs.get(f"loss@{step}")
+    return sign * trial.intermediate_values[step], -loss if loss is not None and math.isfinite(loss) else -math.inf
+
+
+def best_layer(study) -> int:
+    """The layer of the best trial that completed the halving, by :func:`rank` at its last evaluation (several
+    complete only when they tie at the last rung; then the first in turn order, the proxy's, wins)."""
+    import optuna
+
+    finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(finished, key=lambda t: rank(study, t, t.last_step)).params["layer"]
+
+
 class SynchronousHalving:
     """An Optuna pruner: at a rung (a step every live trial reports before any is judged), a trial goes on if its
-    value is among the best ``n // factor`` of the ``n`` trials that reported that step (ties go on together)."""
+    value is among the best ``n // factor`` of the ``n`` trials that reported that step. Equal values are told
+    apart by the selection loss of the same evaluation, lower first (a trial's user attribute ``loss@<step>``):
+    discrete scores tie often (an accuracy on a few hundred examples; a Matthews correlation of 0 for every
+    candidate that still predicts one class). Trials equal in both go on together."""
 
     def __init__(self, rungs: list[int], factor: int = 2) -> None:
         self.rungs, self.factor = set(rungs), factor
 
     def kept(self, study, step: int) -> list[int]:
         """Numbers of the trials that go on from the rung at ``step``."""
-        import optuna
-
-        values = {t.number: t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                  if step in t.intermediate_values}  # fmt: skip
-        keep = max(1, len(values) // self.factor)
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        bar = sorted((sign * v for v in values.values()), reverse=True)[keep - 1]
-        return [number for number, value in values.items() if sign * value >= bar]
+        scores = {
+            t.number: rank(study, t, step) for t in study.get_trials(deepcopy=False) if step in t.intermediate_values
+        }
+        keep = max(1, len(scores) // self.factor)
+        bar = sorted(scores.values(), reverse=True)[keep - 1]
+        return [number for number, score in scores.items() if score >= bar]
 
     def prune(self, study, trial) -> bool:
         step = trial.last_step
@@ -240,6 +261,7 @@ class _Rungs(TrainerCallback):
         self.candidate.reports.append((state.global_step, value))
         scores = {k: float(v) for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         self.candidate.evaluations.append({"step": state.global_step, **scores})
+        self.trial.set_user_attr(f"loss@{state.global_step}", scores.get("eval_loss"))  # the pruner's tie-break
         self.trial.report(value, state.global_step)
         self.turns.hand_over(self.candidate.layer)
         self.turns.take(self.candidate.layer)  # every live candidate has reported this rung now
@@ -323,6 +345,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     started = time.time()
     record: dict[str, Any] = {
         "strategy": args.auto_layer_strategy, "metric": f"eval_{metric}", "greater_is_better": greater,
+        "ties": "broken by the lower eval_loss on the selection split, then by the proxy's order",
         "selection_split": f"{len(selection)} examples held out of the {len(features.train)} training examples "
                            f"(seed {spec.data_args.split_seed}); candidates trained on the other {len(rest)}",
         "budget": {"final_run_steps": final_steps, "auto_budget": args.auto_budget, "rungs": rungs,
@@ -354,7 +377,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
                 return trainer.state.global_step
 
             halving(study, order, metric, train, states)
-            chosen = study.best_trial.params["layer"]
+            chosen = best_layer(study)
         else:
             chosen = order[0].layer
     finally:

@@ -101,7 +101,7 @@ def test_rungs_spend_the_budget_over_a_halving_down_to_one_candidate():
 
 def fake_training(values):
     """A ``train`` for :func:`peftlab.autolayer.halving` that steps a callback through a training whose
-    selection score at each step is ``values(layer, step)``."""
+    selection score at each step is ``values(layer, step)`` (or its (score, loss) pair)."""
     from transformers import TrainerControl, TrainerState
 
     def train(candidate, callback):
@@ -111,7 +111,10 @@ def fake_training(values):
             callback.on_step_end(None, state, control)
             if control.should_evaluate:
                 control.should_evaluate = False
-                callback.on_evaluate(None, state, control, metrics={"eval_score": values(candidate.layer, step)})
+                value = values(candidate.layer, step)
+                score, loss = value if isinstance(value, tuple) else (value, None)
+                metrics = {"eval_score": score} | ({} if loss is None else {"eval_loss": loss})
+                callback.on_evaluate(None, state, control, metrics=metrics)
             if control.should_training_stop:
                 break
         return state.global_step
@@ -122,7 +125,7 @@ def fake_training(values):
 def test_halving_judges_complete_rungs_and_stops_at_the_last_candidate_left():
     import optuna
 
-    from peftlab.autolayer import Candidate, SynchronousHalving, halving
+    from peftlab.autolayer import Candidate, SynchronousHalving, best_layer, halving
 
     # Layer 0 leads at the first rung; layers 3 and 5 overtake it at the second: an asynchronous pruner with layer 0
     # run first would have let it through every rung unopposed.
@@ -130,11 +133,27 @@ def test_halving_judges_complete_rungs_and_stops_at_the_last_candidate_left():
     candidates = [Candidate(layer) for layer in (0, 1, 2, 3, 4, 5)]
     study = optuna.create_study(direction="maximize", pruner=SynchronousHalving([5, 10, 20]))
     halving(study, candidates, "score", fake_training(lambda layer, step: scores[layer][step // 5 - 1]))
-    assert study.best_trial.params["layer"] == 5
+    assert study.best_trial.params["layer"] == 5 == best_layer(study)
     assert {c.layer: (c.state, c.steps) for c in candidates} == {
         0: ("pruned", 10), 1: ("pruned", 5), 2: ("pruned", 5), 3: ("pruned", 10), 4: ("pruned", 5), 5: ("complete", 10)
     }  # fmt: skip
     assert sum(c.steps for c in candidates) == 45  # 6 x 5 + 3 x 5: the winner stops as soon as it is alone
+
+
+def test_equal_scores_are_told_apart_by_the_selection_loss():
+    import optuna
+
+    from peftlab.autolayer import Candidate, SynchronousHalving, best_layer, halving
+
+    # Every candidate predicts one class (a Matthews correlation of 0) at both rungs; only the loss separates them.
+    loss = {0: 0.61, 1: 0.60, 2: 0.59, 3: 0.62, 4: 0.58, 5: 0.63}
+    candidates = [Candidate(layer) for layer in (5, 4, 3, 2, 1, 0)]  # the proxy's turn order: upper layers first
+    study = optuna.create_study(direction="maximize", pruner=SynchronousHalving([5, 10]))
+    halving(study, candidates, "score", fake_training(lambda layer, step: (0.0, loss[layer] - step / 1000)))
+    assert {c.layer for c in candidates if c.steps == 10} == {4, 2, 1}  # the three lowest losses went on
+    assert {c.layer: c.state for c in candidates if c.state == "complete"} == {4: "complete"}
+    assert best_layer(study) == 4  # before, six ties: every candidate went on, and the first in turn order won
+    assert candidates[1].evaluations[0] == {"step": 5, "eval_score": 0.0, "eval_loss": pytest.approx(0.575)}
 
 
 def test_a_failing_candidate_stops_the_halving_with_its_error():
