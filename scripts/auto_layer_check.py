@@ -6,8 +6,9 @@
 For each task and method (rows ``<method>`` at every layer, ``<method>_auto`` with the layer chosen
 automatically; same seeds): the best layer by mean dev score over the seeds, its mean and standard deviation,
 the auto runs' mean, how far below the best layer that is in the best layer's seed standard deviations, the layers
-auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time over the mean CPU time of the layer
-sweep's runs of that seed) and of the full sweep, how often the zero-training proxy (gradient norm at
+auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time in units of its own final training,
+times the fixed-layer run at the chosen layer over the mean run of the layer sweep, same seed) and of the full
+sweep, how often the zero-training proxy (gradient norm at
 initialisation) picked the same layer as the halving and as the best layer, and how many layers are within one std
 of the best (what a layer drawn at random would pass with). Writes <out>.md and <out>.csv.
 """
@@ -37,6 +38,16 @@ def cost(row: dict) -> float | None:
 
 def auto_record(row: dict) -> dict:
     return json.loads((Path(row["output_dir"]) / "all_results.json").read_text())["auto_layer"]
+
+
+def own_ratio(auto_row: dict, record: dict, own: float | None) -> float | None:
+    """An auto run's CPU time in units of its own final training: (choice + final training) / final training,
+    both measured in the auto run's process; without the choice's CPU time in the record, over ``own`` (the
+    fixed-layer run at the chosen layer)."""
+    whole, choice = cost(auto_row), record.get("selection_cpu_seconds")
+    if whole and choice is not None and whole > choice:
+        return whole / (whole - choice)
+    return whole / own if whole and own else None
 
 
 def stds_below(best_mean: float, best_std: float, scores: list[float]) -> float:
@@ -79,11 +90,14 @@ def main() -> int:
             chance += near / len(means)
             within += below <= 1.0
             one_run = [statistics.fmean(c for c in (cost(runs[s]) for runs in complete.values()) if c) for s in seeds]
-            auto_cost = [cost(auto_rows[s]) for s in seeds]
-            vs_run = statistics.fmean(a / b for a, b in zip(auto_cost, one_run) if a and b)
             chosen = [records[s]["chosen_layer"] for s in seeds]
             own = [cost(by_layer[c][s]) if s in by_layer.get(c, {}) else None for s, c in zip(seeds, chosen)]
-            vs_own = [a / b for a, b in zip(auto_cost, own) if a and b]
+            # auto's CPU time over that of its own final training (same process, so the same load on the machine);
+            # its final training is the fixed-layer run at the chosen layer, so this ratio times that run's CPU time
+            # is auto's cost as if it had run beside the layer sweep
+            vs_own = [own_ratio(auto_rows[s], records[s], o) for s, o in zip(seeds, own)]
+            vs_run = statistics.fmean(r * o / m for r, o, m in zip(vs_own, own, one_run) if r and o and m)
+            vs_own = [r for r in vs_own if r]
             for seed, layer in zip(seeds, chosen):  # the final run is the fixed-layer run of the chosen layer
                 if seed in by_layer.get(layer, {}):
                     compared += 1
@@ -107,10 +121,12 @@ def main() -> int:
     footer = [
         f"auto within one seed standard deviation of the best layer: {within} of {cells} task-method cells; the "
         f"proxy alone: {proxy_within} of {cells}; a layer drawn at random: {chance:.1f} of {cells} expected.",
-        "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs one run = auto's CPU time "
-        "(choice and final training) over the mean CPU time of one fixed-layer run of the same seed; cost vs its "
-        "layer's run = the same over the fixed-layer run at the layer auto chose; cost vs sweep = the same over the "
-        "whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the layers the gradient-norm "
+        "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs its layer's run = auto's "
+        "CPU time (choice and final training) over that of its final training, both measured in its own process "
+        "(the final training is the fixed-layer run at the chosen layer); cost vs one run = that ratio times the "
+        "CPU time of the fixed-layer run at the chosen layer over the mean CPU time of one fixed-layer run of the "
+        "same seed (so auto runs made under another load on the machine than the sweep are compared fairly); cost "
+        "vs sweep = the same over the whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the layers the gradient-norm "
         "proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how far below the best layer "
         "that is, in its seed std; layers within 1 std = the layers whose mean is within one std of the best "
         "layer's (the best included), the chance that a layer drawn at random passes.",
