@@ -194,6 +194,39 @@ def test_resume_from_the_latest_checkpoint_and_only_into_the_same_model(tiny_ber
         main([*other, "--resume_from_checkpoint", str(out / "checkpoint-4")])
 
 
+def test_a_run_killed_after_a_checkpoint_and_resumed_ends_as_if_never_stopped(
+    tiny_bert, rte_dir, tmp_path, monkeypatch
+):
+    """Kill a 3-epoch run right after its epoch-2 checkpoint, resume it: the same weights, data order and dropout as
+    the run that was never stopped, so the same loss to float precision (a lost sampler or random state shows)."""
+    from transformers import TrainerCallback
+
+    train = [*base(tiny_bert, rte_dir, tmp_path / "whole"), "--method", "lora@1", "--num_train_epochs", "3",
+             "--save_strategy", "epoch", "--eval_strategy", "epoch", "--learning_rate", "5e-3", *FAST]  # fmt: skip
+    whole = main(train)
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 8:
+                raise KeyboardInterrupt
+
+    build = GlueTrainer.__init__
+    monkeypatch.setattr(
+        GlueTrainer, "__init__", lambda self, *a, **k: build(self, *a, **k) or self.add_callback(Kill())
+    )
+    killed = [*base(tiny_bert, rte_dir, tmp_path / "killed"), *train[8:]]
+    with pytest.raises(KeyboardInterrupt):
+        main(killed)
+    monkeypatch.setattr(GlueTrainer, "__init__", build)
+    assert not (tmp_path / "killed" / "all_results.json").exists()
+    steps, step = [], GlueTrainer.training_step
+    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    resumed = main([*killed, "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
+    assert len(steps) == 4  # epoch 3 only: resumed from checkpoint-8, not trained again from the start
+    assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
+    # (train_loss differs: the Trainer averages it over the steps of the last session only, here epoch 3)
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(tiny_bert, rte_dir, tmp_path, no_model_loading):
     out = tmp_path / "o"
     write(out / "checkpoint-3" / "half-written.bin", "")  # no trainer_state.json: incomplete, never resumed from
