@@ -129,7 +129,6 @@ def selection_split(train: datasets.Dataset, fraction: float, seed: int) -> tupl
 class Candidate:
     layer: int
     proxy: float = math.nan
-    reports: list[tuple[int, float]] = field(default_factory=list)  # (step, selection score) at each rung
     evaluations: list[dict[str, float]] = field(default_factory=list)  # every metric of each rung's evaluation
     state: str = "not run"
     steps: int = 0
@@ -258,7 +257,6 @@ class _Rungs(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         value = float(metrics[f"eval_{self.metric}"])
-        self.candidate.reports.append((state.global_step, value))
         scores = {k: float(v) for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, (int, float))}
         self.candidate.evaluations.append({"step": state.global_step, **scores})
         self.trial.set_user_attr(f"loss@{state.global_step}", scores.get("eval_loss"))  # the pruner's tie-break
@@ -298,7 +296,7 @@ def halving(study, candidates: list[Candidate], metric: str, train, states: dict
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 candidate.state = "complete"
-                study.tell(trial, candidate.reports[-1][1])
+                study.tell(trial, candidate.evaluations[-1][f"eval_{metric}"])
         except Stopped:
             return
         except BaseException as error:  # handed to the caller's thread below

@@ -8,9 +8,9 @@ automatically; same seeds): the best layer by mean dev score over the seeds, its
 the auto runs' mean, how far below the best layer that is in the best layer's seed standard deviations, the layers
 auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time in units of its own final training,
 times the fixed-layer run at the chosen layer over the mean run of the layer sweep, same seed) and of the full
-sweep, how often the zero-training proxy (gradient norm at
-initialisation) picked the same layer as the halving and as the best layer, and how many layers are within one std
-of the best (what a layer drawn at random would pass with). Writes <out>.md and <out>.csv.
+sweep, how often the zero-training proxy (gradient norm at initialisation) picked the same layer as the halving and
+as the best layer, and how many layers are within one std of the best (what a layer drawn at random would pass
+with). Writes <out>.md and <out>.csv.
 """
 
 from __future__ import annotations
@@ -95,9 +95,9 @@ def main() -> int:
             # auto's CPU time over that of its own final training (same process, so the same load on the machine);
             # its final training is the fixed-layer run at the chosen layer, so this ratio times that run's CPU time
             # is auto's cost as if it had run beside the layer sweep
-            vs_own = [own_ratio(auto_rows[s], records[s], o) for s, o in zip(seeds, own)]
-            vs_run = statistics.fmean(r * o / m for r, o, m in zip(vs_own, own, one_run) if r and o and m)
-            vs_own = [r for r in vs_own if r]
+            ratios = [own_ratio(auto_rows[s], records[s], o) for s, o in zip(seeds, own)]
+            vs_run = statistics.fmean(r * o / m for r, o, m in zip(ratios, own, one_run) if r and o and m)
+            vs_own = [r for r in ratios if r]
             for seed, layer in zip(seeds, chosen):  # the final run is the fixed-layer run of the chosen layer
                 if seed in by_layer.get(layer, {}):
                     compared += 1
@@ -126,9 +126,9 @@ def main() -> int:
         "(the final training is the fixed-layer run at the chosen layer); cost vs one run = that ratio times the "
         "CPU time of the fixed-layer run at the chosen layer over the mean CPU time of one fixed-layer run of the "
         "same seed (so auto runs made under another load on the machine than the sweep are compared fairly); cost "
-        "vs sweep = the same over the whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the layers the gradient-norm "
-        "proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how far below the best layer "
-        "that is, in its seed std; layers within 1 std = the layers whose mean is within one std of the best "
+        "vs sweep = the same over the whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the "
+        "layers the gradient-norm proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how "
+        "far below the best layer that is, in its seed std; layers within 1 std = the layers whose mean is within one std of the best "
         "layer's (the best included), the chance that a layer drawn at random passes.",
         f"auto's final training gave exactly the score of the fixed-layer run at the layer it chose (same seed) in "
         f"{same} of {compared} runs.",

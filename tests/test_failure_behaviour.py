@@ -172,14 +172,19 @@ def test_resume_into_a_non_empty_output_folder_needs_overwrite(tiny_bert, rte_di
         main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", str(out / "checkpoint-4")])
 
 
+def count_training_steps(monkeypatch) -> list[int]:
+    """A list that gets one item per training step the Trainer takes from now on."""
+    steps, step = [], GlueTrainer.training_step
+    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    return steps
+
+
 def test_resume_from_the_latest_checkpoint_and_only_into_the_same_model(tiny_bert, rte_dir, tmp_path, monkeypatch):
     out = tmp_path / "o"
     train = [*base(tiny_bert, rte_dir, out), "--method", "adapter@0", "--save_strategy", "epoch", *FAST]
     main([*train, "--num_train_epochs", "1"])
     assert (out / "checkpoint-4" / "peftlab_model.json").is_file()
-    steps = []
-    step = GlueTrainer.training_step
-    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    steps = count_training_steps(monkeypatch)
     results = main([*train, "--num_train_epochs", "2", "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
     assert len(steps) == 4  # steps 5..8 only: resumed at step 4, not started again
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8 and "eval_accuracy" in results
@@ -219,8 +224,7 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_as_if_never_stopped(
         main(killed)
     monkeypatch.setattr(GlueTrainer, "__init__", build)
     assert not (tmp_path / "killed" / "all_results.json").exists()
-    steps, step = [], GlueTrainer.training_step
-    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    steps = count_training_steps(monkeypatch)
     resumed = main([*killed, "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
     assert len(steps) == 4  # epoch 3 only: resumed from checkpoint-8, not trained again from the start
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
