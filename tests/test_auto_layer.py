@@ -242,12 +242,13 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     cells = [c.strip() for c in row.strip("|").split("|")]
     # best L1 71.0 ± 1.4; auto 70 (seed 42, L1) and 66 (seed 43, L0): 68.0 ± 2.8, 2.12 std below; costs 3 and 1.5 of
     # its own final training (its layer's run), 3 x 10 / 15 and 1.5 x 20 / 15 = 2 of the mean run, 2 / 2 of the
-    # sweep; the proxy's layer 0 gives 66.0, 3.54 below
+    # sweep; the proxy's layer 0 gives 66.0, 3.54 below; the top layer is the best one here
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
-    assert cells[11:] == ["1/2", "0/2", "1/2", "42,43"]  # layer 0's 66 is 3.54 std below: only L1 is within one
+    assert cells[11:] == ["L1: 71.0 (0.00)", "1/2", "0/2", "1/2", "42,43"]  # layer 0's 66 is 3.54 std below
     assert "in 2 of 2 runs" in proc.stdout
     assert (
-        "0 of 1 task-method cells; the proxy alone: 0 of 1; a layer drawn at random: 0.5 of 1 expected" in proc.stdout
+        "0 of 1 task-method cells; the proxy alone: 0 of 1; the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 "
+        "expected" in proc.stdout
     )
 
 
