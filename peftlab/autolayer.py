@@ -25,9 +25,16 @@ candidate layers are one pass over the selection data), so a layer-k candidate c
 
 Proxy (``--auto_layer_strategy proxy`` uses it alone): the norm of the loss gradient that the method's
 parameters receive at initialisation, averaged over a few batches of the selection training data, per layer;
-for a zero-initialised module it measures how much the loss wants that layer to change. Its ranking is recorded
+for a zero-initialised module it measures how much the loss wants that layer to change (with a warm head, below,
+beyond what the probe already fits). Its ranking is recorded
 beside the halving's in every run, so how often the two agree can be counted (``scripts/auto_layer_check.py``);
 the halving takes its turns in the proxy's order.
+
+Warm head (``--auto_warm_head``): every candidate starts from the head of a linear probe, trained first on the
+frozen backbone for the final run's steps (with the cache, on cached features: cheap). A new head's first steps
+learn what every candidate learns alike (the class prior, the probe's features), and at short rungs that is most
+of what a candidate's score shows; from the probe's head on, a rung's score shows what the module adds at its layer.
+The final training starts from a new head as usual, so it is the fixed-layer run at the chosen layer.
 """
 
 from __future__ import annotations
@@ -80,6 +87,13 @@ class AutoLayerArguments:
         default=0.5,
         metadata={
             "help": "Steps of the whole successive halving (all candidates together), as a share of the final run's steps."
+        },
+    )
+    auto_warm_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Start every halving candidate from the head of a linear probe trained first on the frozen "
+            "backbone (the final run's steps), so that short rungs measure the module rather than a new head."
         },
     )
 
@@ -353,13 +367,21 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         c.layer: dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, c.layer))
         for c in candidates
     }
-    plan_cache(list(pefts.values()), [rest, selection])
     halve = args.auto_layer_strategy == "halving" and len(candidates) > 1
+    warm = args.auto_warm_head and halve
+    probe_peft = dataclasses.replace(spec.peft_args, method="probe")
+    plan_cache(list(pefts.values()) + ([probe_peft] if warm else []), [rest, selection])
     trainers, states, cpu = {}, {}, time.process_time()
+    head = None
     try:
+        if warm:
+            probe_args = training.__class__(**_copy(training, work, final_steps))
+            head, record["warm_head"] = probe_head(build_trainer(probe_peft, rest, selection, probe_args, []))
         for candidate in candidates:  # each candidate's trainer, and the zero-training proxy
             candidate_args = training.__class__(**_copy(training, work, most if halve else 0))
             trainers[candidate.layer] = build_trainer(pefts[candidate.layer], rest, selection, candidate_args, [])
+            if head is not None:
+                trainers[candidate.layer].model.head.load_state_dict(head)
             states[candidate.layer] = _rng_state()  # where its training starts, as if it were built and trained alone
             candidate.proxy = gradient_norm(trainers[candidate.layer])
         order = sorted(candidates, key=lambda c: -c.proxy)
@@ -396,6 +418,18 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         "Auto layer: chose layer %d (%s); candidates %s", chosen, args.auto_layer_strategy, record["candidates"]
     )
     return record
+
+
+def probe_head(trainer) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Train ``trainer`` (a linear probe: only the head trains) and return its head's weights and its evaluation on
+    the selection split, with its step count."""
+    trainer.train()
+    metrics = trainer.evaluate()
+    head = {k: v.detach().clone() for k, v in trainer.model.head.state_dict().items()}
+    return head, {
+        "steps": trainer.state.global_step,
+        **{k: v for k, v in metrics.items() if "runtime" not in k and "per_second" not in k},
+    }
 
 
 def _copy(training, work: Path, steps: int) -> dict[str, Any]:

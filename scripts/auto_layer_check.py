@@ -55,6 +55,57 @@ def stds_below(best_mean: float, best_std: float, scores: list[float]) -> float:
     return (best_mean - statistics.fmean(scores)) / best_std if best_std > 0 else float("nan")
 
 
+def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
+    """One task-method cell: the fixed-layer runs of a method against the runs of one of its auto variants (the
+    seeds that both have); None when they share no seed."""
+    seeds = sorted({r["seed"] for r in auto} & {r["seed"] for r in fixed})
+    by_layer = defaultdict(dict)
+    for r in fixed:
+        by_layer[r["layer"]][r["seed"]] = r
+    complete = {layer: runs for layer, runs in by_layer.items() if all(s in runs for s in seeds)}
+    if not seeds or not complete:
+        return None
+    means = {layer: statistics.fmean(100 * runs[s]["score"] for s in seeds) for layer, runs in complete.items()}
+    best = max(means, key=means.get)
+    best_std = statistics.stdev([100 * complete[best][s]["score"] for s in seeds]) if len(seeds) > 1 else 0.0
+    auto_rows = {r["seed"]: r for r in auto if r["seed"] in seeds}
+    auto_scores = [100 * auto_rows[s]["score"] for s in seeds]
+    records = {s: auto_record(auto_rows[s]) for s in seeds}
+    one_run = [statistics.fmean(c for c in (cost(runs[s]) for runs in complete.values()) if c) for s in seeds]
+    chosen = [records[s]["chosen_layer"] for s in seeds]
+    own = [cost(by_layer[c][s]) if s in by_layer.get(c, {}) else None for s, c in zip(seeds, chosen)]
+    # auto's CPU time over that of its own final training (same process, so the same load on the machine); its
+    # final training is the fixed-layer run at the chosen layer, so this ratio times that run's CPU time is auto's
+    # cost as if it had run beside the layer sweep
+    ratios = [own_ratio(auto_rows[s], records[s], o) for s, o in zip(seeds, own)]
+    vs_run = statistics.fmean(r * o / m for r, o, m in zip(ratios, own, one_run) if r and o and m)
+    vs_own = [r for r in ratios if r]
+    # the final run is the fixed-layer run of the chosen layer
+    finals = [
+        auto_rows[s]["score"] == by_layer[c][s]["score"] for s, c in zip(seeds, chosen) if s in by_layer.get(c, {})
+    ]
+    proxy = [records[s]["proxy_choice"] for s in seeds]
+    # the proxy strategy's score: the fixed-layer run at the proxy's layer (auto's final run is that run)
+    proxy_scores = [100 * complete[p][s]["score"] for p, s in zip(proxy, seeds) if p in complete]
+    proxy_below = stds_below(means[best], best_std, proxy_scores) if len(proxy_scores) == len(seeds) else None
+    top = max(complete)  # the baseline a user has without any choice: the top layer (the cheapest run with the cache)
+    cell = {
+        "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
+        "top_below": stds_below(means[best], best_std, [means[top]]), "finals": finals,
+        "near": sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values()), "layers": len(means),
+    }  # fmt: skip
+    cell["row"] = [
+        f"L{best}", f"{means[best]:.1f} ± {best_std:.1f}",
+        f"{statistics.fmean(auto_scores):.1f} ± {statistics.stdev(auto_scores) if len(seeds) > 1 else 0:.1f}",
+        f"{cell['below']:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
+        f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x",
+        f"{statistics.fmean(proxy_scores):.1f} ({proxy_below:.2f})" if proxy_below is not None else "-",
+        f"L{top}: {means[top]:.1f} ({cell['top_below']:.2f})", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
+        f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{cell['near']}/{len(means)}", ",".join(map(str, seeds)),
+    ]  # fmt: skip
+    return cell
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("csv")
@@ -64,68 +115,37 @@ def main() -> int:
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep and r["score"] is not None]
     header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
               "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep",
-              "proxy alone (below best)", "top layer (below best)", "proxy = halving", "proxy = best", "layers within 1 std", "seeds"]  # fmt: skip
-    body, within, cells, same, compared, proxy_within, top_within, chance = [], 0, 0, 0, 0, 0, 0, 0.0
+              "proxy alone (below best)", "top layer (below best)", "proxy = halving", "proxy = best",
+              "layers within 1 std", "seeds"]  # fmt: skip
+    body, cells, finals = [], defaultdict(list), []
+    fixed_variants = sorted({r["variant"] for r in rows if "_auto" not in r["variant"]})
     for task in dict.fromkeys(r["task"] for r in rows):
-        for method in sorted({r["variant"] for r in rows if r["task"] == task and not r["variant"].endswith("_auto")}):
+        for method in fixed_variants:
             fixed = [r for r in rows if r["task"] == task and r["variant"] == method]
-            auto = [r for r in rows if r["task"] == task and r["variant"] == f"{method}_auto"]
-            seeds = sorted({r["seed"] for r in auto} & {r["seed"] for r in fixed})
-            by_layer = defaultdict(dict)
-            for r in fixed:
-                by_layer[r["layer"]][r["seed"]] = r
-            complete = {layer: runs for layer, runs in by_layer.items() if all(s in runs for s in seeds)}
-            if not seeds or not complete:
-                continue
-            means = {layer: statistics.fmean(100 * runs[s]["score"] for s in seeds) for layer, runs in complete.items()}
-            best = max(means, key=means.get)
-            best_scores = [100 * complete[best][s]["score"] for s in seeds]
-            best_std = statistics.stdev(best_scores) if len(seeds) > 1 else 0.0
-            auto_rows = {r["seed"]: r for r in auto if r["seed"] in seeds}
-            auto_scores = [100 * auto_rows[s]["score"] for s in seeds]
-            records = {s: auto_record(auto_rows[s]) for s in seeds}
-            below = stds_below(means[best], best_std, auto_scores)
-            near = sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values())
-            cells += 1
-            chance += near / len(means)
-            within += below <= 1.0
-            one_run = [statistics.fmean(c for c in (cost(runs[s]) for runs in complete.values()) if c) for s in seeds]
-            chosen = [records[s]["chosen_layer"] for s in seeds]
-            own = [cost(by_layer[c][s]) if s in by_layer.get(c, {}) else None for s, c in zip(seeds, chosen)]
-            # auto's CPU time over that of its own final training (same process, so the same load on the machine);
-            # its final training is the fixed-layer run at the chosen layer, so this ratio times that run's CPU time
-            # is auto's cost as if it had run beside the layer sweep
-            ratios = [own_ratio(auto_rows[s], records[s], o) for s, o in zip(seeds, own)]
-            vs_run = statistics.fmean(r * o / m for r, o, m in zip(ratios, own, one_run) if r and o and m)
-            vs_own = [r for r in ratios if r]
-            for seed, layer in zip(seeds, chosen):  # the final run is the fixed-layer run of the chosen layer
-                if seed in by_layer.get(layer, {}):
-                    compared += 1
-                    same += auto_rows[seed]["score"] == by_layer[layer][seed]["score"]
-            proxy = [records[s]["proxy_choice"] for s in seeds]
-            # the proxy strategy's score: the fixed-layer run at the proxy's layer (auto's final run is that run)
-            proxy_scores = [100 * complete[p][s]["score"] for p, s in zip(proxy, seeds) if p in complete]
-            proxy_cell = "-"
-            if len(proxy_scores) == len(seeds):
-                proxy_below = stds_below(means[best], best_std, proxy_scores)
-                proxy_cell = f"{statistics.fmean(proxy_scores):.1f} ({proxy_below:.2f})"
-                proxy_within += proxy_below <= 1.0
-            # the baseline a user has without any choice: the top layer (the cheapest run with the cache)
-            top = max(complete)
-            top_below = stds_below(means[best], best_std, [means[top]])
-            top_within += top_below <= 1.0
-            body.append([
-                task, method, f"L{best}", f"{means[best]:.1f} ± {best_std:.1f}",
-                f"{statistics.fmean(auto_scores):.1f} ± {statistics.stdev(auto_scores) if len(seeds) > 1 else 0:.1f}",
-                f"{below:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
-                f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x", proxy_cell,
-                f"L{top}: {means[top]:.1f} ({top_below:.2f})",
-                f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
-                f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{near}/{len(means)}", ",".join(map(str, seeds)),
-            ])  # fmt: skip
+            # a row per auto variant of the method: <method>_auto, and others such as <method>_auto_warm
+            for variant in sorted({r["variant"] for r in rows if r["variant"].startswith(f"{method}_auto")}):
+                cell = judge(fixed, [r for r in rows if r["task"] == task and r["variant"] == variant])
+                if cell is not None:
+                    suffix = variant.removeprefix(f"{method}_auto")
+                    cells[suffix].append(cell)
+                    finals += cell["finals"]
+                    body.append([task, method + (f" ({variant.removeprefix(method + '_')})" if suffix else ""),
+                                 *cell["row"]])  # fmt: skip
+    count = lambda judged, key: sum(c[key] is not None and c[key] <= 1.0 for c in judged)  # noqa: E731
+    summary = []
+    for suffix, judged in cells.items():
+        n = len(judged)
+        if suffix:
+            summary.append(f"auto{suffix} (variants <method>_auto{suffix}): within one seed standard deviation of "
+                           f"the best layer in {count(judged, 'below')} of {n} task-method cells; its proxy alone: "
+                           f"{count(judged, 'proxy_below')} of {n}.")  # fmt: skip
+        else:
+            summary.append(f"auto within one seed standard deviation of the best layer: {count(judged, 'below')} of "
+                           f"{n} task-method cells; the proxy alone: {count(judged, 'proxy_below')} of {n}; the top "
+                           f"layer: {count(judged, 'top_below')} of {n}; a layer drawn at random: "
+                           f"{sum(c['near'] / c['layers'] for c in judged):.1f} of {n} expected.")  # fmt: skip
     footer = [
-        f"auto within one seed standard deviation of the best layer: {within} of {cells} task-method cells; the "
-        f"proxy alone: {proxy_within} of {cells}; the top layer: {top_within} of {cells}; a layer drawn at random: {chance:.1f} of {cells} expected.",
+        *summary,
         "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs its layer's run = auto's "
         "CPU time (choice and final training) over that of its final training, both measured in its own process "
         "(the final training is the fixed-layer run at the chosen layer); cost vs one run = that ratio times the "
@@ -134,10 +154,12 @@ def main() -> int:
         "vs sweep = the same over the whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the "
         "layers the gradient-norm proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how "
         "far below the best layer that is, in its seed std; top layer = the same for the last layer, the choice a user "
-        "makes without any selection (and the cheapest run with the frozen-prefix cache); layers within 1 std = the layers whose mean is within one std of the best "
-        "layer's (the best included), the chance that a layer drawn at random passes.",
+        "makes without any selection (and the cheapest run with the frozen-prefix cache); layers within 1 std = the "
+        "layers whose mean is within one std of the best layer's (the best included), the chance that a layer drawn "
+        "at random passes; a method's other auto variants (e.g. adapter (auto_warm): --auto_warm_head) have rows of "
+        "their own.",
         f"auto's final training gave exactly the score of the fixed-layer run at the layer it chose (same seed) in "
-        f"{same} of {compared} runs.",
+        f"{sum(finals)} of {len(finals)} runs.",
     ]
     for style, suffix in (("markdown", ".md"), ("csv", ".csv")):
         atomic_write_text(args.out + suffix, render(header, body, style, footer))

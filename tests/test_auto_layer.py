@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import write
 
 from peftlab.errors import ConfigError
@@ -231,6 +232,9 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     for seed, layer, whole, choice in ((42, 1, 60.0, 40.0), (43, 0, 30.0, 10.0)):
         record = {"chosen_layer": layer, "proxy_choice": 0, "selection_cpu_seconds": choice}
         add("adapter_auto", "", seed, scores[layer][seed], {"cpu_seconds": whole, "auto_layer": record})
+        # another auto variant (e.g. --auto_warm_head) gets a row of its own: it chose layer 1 both times
+        warm = {"chosen_layer": 1, "proxy_choice": 1, "selection_cpu_seconds": 10.0}
+        add("adapter_auto_warm", "", seed, scores[1][seed], {"cpu_seconds": 20.0, "auto_layer": warm})
     with open(tmp_path / "runs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -245,7 +249,13 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     # sweep; the proxy's layer 0 gives 66.0, 3.54 below; the top layer is the best one here
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
     assert cells[11:] == ["L1: 71.0 (0.00)", "1/2", "0/2", "1/2", "42,43"]  # layer 0's 66 is 3.54 std below
-    assert "in 2 of 2 runs" in proc.stdout
+    warm = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc | adapter (auto_warm)"))
+    assert [c.strip() for c in warm.strip("|").split("|")][4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"]
+    assert (
+        "auto_warm (variants <method>_auto_warm): within one seed standard deviation of the best layer in 1 of 1 "
+        "task-method cells; its proxy alone: 1 of 1" in proc.stdout
+    )
+    assert "in 4 of 4 runs" in proc.stdout
     assert (
         "0 of 1 task-method cells; the proxy alone: 0 of 1; the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 "
         "expected" in proc.stdout
@@ -259,3 +269,39 @@ def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rt
     assert auto["metric"] == "eval_loss" and auto["greater_is_better"] is False
     last = {int(layer): c["evaluations"][-1]["eval_loss"] for layer, c in auto["candidates"].items()}
     assert auto["chosen_layer"] == min(last, key=last.get)
+
+
+def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_final_run_alone(
+    tiny_bert, rte_distinct, tmp_path, monkeypatch
+):
+    from peftlab import autolayer
+
+    probes, starts = [], []
+    real_probe, real_norm = autolayer.probe_head, autolayer.gradient_norm
+
+    def probe_head(trainer):
+        head, record = real_probe(trainer)
+        probes.append(head)
+        return head, record
+
+    def gradient_norm(trainer, batches=4):  # called on each candidate once it is built, before it trains
+        starts.append({k: v.clone() for k, v in trainer.model.head.state_dict().items()})
+        return real_norm(trainer, batches)
+
+    monkeypatch.setattr(autolayer, "probe_head", probe_head)
+    monkeypatch.setattr(autolayer, "gradient_norm", gradient_norm)
+    cold = run(tiny_bert, rte_distinct, tmp_path / "cold", "--method", "adapter@auto", "--bottleneck_dim", "2")
+    assert not probes and "warm_head" not in cold["auto_layer"] and len(starts) == 2
+    new_head = starts[0]
+    starts.clear()
+    warm = run(tiny_bert, rte_distinct, tmp_path / "warm", "--method", "adapter@auto", "--bottleneck_dim", "2",
+               "--auto_warm_head", "true")  # fmt: skip
+    auto = warm["auto_layer"]
+    assert len(probes) == 1 and len(starts) == 2  # one probe, then both candidates start from its head
+    assert all(torch.equal(start[k], probes[0][k]) for start in starts for k in start)
+    assert any(not torch.equal(probes[0][k], new_head[k]) for k in new_head)  # the probe trained its head
+    assert auto["warm_head"]["steps"] == auto["budget"]["final_run_steps"] and "eval_loss" in auto["warm_head"]
+    # the final training starts from a new head: it is the fixed-layer run at the chosen layer
+    fixed = run(tiny_bert, rte_distinct, tmp_path / "fixed", "--method", f"adapter@{auto['chosen_layer']}",
+                "--bottleneck_dim", "2")  # fmt: skip
+    assert warm["eval_loss"] == fixed["eval_loss"]
