@@ -26,9 +26,8 @@ candidate layers are one pass over the selection data), so a layer-k candidate c
 Proxy (``--auto_layer_strategy proxy`` uses it alone): the norm of the loss gradient that the method's
 parameters receive at initialisation, averaged over a few batches of the selection training data, per layer;
 for a zero-initialised module it measures how much the loss wants that layer to change (with a warm head, below,
-beyond what the probe already fits). Its ranking is recorded
-beside the halving's in every run, so how often the two agree can be counted (``scripts/auto_layer_check.py``);
-the halving takes its turns in the proxy's order.
+beyond what the probe already fits). Its ranking is recorded beside the halving's in every run, so how often the two
+agree can be counted (``scripts/auto_layer_check.py``); the halving takes its turns in the proxy's order.
 
 Warm head (``--auto_warm_head``): every candidate starts from the head of a linear probe, trained first on the
 frozen backbone for the final run's steps (with the cache, on cached features: cheap). A new head's first steps

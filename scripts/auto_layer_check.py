@@ -9,8 +9,9 @@ the auto runs' mean, how far below the best layer that is in the best layer's se
 auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time in units of its own final training,
 times the fixed-layer run at the chosen layer over the mean run of the layer sweep, same seed) and of the full
 sweep, how often the zero-training proxy (gradient norm at initialisation) picked the same layer as the halving and
-as the best layer, and how many layers are within one std of the best (what a layer drawn at random would pass
-with). Writes <out>.md and <out>.csv.
+as the best layer, the top layer's score (the choice made without any selection), and how many layers are within
+one std of the best (what a layer drawn at random would pass with). Each auto variant of a method (``<method>_auto``,
+``<method>_auto_warm``...) gets rows and a summary line of its own. Writes <out>.md and <out>.csv.
 """
 
 from __future__ import annotations
@@ -131,7 +132,11 @@ def main() -> int:
                     finals += cell["finals"]
                     body.append([task, method + (f" ({variant.removeprefix(method + '_')})" if suffix else ""),
                                  *cell["row"]])  # fmt: skip
-    count = lambda judged, key: sum(c[key] is not None and c[key] <= 1.0 for c in judged)  # noqa: E731
+
+    def count(judged: list[dict], key: str) -> int:
+        """How many of the cells are within one std of the best layer by ``key`` ("below", "proxy_below"...)."""
+        return sum(c[key] is not None and c[key] <= 1.0 for c in judged)
+
     summary = []
     for suffix, judged in cells.items():
         n = len(judged)

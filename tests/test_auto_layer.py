@@ -249,8 +249,8 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     # sweep; the proxy's layer 0 gives 66.0, 3.54 below; the top layer is the best one here
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
     assert cells[11:] == ["L1: 71.0 (0.00)", "1/2", "0/2", "1/2", "42,43"]  # layer 0's 66 is 3.54 std below
-    warm = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc | adapter (auto_warm)"))
-    assert [c.strip() for c in warm.strip("|").split("|")][4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"]
+    warm_row = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc | adapter (auto_warm)"))
+    assert [c.strip() for c in warm_row.strip("|").split("|")][4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"]
     assert (
         "auto_warm (variants <method>_auto_warm): within one seed standard deviation of the best layer in 1 of 1 "
         "task-method cells; its proxy alone: 1 of 1" in proc.stdout
