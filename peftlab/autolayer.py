@@ -33,7 +33,10 @@ Warm head (``--auto_warm_head``): every candidate starts from the head of a line
 frozen backbone for the final run's steps (with the cache, on cached features: cheap). A new head's first steps
 learn what every candidate learns alike (the class prior, the probe's features), and at short rungs that is most
 of what a candidate's score shows; from the probe's head on, a rung's score shows what the module adds at its layer.
-The final training starts from a new head as usual, so it is the fixed-layer run at the chosen layer.
+The proxy is measured at the same head (with either strategy): the gradient a zero-initialised module receives
+beside a trained probe is what the loss wants from that layer beyond the probe, where beside a new head it is
+mostly the head's own error. The final training starts from a new head as usual, so it is the fixed-layer run at
+the chosen layer.
 """
 
 from __future__ import annotations
@@ -91,8 +94,9 @@ class AutoLayerArguments:
     auto_warm_head: bool = field(
         default=False,
         metadata={
-            "help": "Start every halving candidate from the head of a linear probe trained first on the frozen "
-            "backbone (the final run's steps), so that short rungs measure the module rather than a new head."
+            "help": "Start every candidate (the halving's, and the proxy's gradients) from the head of a linear probe "
+            "trained first on the frozen backbone (the final run's steps), so that they measure the module rather "
+            "than a new head."
         },
     )
 
@@ -367,7 +371,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         for c in candidates
     }
     halve = args.auto_layer_strategy == "halving" and len(candidates) > 1
-    warm = args.auto_warm_head and halve
+    warm = args.auto_warm_head and len(candidates) > 1  # the head both strategies judge from (halving and proxy)
     probe_peft = dataclasses.replace(spec.peft_args, method="probe")
     plan_cache(list(pefts.values()) + ([probe_peft] if warm else []), [rest, selection])
     trainers, states, cpu = {}, {}, time.process_time()

@@ -137,18 +137,16 @@ def main() -> int:
         """How many of the cells are within one std of the best layer by ``key`` ("below", "proxy_below"...)."""
         return sum(c[key] is not None and c[key] <= 1.0 for c in judged)
 
-    summary = []
-    for suffix, judged in cells.items():
-        n = len(judged)
-        if suffix:
-            summary.append(f"auto{suffix} (variants <method>_auto{suffix}): within one seed standard deviation of "
-                           f"the best layer in {count(judged, 'below')} of {n} task-method cells; its proxy alone: "
-                           f"{count(judged, 'proxy_below')} of {n}.")  # fmt: skip
-        else:
-            summary.append(f"auto within one seed standard deviation of the best layer: {count(judged, 'below')} of "
-                           f"{n} task-method cells; the proxy alone: {count(judged, 'proxy_below')} of {n}; the top "
-                           f"layer: {count(judged, 'top_below')} of {n}; a layer drawn at random: "
-                           f"{sum(c['near'] / c['layers'] for c in judged):.1f} of {n} expected.")  # fmt: skip
+    summary = [
+        f"auto{suffix}{f' (variants <method>_auto{suffix})' if suffix else ''}: within one seed standard deviation "
+        f"of the best layer in {count(judged, 'below')} of {len(judged)} task-method cells; its proxy alone: "
+        f"{count(judged, 'proxy_below')} of {len(judged)}."
+        for suffix, judged in cells.items()
+    ]
+    if cells:  # the baselines need no auto run: read them off the first variant's cells
+        judged = next(iter(cells.values()))
+        summary.append(f"No choice at all, the top layer: {count(judged, 'top_below')} of {len(judged)}; a layer drawn "
+                       f"at random: {sum(c['near'] / c['layers'] for c in judged):.1f} of {len(judged)} expected.")  # fmt: skip
     footer = [
         *summary,
         "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs its layer's run = auto's "

@@ -257,9 +257,10 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     )
     assert "in 4 of 4 runs" in proc.stdout
     assert (
-        "0 of 1 task-method cells; the proxy alone: 0 of 1; the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 "
-        "expected" in proc.stdout
+        "auto: within one seed standard deviation of the best layer in 0 of 1 task-method cells; its proxy alone: 0 of "
+        "1." in proc.stdout
     )
+    assert "No choice at all, the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 expected." in proc.stdout
 
 
 def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rte_distinct, tmp_path):
@@ -271,9 +272,10 @@ def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rt
     assert auto["chosen_layer"] == min(last, key=last.get)
 
 
-def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_final_run_alone(
-    tiny_bert, rte_distinct, tmp_path, monkeypatch
-):
+@pytest.fixture
+def warm_spies(monkeypatch):
+    """(probes, starts): the heads the warm head's probe returns, and each candidate's head when the proxy is
+    measured on it (once it is built, before it trains)."""
     from peftlab import autolayer
 
     probes, starts = [], []
@@ -284,12 +286,19 @@ def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_
         probes.append(head)
         return head, record
 
-    def gradient_norm(trainer, batches=4):  # called on each candidate once it is built, before it trains
+    def gradient_norm(trainer, batches=4):
         starts.append({k: v.clone() for k, v in trainer.model.head.state_dict().items()})
         return real_norm(trainer, batches)
 
     monkeypatch.setattr(autolayer, "probe_head", probe_head)
     monkeypatch.setattr(autolayer, "gradient_norm", gradient_norm)
+    return probes, starts
+
+
+def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_final_run_alone(
+    tiny_bert, rte_distinct, tmp_path, warm_spies
+):
+    probes, starts = warm_spies
     cold = run(tiny_bert, rte_distinct, tmp_path / "cold", "--method", "adapter@auto", "--bottleneck_dim", "2")
     assert not probes and "warm_head" not in cold["auto_layer"] and len(starts) == 2
     new_head = starts[0]
@@ -305,3 +314,20 @@ def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_
     fixed = run(tiny_bert, rte_distinct, tmp_path / "fixed", "--method", f"adapter@{auto['chosen_layer']}",
                 "--bottleneck_dim", "2")  # fmt: skip
     assert warm["eval_loss"] == fixed["eval_loss"]
+
+
+def test_the_proxy_alone_with_a_warm_head_measures_its_gradients_beside_the_probes_head(
+    tiny_bert, rte_distinct, tmp_path, warm_spies
+):
+    probes, starts = warm_spies
+    args = ("--method", "adapter@auto", "--bottleneck_dim", "2", "--auto_layer_strategy", "proxy")
+    cold = run(tiny_bert, rte_distinct, tmp_path / "cold", *args)["auto_layer"]
+    assert not probes and "warm_head" not in cold
+    starts.clear()
+    warm = run(tiny_bert, rte_distinct, tmp_path / "warm", *args, "--auto_warm_head", "true")["auto_layer"]
+    assert len(probes) == 1 and len(starts) == 2
+    assert all(torch.equal(start[k], probes[0][k]) for start in starts for k in start)
+    assert warm["selection_steps"] == 0 and warm["chosen_layer"] == warm["proxy_choice"]  # no candidate trains
+    assert warm["warm_head"]["steps"] == warm["budget"]["final_run_steps"]
+    norms = {layer: c["proxy_gradient_norm"] for layer, c in warm["candidates"].items()}
+    assert norms != {layer: c["proxy_gradient_norm"] for layer, c in cold["candidates"].items()}
