@@ -10,8 +10,8 @@ variant without the x axis as a grey dashed line).
 
     python scripts/plots.py --auto_layer RUN_DIR --out candidates.png
 
-draws the candidate layers of a ``--target_layers auto`` run: each one's selection-split score by training step,
-where successive halving stopped it, and the layer chosen.
+draws the candidate layers of a ``--target_layers auto`` run: each one's proxy value and, for the halving, its
+selection-split score by training step, where successive halving stopped it, and the layer chosen.
 """
 
 from __future__ import annotations
@@ -64,28 +64,49 @@ def plot(rows, x: str, full: str, logx: bool, title: str, out: str) -> None:
     fig.savefig(out)
 
 
+def auto_layer_figure(record: dict):
+    """The figure of a ``--target_layers auto`` record (``all_results.json``'s ``auto_layer``): the gradient-norm
+    proxy of every candidate layer (bars, the chosen layer dark); and, where candidates trained (the halving), each
+    layer's selection-split score against the steps it trained (a cross where the halving stopped it, the chosen
+    layer in bold), with the probe's score where the candidates started from its head (``--auto_warm_head``)."""
+    curves = any(c["evaluations"] for c in record["candidates"].values())
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(10 if curves else 5, 4), dpi=110, squeeze=False)
+    layers = sorted(record["candidates"], key=int)
+    bars = axes[0][0]
+    bars.bar([f"L{layer}" for layer in layers], [record["candidates"][layer]["proxy_gradient_norm"] for layer in layers],
+             color=["tab:blue" if int(layer) == record["chosen_layer"] else "lightsteelblue" for layer in layers])  # fmt: skip
+    bars.set_ylabel("proxy: gradient norm at the start")
+    bars.set_title(f"proxy's choice L{record['proxy_choice']}" + (" (beside the probe's head)" if "warm_head" in record
+                   else ""), fontsize=9)  # fmt: skip
+    if curves:
+        ax = axes[0][1]
+        for layer in layers:
+            candidate = record["candidates"][layer]
+            points = [(e["step"], 100 * e[record["metric"]]) for e in candidate["evaluations"]]
+            if not points:
+                continue
+            chosen = int(layer) == record["chosen_layer"]
+            line = ax.plot(*zip(*points), marker="o", markersize=3, linewidth=2.5 if chosen else 1,
+                           label=f"L{layer} ({candidate['state']}{', chosen' if chosen else ''})")  # fmt: skip
+            if candidate["state"] == "pruned":
+                ax.plot(*points[-1], marker="x", markersize=9, color=line[0].get_color())
+        if record.get("warm_head", {}).get(record["metric"]) is not None:
+            ax.axhline(100 * record["warm_head"][record["metric"]], color="grey", linestyle="--", linewidth=1,
+                       label="the probe the candidates start from")  # fmt: skip
+        ax.set_xlabel("training steps")
+        ax.set_ylabel(f"{record['metric']} on the selection split (x100)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"auto layer: {record['strategy']}, chose L{record['chosen_layer']}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_auto_layer(run_dir: str, out: str) -> None:
-    """The candidates of a ``--target_layers auto`` run: each layer's selection-split score against the steps it
-    trained (a cross where Optuna's successive halving stopped it), the chosen layer in bold."""
+    """:func:`auto_layer_figure` of the run in ``run_dir``, saved to ``out``."""
     import json
 
     record = json.loads((Path(run_dir) / "all_results.json").read_text())["auto_layer"]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for layer, candidate in record["candidates"].items():
-        points = [(e["step"], 100 * e[record["metric"]]) for e in candidate["evaluations"]]
-        if not points:
-            continue
-        chosen = int(layer) == record["chosen_layer"]
-        line = ax.plot(*zip(*points), marker="o", markersize=3, linewidth=2.5 if chosen else 1,
-                       label=f"L{layer} ({candidate['state']}{', chosen' if chosen else ''})")  # fmt: skip
-        if candidate["state"] == "pruned":
-            ax.plot(*points[-1], marker="x", markersize=9, color=line[0].get_color())
-    ax.set_xlabel("training steps")
-    ax.set_ylabel(f"{record['metric']} on the selection split (x100)")
-    ax.set_title(f"auto layer: {record['strategy']}, chose L{record['chosen_layer']}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out)
+    auto_layer_figure(record).savefig(out)
 
 
 if __name__ == "__main__":

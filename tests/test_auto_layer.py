@@ -79,17 +79,32 @@ def test_bad_auto_requests_fail_before_anything_trains(tiny_bert, rte_distinct, 
 
 
 def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
+    import importlib.util
     import subprocess
     import sys
 
     from conftest import REPO
 
-    run(tiny_bert, rte_distinct, tmp_path / "o", "--method", "bitfit", "--target_layers", "auto")
+    results = run(tiny_bert, rte_distinct, tmp_path / "o", "--method", "bitfit", "--target_layers", "auto")
     out = tmp_path / "candidates.png"
     proc = subprocess.run([sys.executable, "scripts/plots.py", "--auto_layer", str(tmp_path / "o"), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spec = importlib.util.spec_from_file_location("plots", REPO / "scripts" / "plots.py")
+    plots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plots)
+    record = results["auto_layer"]
+    bars, curves = plots.auto_layer_figure(record).axes
+    norms = [record["candidates"][layer]["proxy_gradient_norm"] for layer in ("0", "1")]
+    assert [patch.get_height() for patch in bars.patches] == pytest.approx(norms)
+    labels = [line.get_label() for line in curves.get_lines() if not line.get_label().startswith("_")]
+    assert f"L{record['chosen_layer']} (complete, chosen)" in labels and len(labels) == 2
+    # the proxy alone beside a warm head: no curves, the bars, and the head named
+    proxy = {**record, "strategy": "proxy", "warm_head": {record["metric"]: 0.5},
+             "candidates": {k: {**c, "evaluations": [], "state": "not run"} for k, c in record["candidates"].items()}}  # fmt: skip
+    (only,) = plots.auto_layer_figure(proxy).axes
+    assert len(only.patches) == 2 and "beside the probe's head" in only.get_title()
 
 
 def test_rungs_spend_the_budget_over_a_halving_down_to_one_candidate():
