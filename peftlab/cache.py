@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -303,6 +304,32 @@ def _write(path: Path, key: str, tensors: list[torch.Tensor]) -> None:
     logger.info("Frozen-prefix cache written: %s (%.1f MB)", path, path.stat().st_size / 2**20)
 
 
+class ByIdentity:
+    """Values keyed by an object's identity, for as long as the object lives. A dict keyed by ``id()`` is not
+    enough: once an object is freed its id is reused, and a new dataset would be handed the value of a dead one
+    (here: another split's input digest, so the cache key, so another split's tensors; a selection split of 200
+    examples once read the tensors of a freed split in place of its own 800)."""
+
+    def __init__(self) -> None:
+        self._values: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, obj: Any, default: Any = None) -> Any:
+        entry = self._values.get(id(obj))
+        return entry[1] if entry is not None and entry[0]() is obj else default
+
+    def set(self, obj: Any, value: Any) -> None:
+        key = id(obj)
+
+        def forget(ref: weakref.ref) -> None:  # when obj dies (before its id can be reused)
+            if self._values.get(key, (None,))[0] is ref:
+                del self._values[key]
+
+        self._values[key] = (weakref.ref(obj, forget), value)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 class FrozenPrefixCache:
     """The cached tensors of one frozen backbone, for every split and :class:`Need` a process's runs read.
 
@@ -319,12 +346,12 @@ class FrozenPrefixCache:
         self.directory = Path(directory)
         self.dtype_name, self.dtype = dtype, DTYPES[dtype]
         self.planned: set[Need] = set()
-        self.planned_for: dict[int, set[Need]] = {}
+        self.planned_for = ByIdentity()  # dataset -> the needs planned for it alone
         self.passes = 0
         """How many passes over a split this object computed (0: everything came from disk or memory)."""
         self.memory: dict[str, list[torch.Tensor]] = {}
         self._param_digests: list[tuple[str, str]] | None = None
-        self._input_digests: dict[int, str] = {}
+        self._input_digests = ByIdentity()  # dataset -> the digest of its inputs
 
     def plan(self, need: Need, features: datasets.Dataset | None = None) -> None:
         """Announce that a run will read ``need`` (of every split, or of ``features`` only): the first fill of a
@@ -332,7 +359,7 @@ class FrozenPrefixCache:
         if features is None:
             self.planned.add(need)
         else:
-            self.planned_for.setdefault(id(features), set()).add(need)
+            self.planned_for.set(features, self.planned_for.get(features, set()) | {need})
 
     def _frozen_digest(self, depth: int) -> str:
         arch = architecture_of(self.backbone)
@@ -342,15 +369,17 @@ class FrozenPrefixCache:
         return _digest([d for n, d in self._param_digests if not n.startswith(upper)])
 
     def _inputs_digest(self, features: datasets.Dataset) -> str:
-        if id(features) not in self._input_digests:
+        digest = self._input_digests.get(features)
+        if digest is None:
             columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
-            self._input_digests[id(features)] = _digest(
+            digest = _digest(
                 *(
                     torch.tensor([t for row in features[c] for t in row] + [len(row) for row in features[c]])
                     for c in columns
                 )
             )
-        return self._input_digests[id(features)]
+            self._input_digests.set(features, digest)
+        return digest
 
     def key(self, features: datasets.Dataset, need: Need) -> str:
         """Everything that determines the cached tensors: frozen parameters below the layer, inputs, layer, kind."""
@@ -379,7 +408,7 @@ class FrozenPrefixCache:
         other planned need of this split missing from both."""
         key = self.key(features, need)
         if key not in self.memory:
-            planned = self.planned | self.planned_for.get(id(features), set()) | {need}
+            planned = self.planned | self.planned_for.get(features, set()) | {need}
             wanted = {n: self.key(features, n) for n in sorted(planned)}
             missing = []
             for other, other_key in wanted.items():
@@ -396,7 +425,10 @@ class FrozenPrefixCache:
                     tensors = [t.to(self.dtype) for t in tensors]
                     _write(self.path(wanted[other]), wanted[other], tensors)
                     self.memory[wanted[other]] = tensors
-        return self.memory[key]
+        tensors = self.memory[key]
+        if len(tensors) != len(features):  # a key that does not describe these features: never train on it
+            raise RuntimeError(f"frozen-prefix cache {key} holds {len(tensors)} examples for {len(features)}")
+        return tensors
 
 
 class CachedDataset(torch.utils.data.Dataset):

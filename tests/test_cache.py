@@ -150,6 +150,26 @@ def test_one_pass_fills_every_planned_need_of_a_split(tiny_bert, features, tmp_p
     assert len(passes) == 1
 
 
+def test_a_split_never_reads_the_tensors_of_a_freed_one_that_had_its_id(tiny_bert, features, tmp_path, monkeypatch):
+    """Python reuses a freed object's id: the auto layer's selection splits (new datasets each run, several runs in
+    one sweep process) once read another split's tensors. Here every dataset gets the same id."""
+    tokenizer, data = features
+    backbone = model_for(tiny_bert, "lora@1").backbone
+    need = Need(1, "hidden")
+    cache = FrozenPrefixCache(backbone, tmp_path)
+    monkeypatch.setattr(peftlab.cache, "id", lambda obj: 1, raising=False)
+    first = data.select([0, 1])
+    cache.plan(Need(2, "mean"), first)
+    cache.get(first, need, tokenizer)
+    del first
+    second = data.select([2, 3])  # as long as the first: a stale key would go unnoticed
+    got = cache.get(second, need, tokenizer)
+    alone = compute_cache(backbone, second, [need], tokenizer)[need]
+    assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-5) for a, b in zip(got, alone))
+    assert cache.planned_for.get(second) is None  # the first split's plan is not the second's
+    assert len(cache.planned_for) == 0 and len(cache._input_digests) == 1  # the dead split's entries are gone
+
+
 def test_probe_of_a_truncated_model_reads_the_same_cache_as_the_full_model(tiny_bert, features, tmp_path):
     """The mean-pooled output of layer 0 is one cache entry, whether the probe's model was cut to one layer
     (--num_hidden_layers 1) or a full model's pass computed it."""
