@@ -169,7 +169,16 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
         )
         if any(train != "train" for train, _ in protocols):
             notes[task] = "; ".join(f"trained on {train}, evaluated on {_sources(test)}" for train, test in protocols)
-    return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived, "notes": notes}
+    known = [r for r in rows if r.get("method_params") is not None]
+    module = {v: sorted({r["method_params"] for r in known if r["variant"] == v}) for v in variants} if known else {}
+    heads = sorted({r["head_params"] for r in rows if r.get("head_params") is not None})
+    return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived, "notes": notes,
+            "params": module, "head_params": heads}  # fmt: skip
+
+
+def _count(values: list[int]) -> str:
+    """``1,922``, or the range ``148,225-148,610`` of several values; empty for none."""
+    return "" if not values else f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,}-{values[-1]:,}"
 
 
 def _sources(eval_split: str) -> str:
@@ -194,11 +203,18 @@ def format_table(
     labels = labels or {}
     tasks, stats, derived = table["tasks"], table["stats"], table["derived"]
     notes = table.get("notes", {})
-    header = ["method", *(f"{t}†" if t in notes else t for t in tasks), "avg rel. impr.", "avg gap bridged"]
+    params = table.get("params", {})
+    header = ["method", *(["params"] if params else []), *(f"{t}†" if t in notes else t for t in tasks)]
+    header += ["avg rel. impr.", "avg gap bridged"]
     footer = [f"† {task}: {note}." for task, note in notes.items()]
+    if params:
+        footer.append(
+            "params: the trainable parameters of the method itself; every row also trains the task's head ("
+            f"{_count(table.get('head_params', []))} parameters)."
+        )
     body = []
     for variant in table["variants"]:
-        row = [labels.get(variant, variant)]
+        row = [labels.get(variant, variant), *([_count(params.get(variant, []))] if params else [])]
         if cells == "score":
             row += [_cell(stats.get((variant, task))) for task in tasks]
         else:

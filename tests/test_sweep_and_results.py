@@ -137,6 +137,21 @@ def test_collect_and_table1_arithmetic(tmp_path):
     assert table1(collect([tmp_path]), ("raw_cls", "raw_mean"), "finetune")["tasks"] == ["rte"]
 
 
+def test_table1_shows_each_methods_own_parameters_and_the_heads_in_a_footer(tmp_path):
+    fake_runs(tmp_path, {("raw_mean", 1): 0.6, ("adapter", 1): 0.7, ("finetune", 1): 0.8})
+    fake_runs(tmp_path / "b", {("raw_mean", 1): 0.6, ("adapter", 1): 0.7, ("finetune", 1): 0.8}, task="sst2")
+    params = {"raw_mean": 0, "adapter": 2690, "finetune": 22713216}
+    for results in tmp_path.glob("**/all_results.json"):  # heads of two sizes (as STS-B's one output and two labels)
+        record, variant = json.loads(results.read_text()), results.parent.parent.name
+        other = json.loads((results.parent / "sweep_point.json").read_text())["task"] == "sst2"
+        record.update(method_params=params[variant], head_params=148225 if other else 148610)
+        results.write_text(json.dumps(record))
+    markdown = format_table(table1(collect([tmp_path]), ("raw_mean",), "finetune"))
+    assert markdown.splitlines()[0].startswith("| method | params | sst2 | rte |")
+    assert "| adapter | 2,690 | 70.0 (1) | 70.0 (1) |" in markdown and "| finetune | 22,713,216 |" in markdown
+    assert markdown.rstrip().endswith("every row also trains the task's head (148,225-148,610 parameters).")
+
+
 def test_table_marks_tasks_trained_under_an_offline_protocol(tmp_path):
     fake_runs(tmp_path / "a", {("raw_mean", 1): 0.6, ("finetune", 1): 0.8})
     fake_runs(
