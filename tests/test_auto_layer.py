@@ -346,3 +346,28 @@ def test_the_proxy_alone_with_a_warm_head_measures_its_gradients_beside_the_prob
     assert warm["warm_head"]["steps"] == warm["budget"]["final_run_steps"]
     norms = {layer: c["proxy_gradient_norm"] for layer, c in warm["candidates"].items()}
     assert norms != {layer: c["proxy_gradient_norm"] for layer, c in cold["candidates"].items()}
+
+
+def test_compare_auto_runs_counts_what_changed_between_two_copies_of_the_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def record(root, seed, layer, score, proxy):
+        candidates = {"0": {"evaluations": [{"step": 5, "eval_accuracy": score}], "proxy_gradient_norm": proxy}}
+        auto = {"chosen_layer": layer, "metric": "eval_accuracy", "candidates": candidates}
+        write(root / "rte" / "adapter_auto" / f"seed{seed}" / "all_results.json", json.dumps({"auto_layer": auto}))
+
+    record(tmp_path / "old", 42, 1, 0.5, 0.1)
+    record(tmp_path / "new", 42, 1, 0.5, 0.1)
+    record(tmp_path / "old", 43, 1, 0.5, 0.1)
+    record(tmp_path / "new", 43, 0, 0.6, 0.1)  # another score at a rung, another choice
+    record(tmp_path / "new", 44, 0, 0.6, 0.1)  # not in the old copy: not compared
+    proc = subprocess.run([sys.executable, "scripts/compare_auto_runs.py", str(tmp_path / "old"), str(tmp_path / "new")],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "rte/adapter_auto/seed43: layer 1 -> 0; choice DIFFER, scores DIFFER, proxies" in proc.stdout
+    assert proc.stdout.rstrip().endswith(
+        "2 runs in both: the same choice in 1, the same selection-split scores in 1, the same proxies in 2"
+    )
