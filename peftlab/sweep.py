@@ -33,8 +33,9 @@ the runs one after another (:func:`peftlab.run.run_many`). With several, a fill 
 then the group's runs go in chunks (one per seed, split further to keep every worker busy), one process each.
 Jobs go to a local thread pool that starts one process per job (``--backend local``) or to Ray tasks with declared
 CPUs and GPUs (``--backend ray``, one machine or a cluster); a chunk is started once its group's fill job has
-ended. A run's folder is written only by the process that trains it, under an OS lock on the folder (released when the process dies however it dies), and every job
-process dies with the driver, so a killed sweep leaves no run behind and a rerun finishes what is left.
+ended. A run's folder is written only by the process that trains it, under an OS lock on the folder (released when
+the process dies however it dies), and every job process dies with the driver, so a killed sweep leaves no run
+behind and a rerun finishes what is left.
 """
 
 from __future__ import annotations
