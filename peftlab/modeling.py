@@ -48,6 +48,14 @@ POOLINGS = ("cls", "mean", "pooler", "last")
 HEADS = ("linear", "mlp", "score")
 
 
+def load_backbone(path: str, **from_pretrained_kwargs) -> nn.Module:
+    """The pretrained backbone with float32 weights whatever dtype the checkpoint was saved in: transformers 5 loads
+    the saved dtype by default, and a checkpoint saved in fp16 or bf16 (most decoder checkpoints on the hub) would
+    then be trained in half precision with no float32 master weights. --fp16/--bf16 compute in half precision
+    through autocast instead. ``dtype=...`` in the keyword arguments overrides the float32."""
+    return AutoModel.from_pretrained(path, **{"dtype": torch.float32, **from_pretrained_kwargs})
+
+
 def resolve_model_path(name_or_path: str | None) -> str:
     """Map ``None`` or the bundled model's name to its folder inside the installed package; keep anything else."""
     if name_or_path in (None, "", BUNDLED_MODEL):
@@ -264,7 +272,7 @@ def build_classifier(
 ) -> SequenceClassifier:
     """Load the pretrained backbone, inject the PEFT method(s) and put a freshly initialised head on it."""
     path = resolve_model_path(model_name_or_path)
-    backbone = AutoModel.from_pretrained(path, **from_pretrained_kwargs)
+    backbone = load_backbone(path, **from_pretrained_kwargs)
     return SequenceClassifier(backbone, head_config, model_name_or_path or BUNDLED_MODEL, peft_args)
 
 

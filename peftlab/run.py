@@ -38,7 +38,6 @@ import torch
 import transformers
 from transformers import (
     AutoConfig,
-    AutoModel,
     AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
@@ -66,6 +65,7 @@ from peftlab.modeling import (
     SequenceClassifier,
     check_buildable,
     is_trained_run,
+    load_backbone,
     load_classifier,
     read_model_config,
     resolve_model_path,
@@ -454,9 +454,9 @@ class Workspace:
     def backbone(self, spec: RunSpec) -> torch.nn.Module:
         """The pretrained backbone as loaded, shared by the runs (each trains a deep copy)."""
         hub = self._hub(spec.model_args)
-        return self._get(("backbone", spec.model_path, *hub.values()), lambda: AutoModel.from_pretrained(
-            spec.model_path, **hub
-        ).eval())  # fmt: skip
+        return self._get(
+            ("backbone", spec.model_path, *hub.values()), lambda: load_backbone(spec.model_path, **hub).eval()
+        )
 
     def fill_passes(self) -> int:
         """Passes over a split that this workspace's frozen-prefix caches computed."""

@@ -52,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -361,6 +362,7 @@ def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], No
     env = job_env(workers)
     pool = ThreadPoolExecutor(max_workers=workers)
     submitted: queue.Queue[Future] = queue.Queue()
+    stopping = threading.Event()  # set once we stop waiting: a fill ending afterwards starts no chunk
     chunks: dict[str, list[Job]] = {}
     for job in jobs:
         if job.after is not None:
@@ -375,7 +377,7 @@ def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], No
 
         future = pool.submit(work)
         if job.name in chunks:
-            future.add_done_callback(lambda _: [submit(chunk) for chunk in chunks[job.name]])
+            future.add_done_callback(lambda _: stopping.is_set() or [submit(chunk) for chunk in chunks[job.name]])
         submitted.put(future)
 
     try:
@@ -385,6 +387,7 @@ def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], No
         for _ in jobs:  # callbacks submit the chunks while we wait
             submitted.get().result()
     finally:
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         stop_children()
 

@@ -214,3 +214,28 @@ def test_bad_method_fails_before_the_model_is_loaded(tiny_bert, rte_dir, tmp_pat
     with pytest.raises(ConfigError, match=r"Layer 2 is out of range for a model with 2 layers"):
         main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir),
               "--output_dir", str(tmp_path / "o"), "--method", "adapter@2"])  # fmt: skip
+
+
+def test_a_checkpoint_saved_in_half_precision_trains_with_float32_weights(tiny_bert, rte_dir, tmp_path):
+    # transformers 5 loads a checkpoint in the dtype it was saved in; most decoder checkpoints are saved in bf16.
+    # Training must still keep float32 weights (--fp16/--bf16 are autocast), and so must a trained run's reload.
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from peftlab.modeling import HeadConfig, build_classifier
+
+    half = tmp_path / "half"
+    AutoModel.from_pretrained(tiny_bert, dtype=torch.float16).save_pretrained(half)
+    for f in Path(tiny_bert).iterdir():
+        if f.name.startswith("tokenizer") or f.name in ("vocab.txt", "special_tokens_map.json"):
+            shutil.copy(f, half / f.name)
+    assert {t.dtype for t in load_file(str(half / "model.safetensors")).values()} == {torch.float16}
+    model = build_classifier(str(half), HeadConfig(2, pooling="mean"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    out = tmp_path / "out"
+    main(["--model_name_or_path", str(half), "--task_name", "rte", "--glue_dir", str(rte_dir), "--output_dir", str(out),
+          "--method", "full", "--pooling", "mean", *FAST])  # fmt: skip
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.float32}

@@ -180,3 +180,34 @@ def test_dry_run_lists_jobs_with_an_estimate_and_starts_nothing(rte_dir, tmp_pat
     assert not (tmp_path / "runs").exists()
     bad = subprocess.run([*command, "--dry_run", "--tasks", "mnli"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "--tasks mnli: not in the sweep; its tasks are rte" in bad.stderr
+
+
+def test_a_fill_ending_after_the_driver_stopped_starts_no_chunk(tmp_path, monkeypatch):
+    # The driver stops waiting (SIGTERM, Ctrl-C) while a fill job runs; when the fill ends afterwards, its chunks
+    # must not be started, nor fail to start with "cannot schedule new futures after shutdown" in the log.
+    import concurrent.futures._base as futures_base
+    import threading
+
+    from peftlab import sweep
+
+    started, fill_ends = [], threading.Event()
+
+    def fake_process(path, env, python):
+        started.append(Path(path).stem)
+        if Path(path).stem == "fill":
+            time.sleep(0.3)  # the driver has registered the fill's callback and waits
+            os.kill(os.getpid(), signal.SIGINT)  # then it is interrupted while the fill runs
+            fill_ends.wait(5)
+        return 0
+
+    monkeypatch.setattr(sweep, "run_job_process", fake_process)
+    monkeypatch.setattr(sweep, "stop_children", lambda: fill_ends.set())
+    errors = []
+    monkeypatch.setattr(futures_base.LOGGER, "exception", lambda *a, **k: errors.append(a))
+    fill = sweep.Job("fill", [], fill=True)
+    chunk = sweep.Job("chunk", [], after=fill)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_local([fill, chunk], tmp_path, workers=2, log=lambda _: None, python=sys.executable)
+    time.sleep(0.3)  # the fill's thread ends and runs its callbacks
+    assert fill_ends.is_set() and started == ["fill"]
+    assert errors == []  # without the fix: "exception calling callback", RuntimeError: cannot schedule new futures
