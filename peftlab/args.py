@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments
 
 from peftlab.glue.data import LABEL_TYPES
-from peftlab.modeling import BUNDLED_MODEL, HEADS, POOLINGS
+from peftlab.modeling import BUNDLED_MODEL, HEADS, MODEL_DTYPES, POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,21 @@ class ModelArguments:
     head_dropout: float | None = field(
         default=None, metadata={"help": "Dropout in the head; default: the model's hidden dropout."}
     )
+    model_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": f"dtype of the pretrained weights as loaded: {', '.join(MODEL_DTYPES)}. float32 (default) whatever "
+            "the checkpoint was saved in; bfloat16/float16 halve a frozen backbone's memory (a large decoder) and "
+            "need --bf16/--fp16 (autocast) and a method that adds its own float32 parameters (adapter, lora, prefix, "
+            "probe). A trained run reloads for evaluation in float32."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(
+                f"--model_dtype {self.model_dtype!r} is not valid; choose one of {', '.join(MODEL_DTYPES)}."
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"--pooling {self.pooling!r} is not valid; choose one of {', '.join(POOLINGS)}.")
         if self.head not in HEADS:

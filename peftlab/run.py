@@ -341,6 +341,25 @@ def check_checkpoint_fits(checkpoint: str, model: SequenceClassifier, base_model
         )
 
 
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def check_model_dtype(model_args: ModelArguments, training_args: GlueTrainingArguments) -> None:
+    """A half-precision backbone computes under the matching autocast, which also keeps the trained float32
+    parameters' products in that precision (without it, float32 modules would meet half-precision activations)."""
+    flag = {"bfloat16": "bf16", "float16": "fp16"}.get(model_args.model_dtype)
+    if flag and not getattr(training_args, flag):
+        raise ConfigError(
+            f"--model_dtype {model_args.model_dtype} needs --{flag} (autocast in the same precision); add --{flag}, "
+            "or drop --model_dtype to load the backbone in float32."
+        )
+    if flag and is_trained_run(model_args.model_name_or_path):
+        raise ConfigError(
+            f"--model_dtype {model_args.model_dtype}: {model_args.model_name_or_path!r} is a trained run, which "
+            "reloads in float32; drop --model_dtype."
+        )
+
+
 def check_devices(training_args: GlueTrainingArguments) -> None:
     if training_args.fp16 and not torch.cuda.is_available():
         raise ConfigError("--fp16 needs a CUDA GPU and none is visible. Drop --fp16 to train in fp32 on the CPU.")
@@ -453,9 +472,10 @@ class Workspace:
 
     def backbone(self, spec: RunSpec) -> torch.nn.Module:
         """The pretrained backbone as loaded, shared by the runs (each trains a deep copy)."""
-        hub = self._hub(spec.model_args)
+        hub, dtype = self._hub(spec.model_args), spec.model_args.model_dtype
         return self._get(
-            ("backbone", spec.model_path, *hub.values()), lambda: load_backbone(spec.model_path, **hub).eval()
+            ("backbone", spec.model_path, *hub.values(), dtype),
+            lambda: load_backbone(spec.model_path, dtype, **hub).eval(),
         )
 
     def fill_passes(self) -> int:
@@ -467,7 +487,7 @@ class Workspace:
         directory = str(t.frozen_cache_dir or default_cache_dir())
         hub = self._hub(spec.model_args)
         return self._get(
-            ("cache", spec.model_path, *hub.values(), directory, t.cache_dtype),
+            ("cache", spec.model_path, *hub.values(), spec.model_args.model_dtype, directory, t.cache_dtype),
             lambda: FrozenPrefixCache(self.backbone(spec), directory, t.cache_dtype),
         )
 
@@ -530,6 +550,7 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
     check_output_dir(training_args, model_args)
     training_args.resume_from_checkpoint = resolve_checkpoint(training_args)
     check_devices(training_args)
+    check_model_dtype(model_args, training_args)
     spec.task = ws.run_data(spec).task
     spec.model_path = resolve_model_path(base_model_of(model_args))
     spec.tokenizer_path = model_args.tokenizer_name or (
@@ -553,7 +574,8 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
                 dataclasses.replace(peft_args, method=at_layer(peft_args.method, k)) for k in spec.auto_candidates
             ]
         try:
-            metas = [check_buildable(config, head_config(model_args, spec.task.num_labels), p) for p in checked]
+            head = head_config(model_args, spec.task.num_labels)
+            metas = [check_buildable(config, head, p, model_args.model_dtype) for p in checked]
         except ValueError as err:
             raise ConfigError(str(err)) from err
         if training_args.resume_from_checkpoint:
@@ -624,7 +646,7 @@ def run_config(spec: RunSpec, run_data: RunData, model: SequenceClassifier) -> d
         "model_selection": model_selection(training_args),
         "precision": {
             "training": "fp16 autocast" if training_args.fp16 else "bf16 autocast" if training_args.bf16 else "fp32",
-            "frozen_prefix_cache": f"{training_args.cache_dtype} (filled in fp32)"
+            "frozen_prefix_cache": f"{training_args.cache_dtype} (filled in {SHORT_DTYPES[model_args.model_dtype]})"
             if training_args.cache_frozen_prefix
             else None,
         },

@@ -7,6 +7,8 @@ adapted and reloads to the same metrics; what it does not support is refused bef
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +139,26 @@ def test_frozen_prefix_cache_gives_a_decoder_run_the_same_metrics(decoder, rte_d
     assert mode.startswith(f"eval (layers below {2 if method == 'probe' else 1} are computed once")
     assert cached["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
     assert cached["train_loss"] == pytest.approx(plain["train_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("arch,method", [("llama", "lora@1"), ("gpt2", "prefix@1"), ("qwen2", "adapter@1")])
+def test_a_decoder_saved_in_bf16_trains_float32_parameters_with_either_model_dtype(
+    decoder, rte_dir, tmp_path, arch, method
+):
+    """Decoder checkpoints on the hub are mostly saved in bf16: loaded in float32 by default, or kept in bf16
+    (--model_dtype bfloat16 --bf16, a frozen backbone at half the memory), the trained parameters are float32."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    half = tmp_path / "half"
+    AutoModel.from_pretrained(decoder(arch), dtype=torch.bfloat16).save_pretrained(half)
+    for f in Path(decoder(arch)).iterdir():
+        if not f.name.startswith(("model", "config")):
+            shutil.copy(f, half / f.name)
+    for name, extra in (("f32", []), ("bf16", ["--model_dtype", "bfloat16", "--bf16", "true"])):
+        results = run(str(half), rte_dir, tmp_path / name, method, *extra)
+        assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+        saved = load_file(str(tmp_path / name / "model.safetensors"))
+        assert {t.dtype for t in saved.values()} == {torch.float32}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, need_of
+from peftlab.errors import ConfigError
 from peftlab.methods import PeftArguments
 from peftlab.methods.lora import LoraLinear, lora_merged
 from peftlab.modeling import HeadConfig, build_classifier
@@ -50,6 +51,44 @@ def test_the_cache_serves_a_stated_dtype_and_matches_no_cache_within_tolerance(
         assert str(handle.get_tensor("data").dtype) == f"torch.{dtype}"
     config = json.loads((tmp_path / "cached" / "run_config.json").read_text())
     assert config["precision"]["frozen_prefix_cache"] == f"{dtype} (filled in fp32)"
+
+
+ADDS_ITS_OWN = ["probe", "lora@all", "adapter@1", "prefix@1"]
+
+
+@pytest.mark.parametrize("method", ADDS_ITS_OWN)
+@pytest.mark.parametrize("cache", ["false", "true"])
+def test_a_bf16_backbone_trains_a_methods_own_float32_parameters(tiny_bert, rte_dir, tmp_path, method, cache):
+    out = tmp_path / "o"
+    results = run(tiny_bert, rte_dir, out, "--method", method, "--bf16", "true", "--model_dtype", "bfloat16",
+                  "--cache_frozen_prefix", cache, "--frozen_cache_dir", str(tmp_path / "cache"))  # fmt: skip
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))  # what trained: the method's parameters and the head
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["model_args"]["model_dtype"] == "bfloat16"
+    if cache == "true":
+        assert config["precision"]["frozen_prefix_cache"] == "float32 (filled in bf16)"
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit@1", "ffn@0", "attn@1"])
+def test_a_half_backbone_refuses_methods_that_train_its_own_weights(
+    tiny_bert, rte_dir, tmp_path, method, no_model_loading
+):
+    with pytest.raises(ConfigError, match=r"--model_dtype bfloat16 with --method .*trains the backbone's own weights"):
+        run(tiny_bert, rte_dir, tmp_path / "o", "--method", method, "--bf16", "true", "--model_dtype", "bfloat16")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_half_backbone_needs_the_matching_autocast(tiny_bert, rte_dir, tmp_path, no_model_loading):
+    with pytest.raises(ConfigError, match="--model_dtype bfloat16 needs --bf16"):
+        run(tiny_bert, rte_dir, tmp_path / "o", "--method", "adapter@1", "--model_dtype", "bfloat16")
+    with pytest.raises(ConfigError, match="--model_dtype float16 needs --fp16"):
+        run(tiny_bert, rte_dir, tmp_path / "p", "--method", "adapter@1", "--model_dtype", "float16", "--bf16", "true")
+    with pytest.raises(ValueError, match="--model_dtype 'int8' is not valid; choose one of float32, bfloat16, float16"):
+        run(tiny_bert, rte_dir, tmp_path / "q", "--method", "adapter@1", "--model_dtype", "int8")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
