@@ -121,6 +121,15 @@ def test_cuda_runs_with_the_cache_in_half_precision_keep_everything_on_the_gpu(t
 
 
 @gpu
+@pytest.mark.parametrize("precision,dtype", [("--fp16", "float16"), ("--bf16", "bfloat16")])
+@pytest.mark.parametrize("method", ["lora@all", "prefix@1"])
+def test_cuda_runs_on_a_half_precision_backbone(tiny_bert, rte_dir, tmp_path, precision, dtype, method):
+    """fp16 brings the gradient scaler: it must meet float32 trained parameters only (a frozen fp16 backbone)."""
+    results = run(tiny_bert, rte_dir, tmp_path / "o", "--method", method, precision, "true", "--model_dtype", dtype)
+    assert math.isfinite(results["train_loss"]) and math.isfinite(results["eval_loss"])
+
+
+@gpu
 def test_cached_inputs_and_prefix_masks_follow_the_model_to_the_gpu(tiny_bert, tmp_path):
     import datasets
     from transformers import AutoTokenizer
