@@ -5,7 +5,14 @@
 #   bash scripts/paper_sweeps.sh [extra scripts/sweep.py flags, e.g. --dry_run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-sweep() { python scripts/sweep.py "$@" --root "${ROOT:-docs/results/runs}" --workers "${WORKERS:-2}" "${EXTRA[@]}"; }
+# A sweep with unfinished runs (a run that failed) does not stop the ones after it: the script goes on, says which,
+# and exits 1 at the end; an interrupt (Ctrl-C, SIGTERM: exit 130, 143) stops it.
+failed=()
+sweep() {
+  local code=0
+  python scripts/sweep.py "$@" --root "${ROOT:-docs/results/runs}" --workers "${WORKERS:-2}" "${EXTRA[@]}" || code=$?
+  if [ "$code" -gt 128 ]; then exit "$code"; elif [ "$code" -ne 0 ]; then failed+=("$*"); fi
+}
 EXTRA=("$@")
 # 1. Table 1: the seven cheaper tasks with three seeds, then SST-2 and QQP with one.
 sweep scripts/sweeps/table1_paper.json --tasks rte,mrpc,stsb,cola,wnli,qnli,mnli
@@ -17,3 +24,4 @@ sweep scripts/sweeps/layer_sweep_mrpc_paper.json
 sweep scripts/sweeps/scaleup_mrpc_paper.json
 # 3. More seeds of SST-2 and QQP as the machine allows.
 sweep scripts/sweeps/table1_paper.json --tasks sst2,qqp --seeds 43,44
+if [ ${#failed[@]} -gt 0 ]; then printf 'unfinished runs in: %s\n' "${failed[@]}" >&2; exit 1; fi
