@@ -11,7 +11,8 @@ times the fixed-layer run at the chosen layer over the mean run of the layer swe
 sweep, how often the zero-training proxy (gradient norm at initialisation) picked the same layer as the halving and
 as the best layer, the top layer's score (the choice made without any selection), and how many layers are within
 one std of the best (what a layer drawn at random would pass with). Each auto variant of a method (``<method>_auto``,
-``<method>_auto_warm``...) gets rows and a summary line of its own. Writes <out>.md and <out>.csv.
+``<method>_auto_warm``...) gets rows and a summary line of its own, and a line judging issue 18's targets: met, not
+met (missed even if every missing task passed), or open. Writes <out>.md and <out>.csv.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     proxy_below = stds_below(means[best], best_std, proxy_scores) if len(proxy_scores) == len(seeds) else None
     top = max(complete)  # the baseline a user has without any choice: the top layer (the cheapest run with the cache)
     cell = {
-        "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
+        "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
         "top_below": stds_below(means[best], best_std, [means[top]]), "finals": finals,
         "near": sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values()), "layers": len(means),
     }  # fmt: skip
@@ -105,6 +106,27 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
         f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{cell['near']}/{len(means)}", ",".join(map(str, seeds)),
     ]  # fmt: skip
     return cell
+
+
+TARGET_TASKS, TARGET_WITHIN, TARGET_COST = 5, 4, 2.0
+"""Issue 18's targets: within one seed std of the best layer on at least 4 of the 5 tasks (for every method), at no
+more than 2x the cost of one fixed-layer run."""
+
+
+def verdict(suffix: str, judged: list[dict], methods: list[str], count) -> str:
+    """The targets, judged for one auto variant: met, not met (even if the missing tasks all passed), or open."""
+    within = {m: count([c for c in judged if c["method"] == m], "below") for m in methods}
+    tasks = {m: sum(c["method"] == m for c in judged) for m in methods}
+    costs = [c["vs_run"] for c in judged]
+    missed = any(within[m] + TARGET_TASKS - tasks[m] < TARGET_WITHIN for m in methods) or max(costs) > TARGET_COST
+    done = all(tasks[m] >= TARGET_TASKS for m in methods)
+    state = "not met" if missed else "met" if done else "open"
+    parts = ", ".join(f"{m} within on {within[m]} of {tasks[m]} tasks" for m in methods)
+    return (
+        f"Targets for auto{suffix} (within one std on at least {TARGET_WITHIN} of {TARGET_TASKS} tasks for each method, "
+        f"at most {TARGET_COST:g}x one run in every cell): {parts}; cost {min(costs):.2f}-{max(costs):.2f}x one run: "
+        f"{state}."
+    )
 
 
 def main() -> int:
@@ -127,6 +149,7 @@ def main() -> int:
             for variant in sorted({r["variant"] for r in rows if r["variant"].startswith(f"{method}_auto")}):
                 cell = judge(fixed, [r for r in rows if r["task"] == task and r["variant"] == variant])
                 if cell is not None:
+                    cell["method"] = method
                     suffix = variant.removeprefix(f"{method}_auto")
                     cells[suffix].append(cell)
                     finals += cell["finals"]
@@ -143,6 +166,7 @@ def main() -> int:
         f"{count(judged, 'proxy_below')} of {len(judged)}."
         for suffix, judged in cells.items()
     ]
+    summary += [verdict(suffix, judged, fixed_variants, count) for suffix, judged in cells.items()]
     if cells:  # the baselines need no auto run: read them off the first variant's cells
         judged = next(iter(cells.values()))
         summary.append(f"No choice at all, the top layer: {count(judged, 'top_below')} of {len(judged)}; a layer drawn "

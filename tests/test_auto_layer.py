@@ -276,6 +276,13 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
         "1." in proc.stdout
     )
     assert "No choice at all, the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 expected." in proc.stdout
+    # the targets: one task of five is in, so nothing is decided yet for either (auto could still pass 4 of 5; its
+    # cost, 2.00x, is within the 2x)
+    assert (
+        "Targets for auto (within one std on at least 4 of 5 tasks for each method, at most 2x one run in every cell): "
+        "adapter within on 0 of 1 tasks; cost 2.00-2.00x one run: open." in proc.stdout
+    )
+    assert "adapter within on 1 of 1 tasks; cost 1.33-1.33x one run: open." in proc.stdout
 
 
 def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rte_distinct, tmp_path):
@@ -371,3 +378,31 @@ def test_compare_auto_runs_counts_what_changed_between_two_copies_of_the_runs(tm
     assert proc.stdout.rstrip().endswith(
         "2 runs in both: the same choice in 1, the same selection-split scores in 1, the same proxies in 2"
     )
+
+
+def test_auto_layer_checks_verdict_on_the_targets_is_met_not_met_or_open():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("auto_layer_check", REPO / "scripts" / "auto_layer_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def cells(method, belows, cost=1.5):
+        return [{"method": method, "below": b, "vs_run": cost} for b in belows]
+
+    def count(judged, key):
+        return sum(c[key] is not None and c[key] <= 1.0 for c in judged)
+
+    def state(judged):
+        return check.verdict("", judged, ["adapter", "lora"], count).rsplit(": ", 1)[1]
+
+    four_of_five = [0.1, 0.5, 0.9, 1.0, 3.0]
+    assert state(cells("adapter", four_of_five) + cells("lora", four_of_five)) == "met."
+    assert state(cells("adapter", four_of_five) + cells("lora", four_of_five[:4], 2.1) + cells("lora", [3.0])) == (
+        "not met."  # one cell above 2x one run
+    )
+    assert state(cells("adapter", four_of_five) + cells("lora", [1.5, 2.0, 0.0, 0.0, 0.0])) == "not met."  # 3 of 5
+    assert state(cells("adapter", [1.5, 0.0, 0.0]) + cells("lora", [0.0])) == "open."  # 2 more may pass
+    assert state(cells("adapter", [1.5, 1.5]) + cells("lora", [0.0])) == "not met."  # at best 3 of 5
