@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -114,7 +115,11 @@ more than 2x the cost of one fixed-layer run."""
 
 
 def verdict(suffix: str, judged: list[dict], methods: list[str], count) -> str:
-    """The targets, judged for one auto variant: met, not met (even if the missing tasks all passed), or open."""
+    """The targets, judged for one auto variant: met, not met (even if the missing tasks all passed), or open. A cell
+    with one seed so far (no std to measure in) is not judged yet."""
+    judged = [c for c in judged if not math.isnan(c["below"])]
+    if not judged:
+        return f"Targets for auto{suffix}: no cell with two seeds yet."
     within = {m: count([c for c in judged if c["method"] == m], "below") for m in methods}
     tasks = {m: sum(c["method"] == m for c in judged) for m in methods}
     costs = [c["vs_run"] for c in judged]

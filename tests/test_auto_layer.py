@@ -406,3 +406,5 @@ def test_auto_layer_checks_verdict_on_the_targets_is_met_not_met_or_open():
     assert state(cells("adapter", four_of_five) + cells("lora", [1.5, 2.0, 0.0, 0.0, 0.0])) == "not met."  # 3 of 5
     assert state(cells("adapter", [1.5, 0.0, 0.0]) + cells("lora", [0.0])) == "open."  # 2 more may pass
     assert state(cells("adapter", [1.5, 1.5]) + cells("lora", [0.0])) == "not met."  # at best 3 of 5
+    assert state(cells("adapter", [1.5, 1.5, float("nan")]) + cells("lora", [0.0])) == "not met."  # nan: one seed
+    assert state(cells("adapter", [1.5, float("nan"), float("nan")]) + cells("lora", [0.0])) == "open."
