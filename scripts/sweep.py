@@ -102,6 +102,9 @@ def main() -> int:
     )
     parser.add_argument("--seeds", help="comma-separated subset of the sweep's seeds to run now")
     parser.add_argument(
+        "--variants", help="comma-separated subset of the sweep's variants to run now (e.g. the ones a verdict needs)"
+    )
+    parser.add_argument(
         "--no_reuse",
         action="store_true",
         help="run every run, even one whose arguments equal those of a finished run elsewhere under --root "
@@ -128,6 +131,13 @@ def main() -> int:
                 valid = ", ".join(map(str, sweep.get(key, [42])))
                 parser.error(f"--{option} {','.join(unknown)}: not in the sweep; its {key} are {valid}")
             sweep[key] = list(dict.fromkeys(chosen))  # in the order given: cheap tasks first finish whole columns
+    if args.variants:
+        unknown = [v for v in args.variants.split(",") if v not in sweep["variants"]]
+        if unknown:
+            parser.error(
+                f"--variants {','.join(unknown)}: not in the sweep; its variants are {', '.join(sweep['variants'])}"
+            )
+        sweep["variants"] = {k: v for k, v in sweep["variants"].items() if k in args.variants.split(",")}
     runs = expand(sweep, args.root)
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)

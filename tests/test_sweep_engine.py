@@ -180,6 +180,10 @@ def test_dry_run_lists_jobs_with_an_estimate_and_starts_nothing(rte_dir, tmp_pat
     assert not (tmp_path / "runs").exists()
     bad = subprocess.run([*command, "--dry_run", "--tasks", "mnli"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "--tasks mnli: not in the sweep; its tasks are rte" in bad.stderr
+    bad = subprocess.run([*command, "--dry_run", "--variants", "lora,bitfit"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--variants bitfit: not in the sweep; its variants are full, lora" in bad.stderr
+    one = subprocess.run([*command, "--dry_run", "--variants", "lora"], cwd=REPO, capture_output=True, text=True)
+    assert one.returncode == 0 and "1 runs, 0 finished" in one.stdout and "rte/full" not in one.stdout
 
 
 def test_a_fill_ending_after_the_driver_stopped_starts_no_chunk(tmp_path, monkeypatch):
