@@ -347,7 +347,7 @@ SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 def check_model_dtype(model_args: ModelArguments, training_args: GlueTrainingArguments) -> None:
     """A half-precision backbone computes under the matching autocast, which also keeps the trained float32
     parameters' products in that precision (without it, float32 modules would meet half-precision activations)."""
-    flag = {"bfloat16": "bf16", "float16": "fp16"}.get(model_args.model_dtype)
+    flag = None if model_args.model_dtype == "float32" else SHORT_DTYPES[model_args.model_dtype]
     if flag and not getattr(training_args, flag):
         raise ConfigError(
             f"--model_dtype {model_args.model_dtype} needs --{flag} (autocast in the same precision); add --{flag}, "

@@ -109,12 +109,17 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     return cell
 
 
+def count(judged: list[dict], key: str) -> int:
+    """How many of the cells are within one std of the best layer by ``key`` ("below", "proxy_below"...)."""
+    return sum(c[key] is not None and c[key] <= 1.0 for c in judged)
+
+
 TARGET_TASKS, TARGET_WITHIN, TARGET_COST = 5, 4, 2.0
 """Issue 18's targets: within one seed std of the best layer on at least 4 of the 5 tasks (for every method), at no
 more than 2x the cost of one fixed-layer run."""
 
 
-def verdict(suffix: str, judged: list[dict], methods: list[str], count) -> str:
+def verdict(suffix: str, judged: list[dict], methods: list[str]) -> str:
     """The targets, judged for one auto variant: met, not met (even if the missing tasks all passed), or open. A cell
     with one seed so far (no std to measure in) is not judged yet."""
     judged = [c for c in judged if not math.isnan(c["below"])]
@@ -161,17 +166,13 @@ def main() -> int:
                     body.append([task, method + (f" ({variant.removeprefix(method + '_')})" if suffix else ""),
                                  *cell["row"]])  # fmt: skip
 
-    def count(judged: list[dict], key: str) -> int:
-        """How many of the cells are within one std of the best layer by ``key`` ("below", "proxy_below"...)."""
-        return sum(c[key] is not None and c[key] <= 1.0 for c in judged)
-
     summary = [
         f"auto{suffix}{f' (variants <method>_auto{suffix})' if suffix else ''}: within one seed standard deviation "
         f"of the best layer in {count(judged, 'below')} of {len(judged)} task-method cells; its proxy alone: "
         f"{count(judged, 'proxy_below')} of {len(judged)}."
         for suffix, judged in cells.items()
     ]
-    summary += [verdict(suffix, judged, fixed_variants, count) for suffix, judged in cells.items()]
+    summary += [verdict(suffix, judged, fixed_variants) for suffix, judged in cells.items()]
     if cells:  # the baselines need no auto run: read them off the first variant's cells
         judged = next(iter(cells.values()))
         summary.append(f"No choice at all, the top layer: {count(judged, 'top_below')} of {len(judged)}; a layer drawn "

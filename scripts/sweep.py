@@ -123,21 +123,19 @@ def main() -> int:
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     sweep = load_sweep(args.sweep)
-    for option, key in (("tasks", "tasks"), ("seeds", "seeds")):
-        if getattr(args, option):
-            chosen = [type(sweep.get(key, [42])[0])(v) for v in getattr(args, option).split(",")]
-            unknown = [str(v) for v in chosen if v not in sweep.get(key, [42])]
+    for key in ("tasks", "seeds", "variants"):
+        if getattr(args, key):
+            present = list(sweep.get(key, [42]))  # the variants' names (a dict), the tasks or the seeds (lists)
+            chosen = [type(present[0])(v) for v in getattr(args, key).split(",")]
+            unknown = [str(v) for v in chosen if v not in present]
             if unknown:
-                valid = ", ".join(map(str, sweep.get(key, [42])))
-                parser.error(f"--{option} {','.join(unknown)}: not in the sweep; its {key} are {valid}")
-            sweep[key] = list(dict.fromkeys(chosen))  # in the order given: cheap tasks first finish whole columns
-    if args.variants:
-        unknown = [v for v in args.variants.split(",") if v not in sweep["variants"]]
-        if unknown:
-            parser.error(
-                f"--variants {','.join(unknown)}: not in the sweep; its variants are {', '.join(sweep['variants'])}"
-            )
-        sweep["variants"] = {k: v for k, v in sweep["variants"].items() if k in args.variants.split(",")}
+                parser.error(
+                    f"--{key} {','.join(unknown)}: not in the sweep; its {key} are {', '.join(map(str, present))}"
+                )
+            if key == "variants":  # in the sweep's order
+                sweep[key] = {name: v for name, v in sweep[key].items() if name in chosen}
+            else:  # in the order given: cheap tasks first finish whole columns
+                sweep[key] = list(dict.fromkeys(chosen))
     runs = expand(sweep, args.root)
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)
