@@ -215,6 +215,15 @@ class GlueTrainingArguments(TrainingArguments):
             "(false: the Trainer's checkpoints, which a killed run can resume from)."
         },
     )
+    resumable: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the training state into --output_dir/checkpoint-<step> at every evaluation (every epoch "
+            "without evaluations), keeping the latest only; started again on that folder with the same arguments, "
+            "the run resumes from it and ends as if never stopped; the checkpoint is removed when the run ends. "
+            "Sweeps set it. (--save_strategy with --resume_from_checkpoint: the Trainer's checkpoints, kept.)"
+        },
+    )
     save_model: bool = field(
         default=True,
         metadata={"help": "Write the trained weights and tokenizer at the end (sweeps that need only scores: false)."},
@@ -245,6 +254,12 @@ class GlueTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--cache_dtype {self.cache_dtype!r} is not valid; choose one of float32, bfloat16, float16."
             )
+        if self.resumable and (str(self.save_strategy) != "no" or self.save_only_model):
+            option = "--save_only_model" if self.save_only_model else f"--save_strategy {self.save_strategy}"
+            raise ValueError(
+                f"--resumable writes its own checkpoints (the whole training state at every evaluation, the latest "
+                f"kept, removed at the end): drop {option}, or drop --resumable to keep the Trainer's checkpoints."
+            )
         self.select_best_in_memory = False
         """Set when the best evaluation is kept in memory (the Trainer's own load_best_model_at_end is then off)."""
         if self.load_best_model_at_end:
@@ -257,6 +272,14 @@ class GlueTrainingArguments(TrainingArguments):
                     self.save_strategy = str(self.eval_strategy)
                     if self.save_total_limit is None:
                         self.save_total_limit = 1
+        if self.resumable:
+            if str(self.save_strategy) == "no":  # (the Trainer's best-model selection has set it to the evaluations')
+                evaluates = str(self.eval_strategy) not in ("no", "IntervalStrategy.NO")
+                self.save_strategy = str(self.eval_strategy) if evaluates else "epoch"
+                if str(self.eval_strategy) in ("steps", "IntervalStrategy.STEPS"):
+                    self.save_steps = self.eval_steps if self.eval_steps is not None else self.logging_steps
+                self.save_total_limit = 1
+            self.restore_callback_states_from_checkpoint = True  # the early-stopping counter
         if not torch.cuda.is_available():
             if self.bf16 and not self.use_cpu:
                 self.use_cpu = True  # bf16 autocast on the CPU (the Trainer asks for use_cpu to allow it)

@@ -442,7 +442,7 @@ def _copy(training, work: Path, steps: int) -> dict[str, Any]:
     values.update(
         output_dir=str(work), overwrite_output_dir=True, max_steps=max(steps, 1), save_strategy="no",
         load_best_model_at_end=False, early_stopping_patience=None, eval_strategy="no",
-        eval_steps=None, logging_steps=50, report_to=[], save_model=False,
+        eval_steps=None, logging_steps=50, report_to=[], save_model=False, resumable=False,
         evaluation_strategy=None, warmup_ratio=None,
     )  # fmt: skip
     return values

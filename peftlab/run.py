@@ -50,6 +50,13 @@ import peftlab
 from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments
 from peftlab.autolayer import AutoLayerArguments, at_layer, check_auto, choose_layer, wants_auto
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, default_cache_dir, need_of
+from peftlab.checkpoints import (
+    check_checkpoint_fits,
+    complete_checkpoints,
+    remove_checkpoints,
+    resolve_checkpoint,
+    resume_arguments,
+)
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
 from peftlab.glue.metrics import compute_metrics_fn, predictions_from_logits
@@ -59,7 +66,6 @@ from peftlab.io import write_json
 from peftlab.methods import PeftArguments
 from peftlab.modeling import (
     BUNDLED_MODEL,
-    MODEL_CONFIG_NAME,
     WEIGHTS_NAME,
     HeadConfig,
     SequenceClassifier,
@@ -110,6 +116,11 @@ class RunSpec:
     cache_need: Any = None
     auto_candidates: list[int] | None = None
     """The candidate layers of a ``--target_layers auto`` run (None: the run's layers are given)."""
+    resume_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What a checkpoint of this run records and a resumed run must share (:func:`peftlab.checkpoints.resume_arguments`)."""
+    resume_found: bool = False
+    """The checkpoint was found by ``--resumable`` (not named by ``--resume_from_checkpoint``): looked for again when
+    the run starts, holding its folder's lock."""
     frozen_layers_mode: str = "train (dropout active in frozen layers, as in the paper's code)"
 
     @property
@@ -266,6 +277,8 @@ def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArgu
         )
     if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()) or training_args.overwrite_output_dir:
         return
+    if training_args.resumable and training_args.do_train and complete_checkpoints(out, resumable_only=True):
+        return  # a --resumable run started again on its own folder
     raise ConfigError(
         f"--output_dir {str(out)!r} exists and is not empty. Pass --overwrite_output_dir to write into it, "
         "or choose another folder."
@@ -275,70 +288,6 @@ def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArgu
             else ""
         )
     )
-
-
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
-def resolve_checkpoint(training_args: GlueTrainingArguments) -> str | None:
-    """The checkpoint folder ``--resume_from_checkpoint`` names: ``True`` is the latest complete ``checkpoint-<step>``
-    in ``--output_dir`` (as the Trainer's own ``resume_from_checkpoint=True``), ``False`` none. A checkpoint that is
-    not there is an error now, not after the data and model are loaded."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).strip().lower() in ("", "false") or not training_args.do_train:
-        return None
-    out = Path(training_args.output_dir)
-    if str(value).strip().lower() == "true":
-        steps = {
-            int(path.name[len(CHECKPOINT_PREFIX) :]): path
-            for path in (out.iterdir() if out.is_dir() else [])
-            if path.name.startswith(CHECKPOINT_PREFIX) and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
-        }
-        complete = [step for step in steps if (steps[step] / "trainer_state.json").is_file()]
-        if not complete:
-            raise ConfigError(
-                f"--resume_from_checkpoint True: --output_dir {str(out)!r} holds no complete checkpoint-<step> folder "
-                "to resume from. A run writes checkpoints only with --save_strategy steps or epoch; give a checkpoint "
-                "folder, or train from the start without --resume_from_checkpoint."
-            )
-        latest = steps[max(complete)]
-        if max(steps) != max(complete):
-            logger.warning("%s is incomplete (no trainer_state.json): resuming from %s.", steps[max(steps)], latest)
-        return str(latest)
-    path = Path(str(value))
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(
-            f"--resume_from_checkpoint {str(value)!r} is not a checkpoint folder (no trainer_state.json in it); give "
-            "a checkpoint-<step> folder of an earlier run, or True for the latest one in --output_dir."
-        )
-    return str(path)
-
-
-def check_checkpoint_fits(checkpoint: str, model: SequenceClassifier, base_model: str) -> None:
-    """Refuse to resume from a checkpoint of another model (another method, layers, options, head or base model):
-    the Trainer would load what fits, warn about the rest and train on, reporting a run that is neither."""
-    path = Path(checkpoint)
-    if not (path / MODEL_CONFIG_NAME).is_file():
-        raise ConfigError(
-            f"--resume_from_checkpoint {checkpoint!r} has no {MODEL_CONFIG_NAME}: it was not written by a peftlab run, "
-            "so it cannot be checked against this one. Train from the start without --resume_from_checkpoint."
-        )
-    saved = json.loads((path / MODEL_CONFIG_NAME).read_text())
-    wanted = {"base_model": base_model, "head": asdict(model.head_config), "peft": asdict(model.peft_args)}
-    differences = []
-    for part in ("base_model", "head", "peft"):
-        there, here = saved.get(part), wanted[part]
-        if isinstance(here, dict) and isinstance(there, dict):
-            differences += [
-                f"{k} {there[k]!r} there, {here[k]!r} here" for k in here if k in there and there[k] != here[k]
-            ]
-        elif there != here:
-            differences.append(f"{part} {there!r} there, {here!r} here")
-    if differences:
-        raise ConfigError(
-            f"--resume_from_checkpoint {checkpoint!r} is a checkpoint of another model ({'; '.join(differences[:4])}). "
-            "Resume with the arguments it was trained with, or train from the start without --resume_from_checkpoint."
-        )
 
 
 SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -548,7 +497,6 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
         raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
     spec.glue_dir = resolve_glue_dir(data_args)
     check_output_dir(training_args, model_args)
-    training_args.resume_from_checkpoint = resolve_checkpoint(training_args)
     check_devices(training_args)
     check_model_dtype(model_args, training_args)
     spec.task = ws.run_data(spec).task
@@ -561,6 +509,7 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
     limit = max_length_of(tokenizer, config)
     if data_args.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
+    metas = []
     if not is_trained_run(model_args.model_name_or_path):
         checked = [peft_args]
         if wants_auto(peft_args.method, peft_args.target_layers):
@@ -578,10 +527,6 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
             metas = [check_buildable(config, head, p, model_args.model_dtype) for p in checked]
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        if training_args.resume_from_checkpoint:
-            check_checkpoint_fits(
-                training_args.resume_from_checkpoint, metas[0], model_args.model_name_or_path or BUNDLED_MODEL
-            )
         if training_args.cache_frozen_prefix and spec.auto_candidates is None:
             spec.cache_need = need_of(metas[0])
     if search := spec.search_args.hp_search:
@@ -592,6 +537,16 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
             raise ConfigError(f"--hp_search {search} optimises the evaluation metric: add --do_eval.")
     if training_args.metric_for_best_model == "main":
         training_args.metric_for_best_model = spec.task.main_metric
+    if training_args.resumable and spec.space is not None:
+        raise ConfigError("--resumable resumes one training run; a --hp_search has many (drop --resumable).")
+    spec.resume_args = resume_arguments(*spec.parsed)
+    spec.resume_found = training_args.resumable and str(training_args.resume_from_checkpoint or "false").lower() in (
+        "", "false")  # fmt: skip
+    training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
+    if training_args.resume_from_checkpoint and metas and spec.auto_candidates is None:
+        check_checkpoint_fits(
+            training_args.resume_from_checkpoint, metas[0], model_args.model_name_or_path or BUNDLED_MODEL
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -847,6 +802,7 @@ def build_trainer(
             return built
 
     return GlueTrainer(
+        resume_arguments=spec.resume_args,
         model=None if model_init else model,
         model_init=model_init,
         args=training_args,
@@ -899,17 +855,26 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     train, evaluate, predict, and write ``run_config.json`` and ``all_results.json`` (last: it marks the run done).
     """
     started, cpu_started = time.time(), time.process_time()
-    auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
     training_args = spec.training_args
+    if training_args.resumable and (spec.resume_found or not training_args.resume_from_checkpoint):
+        training_args.resume_from_checkpoint = None  # look again, now that this process holds the folder's lock
+        training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
+        spec.resume_found = training_args.resume_from_checkpoint is not None
+    auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
     run_data = ws.run_data(spec)
     logger.info("Task %s, data protocol: %s", spec.task.name, run_data.protocol)
     set_seed(training_args.seed)
     model = make_model(ws, spec)
+    if training_args.resume_from_checkpoint:
+        check_checkpoint_fits(
+            training_args.resume_from_checkpoint, model, spec.model_args.model_name_or_path or BUNDLED_MODEL
+        )
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s; adapted: %s", model.injection.methods, counts,
                 model.injection.targeted_modules)  # fmt: skip
     sets = run_sets(ws, spec, model)
     trainer = build_trainer(ws, spec, model, sets)
+    trainer.run_clock = (started, cpu_started)
     if spec.space is not None:
         return hp_search(trainer, spec)
     config_record = run_config(spec, run_data, model)
@@ -918,21 +883,27 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
         results["auto_layer"] = config_record["auto_layer"] = auto
     if training_args.do_train:
         results.update(train(trainer, spec, sets.train))
+        if trainer.resumed is not None:
+            results["resumed"] = config_record["resumed"] = trainer.resumed
         if auto is not None:  # the whole run (choice and final training) in units of the final training alone
-            runtime = results["train_runtime"]
+            runtime = results["train_runtime"] + (trainer.resumed or {}).get("train_seconds", 0.0)
             auto["cost_in_runs"] = round((auto["selection_seconds"] + runtime) / runtime, 2)
     if training_args.do_eval:
         results.update(evaluate(trainer, spec, sets.eval))
     if training_args.do_predict:
         results["predict_files"] = predict(trainer, ws.features(spec).test, sets.test, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
-    results["wall_seconds"] = round(time.time() - started, 2)
-    results["cpu_seconds"] = round(time.process_time() - cpu_started, 2)  # all threads: core-seconds, whatever the load
+    # CPU time counts all threads (core-seconds, whatever the load); a resumed run adds the time of the work it kept
+    earlier = trainer.resumed or {}
+    results["wall_seconds"] = round(earlier.get("wall_seconds", 0.0) + time.time() - started, 2)
+    results["cpu_seconds"] = round(earlier.get("cpu_seconds", 0.0) + time.process_time() - cpu_started, 2)
     results["threads"] = torch.get_num_threads()
     if trainer.is_world_process_zero():
         config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         write_json(spec.output_dir / RUN_CONFIG_NAME, config_record)
         write_json(spec.output_dir / RESULTS_NAME, results)  # last: its presence marks the run finished
+        if training_args.resumable:
+            remove_checkpoints(spec.output_dir)
     return results
 
 

@@ -70,8 +70,13 @@ DEFAULTS: dict[str, Any] = {
     "do_eval": True,
     "overwrite_output_dir": True,
     "save_model": False,
+    "resumable": True,
 }
-"""What every sweep run has besides its protocol: scores only (no weights written), progress in the log."""
+"""What every sweep run has besides its protocol: scores only (no weights written), progress in the log, and a
+checkpoint at every evaluation, so that a run stopped with its sweep resumes from its last epoch."""
+NOT_IN_FINGERPRINT = ("output_dir", "resumable")
+"""Arguments that do not change a run's results: where it writes, whether it can resume (a resumed run ends as if
+never stopped; runs finished before sweeps set ``resumable`` are the same runs)."""
 OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
     "mnli": {"train_split": "validation_mismatched"},
     "qqp": {"train_split": "validation", "split_dev": 0.25},
@@ -199,9 +204,9 @@ def _argument_defaults() -> dict[str, Any]:
 
 
 def fingerprint(args: dict[str, Any]) -> str:
-    """What makes two runs the same run: every argument (protocol preset filled in) but where it is written, with
-    arguments equal to their default left out (``placement: ffn`` and no placement are one run) and numbers
-    compared as numbers."""
+    """What makes two runs the same run: every argument (protocol preset filled in) but
+    :data:`NOT_IN_FINGERPRINT`, with arguments equal to their default left out (``placement: ffn`` and no placement
+    are one run) and numbers compared as numbers."""
     defaults = _argument_defaults()
 
     def is_default(key: str, value: Any) -> bool:
@@ -213,7 +218,9 @@ def fingerprint(args: dict[str, Any]) -> str:
     def number(value: Any) -> Any:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
-    kept = {k: number(v) for k, v in effective_args(args).items() if k != "output_dir" and not is_default(k, v)}
+    kept = {
+        k: number(v) for k, v in effective_args(args).items() if k not in NOT_IN_FINGERPRINT and not is_default(k, v)
+    }
     return json.dumps(kept, sort_keys=True)
 
 

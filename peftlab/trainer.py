@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from peftlab.checkpoints import BEST_NAME, RESUME_NAME
+from peftlab.io import write_json
 from peftlab.modeling import SequenceClassifier, save_model_config
 
 logger = logging.getLogger("peftlab")
@@ -31,13 +37,22 @@ class GlueTrainer(Trainer):
     usual whether the metric improved (``metric_for_best_model``, ``greater_is_better``); if so, a copy of the
     trainable parameters (everything under full fine-tuning) is kept, and it is loaded back when training ends.
     No checkpoint is written per evaluation: for a frozen backbone that copy is a few thousand numbers.
+
+    Checkpoints (``--resumable``, or the Trainer's own) also carry that copy and the run's time so far
+    (:mod:`peftlab.checkpoints`): ``run_clock`` is when the run started (wall and process CPU time, set by the
+    caller), and after training ``resumed`` says what came from a checkpoint (``None``: nothing).
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, resume_arguments: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(LogCallback())
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._best_step: int | None = None
+        self._train_started = time.time()
+        self.resume_arguments = resume_arguments or {}
+        self.run_clock = (time.time(), time.process_time())
+        self.resumed: dict[str, Any] | None = None
 
     def _classifier(self) -> SequenceClassifier | None:
         model = self.accelerator.unwrap_model(self.model)
@@ -94,10 +109,55 @@ class GlueTrainer(Trainer):
         model = self._classifier()
         if is_new_best and self.args.select_best_in_memory and model is not None:
             self._best_state = {k: t.detach().clone() for k, t in model.trainable_state_dict().items()}
+            self._best_step = self.state.global_step
         return is_new_best
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint. With the best evaluation kept in memory (and so in every checkpoint), the
+        Trainer is not told the best step while it saves: it would keep that step's checkpoint beside the latest."""
+        if not self.args.select_best_in_memory:
+            return super()._save_checkpoint(model, trial)
+        self.state.best_global_step = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.state.best_global_step = self._best_step
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """The Trainer's optimizer and scheduler, then what else the run needs to resume as if never stopped: the
+        best evaluation kept in memory and the time taken so far (all before ``trainer_state.json``, which the
+        Trainer writes last and which marks the checkpoint complete)."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if not self.args.should_save:
+            return
+        if self._best_state is not None:
+            save_file({k: t.contiguous() for k, t in self._best_state.items()}, str(Path(output_dir) / BEST_NAME))
+        earlier = self.resumed or {}
+        wall, cpu = self.run_clock
+        write_json(Path(output_dir) / RESUME_NAME, {
+            "arguments": self.resume_arguments,
+            "best_step": self._best_step,
+            "starts": earlier.get("starts", 0) + 1,
+            "wall_seconds": round(earlier.get("wall_seconds", 0.0) + time.time() - wall, 2),
+            "cpu_seconds": round(earlier.get("cpu_seconds", 0.0) + time.process_time() - cpu, 2),
+            "train_seconds": round(earlier.get("train_seconds", 0.0) + time.time() - self._train_started, 2),
+        })  # fmt: skip
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = Path(checkpoint)
+        record = json.loads((path / RESUME_NAME).read_text()) if (path / RESUME_NAME).is_file() else {}
+        self.resumed = {"checkpoint": str(path), "step": self.state.global_step, "starts": record.get("starts", 1)}
+        self.resumed.update({k: record[k] for k in ("wall_seconds", "cpu_seconds", "train_seconds") if k in record})
+        model = self._classifier()
+        if (path / BEST_NAME).is_file() and model is not None:
+            self._best_state = load_file(str(path / BEST_NAME), device=str(next(model.parameters()).device))
+            self._best_step = self.state.best_global_step = record.get("best_step")
+
     def train(self, *args, **kwargs):
-        self._best_state = None
+        self._best_state, self._best_step, self.resumed, self._train_started = None, None, None, time.time()
         output = super().train(*args, **kwargs)
         model = self._classifier()
         if self._best_state is not None and model is not None:

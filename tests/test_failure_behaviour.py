@@ -231,6 +231,97 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_as_if_never_stopped(
     # (train_loss differs: the Trainer averages it over the steps of the last session only, here epoch 3)
 
 
+def kill_after_checkpoint(monkeypatch, step: int) -> None:
+    """From now on, every run is killed (KeyboardInterrupt) right after it writes its checkpoint at ``step``."""
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    build = GlueTrainer.__init__
+    monkeypatch.setattr(
+        GlueTrainer, "__init__", lambda self, *a, **k: build(self, *a, **k) or self.add_callback(Kill())
+    )
+
+
+def test_a_resumable_run_killed_mid_way_resumes_by_itself_and_ends_as_if_never_stopped(
+    tiny_bert, rte_dir, tmp_path, monkeypatch
+):
+    """--resumable (what sweeps use): the best evaluation kept in memory, the early-stopping counter and the time
+    taken all survive a kill. The best epoch is made the first (the highest eval loss counts as best; training on
+    the dev rows lowers it), so a best state lost at the kill would report epoch 2 or 3 instead; patience 2 stops
+    the run after epoch 3, so a lost counter would train epoch 4 too."""
+    train = ["--method", "adapter@1", "--num_train_epochs", "5", "--eval_strategy", "epoch", "--resumable", "true",
+             "--early_stopping_patience", "2", "--metric_for_best_model", "loss", "--greater_is_better", "true",
+             "--learning_rate", "1e-2", *FAST]  # fmt: skip
+    whole = main([*base(tiny_bert, rte_dir, tmp_path / "whole"), *train])
+    assert whole["best_evaluation"]["epoch"] == 1 and whole["last_evaluation"]["epoch"] == 3  # the premises
+    assert whole["eval_loss"] == whole["best_evaluation"]["eval_loss"] and "resumed" not in whole
+    assert not list((tmp_path / "whole").glob("checkpoint-*"))  # removed at the end
+    killed = [*base(tiny_bert, rte_dir, tmp_path / "killed"), *train]
+    kill_after_checkpoint(monkeypatch, step=8)  # after epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        main(killed)
+    monkeypatch.undo()
+    kept = tmp_path / "killed" / "checkpoint-8"
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-8"]  # the latest only
+    assert (kept / "best_evaluation.safetensors").is_file() and (kept / "peftlab_resume.json").is_file()
+    steps = count_training_steps(monkeypatch)
+    resumed = main(killed)  # the same command: no --overwrite_output_dir, no --resume_from_checkpoint
+    assert len(steps) == 4  # epoch 3 only, then early stopping (the counter came back at 1)
+    for key in ("eval_loss", "eval_accuracy", "epoch"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert [e["eval_loss"] for e in resumed["evaluations"]] == pytest.approx(
+        [e["eval_loss"] for e in whole["evaluations"]], rel=1e-6
+    )
+    record = resumed["resumed"]
+    assert record["step"] == 8 and record["starts"] == 1 and record["checkpoint"] == str(kept)
+    assert resumed["cpu_seconds"] >= record["cpu_seconds"] > 0  # the whole run's time, both starts
+    assert json.loads((tmp_path / "killed" / "run_config.json").read_text())["resumed"] == record
+    assert not list((tmp_path / "killed").glob("checkpoint-*"))
+
+
+def test_a_resumable_checkpoint_is_resumed_only_with_the_same_arguments(tiny_bert, rte_dir, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    train = [*base(tiny_bert, rte_dir, out), "--method", "lora@1", "--num_train_epochs", "3", "--resumable", "true",
+             *FAST]  # fmt: skip
+    kill_after_checkpoint(monkeypatch, step=4)
+    with pytest.raises(KeyboardInterrupt):
+        main(train)
+    monkeypatch.undo()
+    refuse_model_loading(monkeypatch)
+    with pytest.raises(
+        ConfigError,
+        match=r"--resumable: '.*checkpoint-4' is a checkpoint of a run with other arguments \(learning_rate 5e-05 there, 0\.001 here\)"
+        r"\. Resume with the arguments it was trained with, or delete that folder",
+    ):
+        main([*train, "--learning_rate", "1e-3"])
+    with pytest.raises(ConfigError, match=r"checkpoint-4' is a checkpoint of a run with other arguments \(method 'lora@1' there, 'lora@0' here\)"):  # fmt: skip
+        main([*base(tiny_bert, rte_dir, out), "--method", "lora@0", "--num_train_epochs", "3", "--resumable", "true",
+              *FAST])  # fmt: skip
+    # Without --resumable the folder is an ordinary non-empty one.
+    with pytest.raises(ConfigError, match=r"exists and is not empty"):
+        main([*base(tiny_bert, rte_dir, out), "--method", "lora@1", "--num_train_epochs", "3", *FAST])
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--save_strategy", "epoch"], r"--resumable writes its own checkpoints .*: drop --save_strategy epoch"),
+        (["--save_only_model", "true"], r"--resumable writes its own checkpoints .*: drop --save_only_model"),
+        (
+            ["--hp_search", "optuna", "--hp_space", '{"learning_rate": {"type": "float", "low": 0.001, "high": 0.01}}'],
+            r"--resumable resumes one training run; a --hp_search has many",
+        ),
+    ],
+)
+def test_resumable_with_what_it_cannot_serve_is_refused(tiny_bert, rte_dir, tmp_path, no_model_loading, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        main([*base(tiny_bert, rte_dir, tmp_path / "o"), "--resumable", "true", *extra])
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(tiny_bert, rte_dir, tmp_path, no_model_loading):
     out = tmp_path / "o"
     write(out / "checkpoint-3" / "half-written.bin", "")  # no trainer_state.json: incomplete, never resumed from

@@ -91,6 +91,8 @@ def test_identical_finished_runs_are_copied_not_rerun(tmp_path):
     write(source.output_dir / "all_results.json", '{"eval_accuracy": 0.75}')
     runs = expand({"name": "b", "tasks": ["rte"], "variants": {"y": {"method": "adapter@1"}}}, tmp_path)
     assert fingerprint(runs[0].args) == fingerprint(source.args)  # a default value given or not: the same run
+    earlier = {k: v for k, v in runs[0].args.items() if k != "resumable"}  # finished before sweeps set it
+    assert runs[0].args["resumable"] is True and fingerprint(earlier) == fingerprint(runs[0].args)
     log = []
     assert run_sweep(runs, tmp_path / "b", reuse_root=tmp_path, log=log.append) == []
     assert log[0] == f"reuse rte/y/seed42: identical to the finished {source.output_dir}"
