@@ -6,8 +6,9 @@ Expands the grid in the JSON file (see peftlab/sweep.py), skips finished runs, c
 finished runs, and runs the rest as jobs: per group of runs on the same data, one fill job for the frozen-prefix
 caches and chunks of runs that share one process each. --backend local runs --workers jobs at a time on this
 machine; --backend ray hands them to Ray (a local one, or the cluster at --address, whose workers must share
---root). An interrupted sweep resumes where it stopped. --dry_run prints the jobs and a CPU-time estimate without
-starting anything (scripts/estimate_check.py compares it with measured jobs).
+--root). An interrupted sweep resumes where it stopped, each unfinished run from its last epoch. --dry_run prints
+the jobs and a CPU-time estimate without starting anything (scripts/estimate_check.py compares it with measured
+jobs).
 """
 
 from __future__ import annotations
