@@ -564,16 +564,27 @@ def trains_backbone(run: Run) -> bool:
     return _method_class(effective_args(run.args)["method"]).trains_backbone
 
 
+def epochs_done(run: Run) -> float:
+    """The epochs an unfinished ``--resumable`` run has behind it (those of its latest checkpoint; 0 without one)."""
+    from peftlab.checkpoints import complete_checkpoints
+
+    found = complete_checkpoints(run.output_dir, resumable_only=True)
+    if not found:
+        return 0.0
+    return float(json.loads((found[max(found)] / "trainer_state.json").read_text()).get("epoch") or 0.0)
+
+
 def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | None = None) -> dict[str, float]:
     """How many of each :data:`COST` unit ``run`` spends inside its job (its share of start-up and fill aside):
-    every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early) and,
-    with per-epoch evaluation, evaluates."""
+    every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early, less
+    those a resumable run has in its checkpoint) and, with per-epoch evaluation, evaluates."""
     args = effective_args(run.args)
     length = load.tokens / REFERENCE_TOKENS
     if epochs is None:
         epochs = float(args.get("num_train_epochs", 3))
         if args.get("early_stopping_patience"):
             epochs *= EPOCH_SHARE
+        epochs = max(epochs - epochs_done(run), 0.0)
     evals = 1 + (epochs if str(args.get("eval_strategy", "no")) == "epoch" else 0)
     terms = dict.fromkeys(COST, 0.0)
     terms["run"] = 1.0

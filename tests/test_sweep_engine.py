@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, write
 
 from peftlab.io import write_json
-from peftlab.sweep import expand, fingerprint, plan_jobs, run_args, run_sweep
+from peftlab.sweep import Workload, expand, fingerprint, plan_jobs, run_args, run_sweep, run_terms
 
 
 def small_sweep(model: str, glue: Path, name: str = "s") -> dict:
@@ -99,6 +99,18 @@ def test_identical_finished_runs_are_copied_not_rerun(tmp_path):
     assert (runs[0].output_dir / "reused_from.txt").read_text().strip() == str(source.output_dir)
     assert json.loads((runs[0].output_dir / "all_results.json").read_text()) == {"eval_accuracy": 0.75}
     assert not (tmp_path / "b" / ".jobs").exists()  # nothing was started
+
+
+def test_the_estimate_leaves_out_the_epochs_a_stopped_run_has_in_its_checkpoint(tmp_path):
+    run = expand({"name": "a", "tasks": ["rte"], "variants": {"x": {"method": "adapter@1"}}}, tmp_path)[0]
+    load = Workload(train=1000, eval=100, tokens=40.0)
+    whole = run_terms(run, load)
+    write(run.output_dir / "checkpoint-9" / "trainer_state.json", '{"epoch": 1.0}')  # the Trainer's own: not counted
+    assert run_terms(run, load) == whole
+    write(run.output_dir / "checkpoint-9" / "peftlab_resume.json", "{}")  # a --resumable run's, after 1 of 3 epochs
+    write(run.output_dir / "checkpoint-18" / "peftlab_resume.json", "{}")  # incomplete (no trainer_state.json)
+    left = run_terms(run, load)
+    assert left["frozen"] == pytest.approx(whole["frozen"] * 2 / 3) and left["run"] == whole["run"] == 1.0
 
 
 def test_killing_the_driver_at_a_random_point_loses_nothing_and_runs_nothing_twice(tiny_bert, rte_dir, tmp_path):
