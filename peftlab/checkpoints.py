@@ -122,9 +122,9 @@ def check_same_arguments(checkpoint: str | Path, arguments: dict[str, Any]) -> N
     differences = [f"{k} {saved[k]!r} there, {v!r} here" for k, v in arguments.items() if k in saved and saved[k] != v]
     if differences:
         raise ConfigError(
-            f"--resumable: {str(checkpoint)!r} is a checkpoint of a run with other arguments ({'; '.join(differences[:4])}). "
-            "Resume with the arguments it was trained with, or delete that folder (or choose another --output_dir) to "
-            "train from the start."
+            f"--resumable: {str(checkpoint)!r} is a checkpoint of a run with other arguments "
+            f"({'; '.join(differences[:4])}). Resume with the arguments it was trained with, or delete that folder (or "
+            "choose another --output_dir) to train from the start."
         )
 
 

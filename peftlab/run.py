@@ -117,7 +117,8 @@ class RunSpec:
     auto_candidates: list[int] | None = None
     """The candidate layers of a ``--target_layers auto`` run (None: the run's layers are given)."""
     resume_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """What a checkpoint of this run records and a resumed run must share (:func:`peftlab.checkpoints.resume_arguments`)."""
+    """What a checkpoint of this run records and a resumed run must share
+    (:func:`peftlab.checkpoints.resume_arguments`)."""
     resume_found: bool = False
     """The checkpoint was found by ``--resumable`` (not named by ``--resume_from_checkpoint``): looked for again when
     the run starts, holding its folder's lock."""
