@@ -58,6 +58,12 @@ def complete_checkpoints(out: Path, *, resumable_only: bool = False) -> dict[int
     }
 
 
+def names_checkpoint(value: Any) -> bool:
+    """Whether a ``--resume_from_checkpoint`` value asks for a checkpoint (``True`` or a folder; not unset or
+    ``False``)."""
+    return value is not None and str(value).strip().lower() not in ("", "false")
+
+
 def resolve_checkpoint(training_args, arguments: dict[str, Any]) -> str | None:
     """The checkpoint the run resumes from. ``--resume_from_checkpoint``: ``True`` is the latest complete
     ``checkpoint-<step>`` in ``--output_dir`` (as the Trainer's own ``resume_from_checkpoint=True``), a path that
@@ -69,7 +75,7 @@ def resolve_checkpoint(training_args, arguments: dict[str, Any]) -> str | None:
     if not training_args.do_train:
         return None
     out = Path(training_args.output_dir)
-    if value is None or str(value).strip().lower() in ("", "false"):
+    if not names_checkpoint(value):
         if not training_args.resumable:
             return None
         own = complete_checkpoints(out, resumable_only=True)

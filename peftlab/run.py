@@ -53,6 +53,7 @@ from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, def
 from peftlab.checkpoints import (
     check_checkpoint_fits,
     complete_checkpoints,
+    names_checkpoint,
     remove_checkpoints,
     resolve_checkpoint,
     resume_arguments,
@@ -119,9 +120,9 @@ class RunSpec:
     resume_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What a checkpoint of this run records and a resumed run must share
     (:func:`peftlab.checkpoints.resume_arguments`)."""
-    resume_found: bool = False
-    """The checkpoint was found by ``--resumable`` (not named by ``--resume_from_checkpoint``): looked for again when
-    the run starts, holding its folder's lock."""
+    resume_named: bool = False
+    """``--resume_from_checkpoint`` names the checkpoint; otherwise a ``--resumable`` run looks for its own again
+    when it starts, holding its folder's lock."""
     frozen_layers_mode: str = "train (dropout active in frozen layers, as in the paper's code)"
 
     @property
@@ -541,8 +542,7 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
     if training_args.resumable and spec.space is not None:
         raise ConfigError("--resumable resumes one training run; a --hp_search has many (drop --resumable).")
     spec.resume_args = resume_arguments(*spec.parsed)
-    spec.resume_found = training_args.resumable and str(training_args.resume_from_checkpoint or "false").lower() in (
-        "", "false")  # fmt: skip
+    spec.resume_named = names_checkpoint(training_args.resume_from_checkpoint)
     training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
     if training_args.resume_from_checkpoint and metas and spec.auto_candidates is None:
         check_checkpoint_fits(
@@ -857,10 +857,9 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """
     started, cpu_started = time.time(), time.process_time()
     training_args = spec.training_args
-    if training_args.resumable and (spec.resume_found or not training_args.resume_from_checkpoint):
+    if training_args.resumable and not spec.resume_named:
         training_args.resume_from_checkpoint = None  # look again, now that this process holds the folder's lock
         training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
-        spec.resume_found = training_args.resume_from_checkpoint is not None
     auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
     run_data = ws.run_data(spec)
     logger.info("Task %s, data protocol: %s", spec.task.name, run_data.protocol)
