@@ -143,6 +143,12 @@ class DataArguments:
             raise ValueError(f"--max_seq_length {self.max_seq_length} is too small; use at least 8.")
 
 
+def strategy_name(strategy) -> str:
+    """A Trainer strategy (``--eval_strategy``, ``--save_strategy``) by name: ``"no"``, ``"steps"``, ``"epoch"``...,
+    whether it is still the string given or already the Trainer's enum."""
+    return getattr(strategy, "value", strategy)
+
+
 ALIASES = ("evaluation_strategy", "group_by_length", "warmup_ratio")
 """Arguments of GlueTrainingArguments that only set other fields (eval_strategy, train_sampling_strategy,
 warmup_steps) when parsed."""
@@ -246,7 +252,7 @@ class GlueTrainingArguments(TrainingArguments):
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 raise ValueError(f"--early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
-            if str(self.eval_strategy) in ("no", "IntervalStrategy.NO"):
+            if strategy_name(self.eval_strategy) == "no":
                 raise ValueError("--early_stopping_patience needs evaluations: set --eval_strategy epoch or steps.")
             self.load_best_model_at_end = True
         self.check_values()
@@ -254,7 +260,7 @@ class GlueTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--cache_dtype {self.cache_dtype!r} is not valid; choose one of float32, bfloat16, float16."
             )
-        if self.resumable and (str(self.save_strategy) != "no" or self.save_only_model):
+        if self.resumable and (strategy_name(self.save_strategy) != "no" or self.save_only_model):
             option = "--save_only_model" if self.save_only_model else f"--save_strategy {self.save_strategy}"
             raise ValueError(
                 f"--resumable writes its own checkpoints (the whole training state at every evaluation, the latest "
@@ -265,7 +271,7 @@ class GlueTrainingArguments(TrainingArguments):
         if self.load_best_model_at_end:
             if self.metric_for_best_model is None:
                 self.metric_for_best_model = "main"
-            if str(self.save_strategy) == "no":
+            if strategy_name(self.save_strategy) == "no":
                 if self.best_model_in_memory:
                     self.select_best_in_memory, self.load_best_model_at_end = True, False
                 else:
@@ -273,10 +279,10 @@ class GlueTrainingArguments(TrainingArguments):
                     if self.save_total_limit is None:
                         self.save_total_limit = 1
         if self.resumable:
-            if str(self.save_strategy) == "no":  # (the Trainer's best-model selection has set it to the evaluations')
-                evaluates = str(self.eval_strategy) not in ("no", "IntervalStrategy.NO")
-                self.save_strategy = str(self.eval_strategy) if evaluates else "epoch"
-                if str(self.eval_strategy) in ("steps", "IntervalStrategy.STEPS"):
+            if strategy_name(self.save_strategy) == "no":  # (the best-model selection may have set it to eval's)
+                evaluation = strategy_name(self.eval_strategy)
+                self.save_strategy = "epoch" if evaluation == "no" else evaluation
+                if evaluation == "steps":
                     self.save_steps = self.eval_steps if self.eval_steps is not None else self.logging_steps
                 self.save_total_limit = 1
             self.restore_callback_states_from_checkpoint = True  # the early-stopping counter
