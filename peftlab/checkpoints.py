@@ -28,7 +28,8 @@ logger = logging.getLogger("peftlab")
 
 CHECKPOINT_PREFIX = "checkpoint-"
 RESUME_NAME = "peftlab_resume.json"
-"""In a ``--resumable`` checkpoint: the run's arguments and the time it took before this checkpoint."""
+"""In a ``--resumable`` checkpoint: the run's arguments, the time it took before this checkpoint and, for a
+``--target_layers auto`` run, the layer it chose (the choice is not made again when it resumes)."""
 BEST_NAME = "best_evaluation.safetensors"
 """In a ``--resumable`` checkpoint: the trainable parameters of the best evaluation so far (kept in memory)."""
 NOT_COMPARED = frozenset({
@@ -62,6 +63,12 @@ def names_checkpoint(value: Any) -> bool:
     """Whether a ``--resume_from_checkpoint`` value asks for a checkpoint (``True`` or a folder; not unset or
     ``False``)."""
     return value is not None and str(value).strip().lower() not in ("", "false")
+
+
+def resume_record(checkpoint: str | Path | None) -> dict[str, Any]:
+    """What a checkpoint's :data:`RESUME_NAME` records (``{}`` for none, or a checkpoint of the Trainer's own)."""
+    record = Path(checkpoint) / RESUME_NAME if checkpoint else None
+    return json.loads(record.read_text()) if record is not None and record.is_file() else {}
 
 
 def resolve_checkpoint(training_args, arguments: dict[str, Any]) -> str | None:
@@ -121,10 +128,7 @@ def check_same_arguments(checkpoint: str | Path, arguments: dict[str, Any]) -> N
     """Refuse a ``--resumable`` checkpoint written by a run with other arguments (another learning rate, number of
     epochs, seed, task...): the resumed run would be neither. A checkpoint without the record (the Trainer's own)
     is not checked here."""
-    record = Path(checkpoint) / RESUME_NAME
-    if not record.is_file():
-        return
-    saved = json.loads(record.read_text()).get("arguments", {})
+    saved = resume_record(checkpoint).get("arguments", {})
     differences = [f"{k} {saved[k]!r} there, {v!r} here" for k, v in arguments.items() if k in saved and saved[k] != v]
     if differences:
         raise ConfigError(

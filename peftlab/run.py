@@ -27,6 +27,7 @@ import sys
 import time
 import types
 import typing
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from peftlab.checkpoints import (
     remove_checkpoints,
     resolve_checkpoint,
     resume_arguments,
+    resume_record,
 )
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
@@ -541,7 +543,8 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
         training_args.metric_for_best_model = spec.task.main_metric
     if training_args.resumable and spec.space is not None:
         raise ConfigError("--resumable resumes one training run; a --hp_search has many (drop --resumable).")
-    spec.resume_args = resume_arguments(*spec.parsed)
+    auto_args = [spec.auto_args] if spec.auto_candidates is not None else []  # its choice's settings too
+    spec.resume_args = resume_arguments(*spec.parsed, *auto_args)
     spec.resume_named = names_checkpoint(training_args.resume_from_checkpoint)
     training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
     if training_args.resume_from_checkpoint and metas and spec.auto_candidates is None:
@@ -721,7 +724,22 @@ def with_cache(ws: Workspace, spec: RunSpec, model, named: dict[str, Any]):
 
 
 def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
-    """Choose the layer of an ``auto`` run (:mod:`peftlab.autolayer`) and set it in ``spec``; returns the record."""
+    """Choose the layer of an ``auto`` run (:mod:`peftlab.autolayer`) and set it in ``spec``; returns the record.
+    A run resumed from a checkpoint keeps the choice recorded there (made before it stopped; the checkpoint holds
+    the module at that layer) instead of making it again."""
+    record = resume_record(spec.training_args.resume_from_checkpoint).get("auto_layer")
+    if record is None:
+        record = choose_layer(ws, spec, *auto_candidate_hooks(ws, spec))
+    else:
+        logger.info("Auto layer: layer %d, as chosen before the run stopped (%s); not chosen again.",
+                    record["chosen_layer"], spec.training_args.resume_from_checkpoint)  # fmt: skip
+    spec.peft_args = dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, record["chosen_layer"]))
+    return record
+
+
+def auto_candidate_hooks(ws: Workspace, spec: RunSpec) -> tuple[Callable, Callable]:
+    """What :func:`peftlab.autolayer.choose_layer` builds candidates with: a seeded candidate's trainer, built as
+    an ordinary run's; and the planning of the frozen-prefix caches the candidates read."""
     config = ws.config(spec.model_path, spec.model_args)
     head = head_config(spec.model_args, spec.task.num_labels)
 
@@ -739,9 +757,7 @@ def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
             for data in datasets_:
                 ws.cache(spec).plan(need, data)
 
-    record = choose_layer(ws, spec, candidate_trainer, plan_cache)
-    spec.peft_args = dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, record["chosen_layer"]))
-    return record
+    return candidate_trainer, plan_cache
 
 
 @dataclass
@@ -875,6 +891,8 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     sets = run_sets(ws, spec, model)
     trainer = build_trainer(ws, spec, model, sets)
     trainer.run_clock = (started, cpu_started)
+    if auto is not None:
+        trainer.resume_extras["auto_layer"] = auto  # a resumed run keeps this choice
     if spec.space is not None:
         return hp_search(trainer, spec)
     config_record = run_config(spec, run_data, model)

@@ -564,33 +564,39 @@ def trains_backbone(run: Run) -> bool:
     return _method_class(effective_args(run.args)["method"]).trains_backbone
 
 
-def epochs_done(run: Run) -> float:
-    """The epochs an unfinished ``--resumable`` run has behind it (those of its latest checkpoint; 0 without one)."""
-    from peftlab.checkpoints import complete_checkpoints
+def resumable_progress(run: Run) -> tuple[float, bool]:
+    """What an unfinished ``--resumable`` run has behind it: the epochs in its latest checkpoint (0 without one)
+    and whether that checkpoint holds its layer choice (a ``--target_layers auto`` run does not choose again)."""
+    from peftlab.checkpoints import complete_checkpoints, resume_record
 
     found = complete_checkpoints(run.output_dir, resumable_only=True)
     if not found:
-        return 0.0
-    return float(json.loads((found[max(found)] / "trainer_state.json").read_text()).get("epoch") or 0.0)
+        return 0.0, False
+    latest = found[max(found)]
+    epoch = json.loads((latest / "trainer_state.json").read_text()).get("epoch") or 0.0
+    return float(epoch), "auto_layer" in resume_record(latest)
 
 
 def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | None = None) -> dict[str, float]:
     """How many of each :data:`COST` unit ``run`` spends inside its job (its share of start-up and fill aside):
     every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early, less
-    those a resumable run has in its checkpoint) and, with per-epoch evaluation, evaluates."""
+    those a resumable run has in its checkpoint) and, with per-epoch evaluation, evaluates; an automatic layer's
+    choice first (unless a resumable run's checkpoint holds it), as :data:`AUTO_SELECTION` of the whole training."""
     args = effective_args(run.args)
     length = load.tokens / REFERENCE_TOKENS
+    done, chosen = 0.0, False
     if epochs is None:
         epochs = float(args.get("num_train_epochs", 3))
         if args.get("early_stopping_patience"):
             epochs *= EPOCH_SHARE
-        epochs = max(epochs - epochs_done(run), 0.0)
+        done, chosen = resumable_progress(run)
+    whole, epochs = epochs, max(epochs - done, 0.0)
     evals = 1 + (epochs if str(args.get("eval_strategy", "no")) == "epoch" else 0)
     terms = dict.fromkeys(COST, 0.0)
     terms["run"] = 1.0
     depth = cache_depth(run, num_layers)
-    if "auto" in args["method"] or args.get("target_layers") == "auto":
-        epochs *= 1 + AUTO_SELECTION  # choosing the layer first
+    if ("auto" in args["method"] or args.get("target_layers") == "auto") and not chosen:
+        epochs += AUTO_SELECTION * whole  # choosing the layer first
     if depth is None:
         terms["full" if _method_class(args["method"]).trains_backbone else "frozen"] = load.train * epochs * length
         terms["forward"] = evals * load.eval * length

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import nullcontext
@@ -14,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peftlab.checkpoints import BEST_NAME, RESUME_NAME
+from peftlab.checkpoints import BEST_NAME, RESUME_NAME, resume_record
 from peftlab.io import write_json
 from peftlab.modeling import SequenceClassifier, save_model_config
 
@@ -40,7 +39,8 @@ class GlueTrainer(Trainer):
 
     Checkpoints (``--resumable``, or the Trainer's own) also carry that copy and the run's time so far
     (:mod:`peftlab.checkpoints`): ``run_clock`` is when the run started (wall and process CPU time, set by the
-    caller), and after training ``resumed`` says what came from a checkpoint (``None``: nothing).
+    caller), ``resume_extras`` what else the run's checkpoints record (a ``--target_layers auto`` run's choice), and
+    after training ``resumed`` says what came from a checkpoint (``None``: nothing).
     """
 
     def __init__(self, *args, resume_arguments: dict[str, Any] | None = None, **kwargs) -> None:
@@ -51,6 +51,7 @@ class GlueTrainer(Trainer):
         self._best_step: int | None = None
         self._train_started = time.time()
         self.resume_arguments = resume_arguments or {}
+        self.resume_extras: dict[str, Any] = {}
         self.run_clock = (time.time(), time.process_time())
         self.resumed: dict[str, Any] | None = None
 
@@ -135,6 +136,7 @@ class GlueTrainer(Trainer):
         earlier = self.resumed or {}
         wall, cpu = self.run_clock
         write_json(Path(output_dir) / RESUME_NAME, {
+            **self.resume_extras,
             "arguments": self.resume_arguments,
             "best_step": self._best_step,
             "starts": earlier.get("starts", 0) + 1,
@@ -148,7 +150,7 @@ class GlueTrainer(Trainer):
         if checkpoint is None:
             return
         path = Path(checkpoint)
-        record = json.loads((path / RESUME_NAME).read_text()) if (path / RESUME_NAME).is_file() else {}
+        record = resume_record(path)
         self.resumed = {"checkpoint": str(path), "step": self.state.global_step, "starts": record.get("starts", 1)}
         self.resumed.update({k: record[k] for k in ("wall_seconds", "cpu_seconds", "train_seconds") if k in record})
         model = self._classifier()

@@ -95,3 +95,29 @@ def refuse_model_loading(monkeypatch) -> None:
 def no_model_loading(monkeypatch):
     """Fail the test if a run gets as far as loading model weights."""
     refuse_model_loading(monkeypatch)
+
+
+def count_training_steps(monkeypatch) -> list[int]:
+    """A list that gets one item per training step the Trainer takes from now on."""
+    from peftlab.trainer import GlueTrainer
+
+    steps, step = [], GlueTrainer.training_step
+    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    return steps
+
+
+def kill_after_checkpoint(monkeypatch, step: int) -> None:
+    """From now on, every run is killed (KeyboardInterrupt) right after it writes its checkpoint at ``step``."""
+    from transformers import TrainerCallback
+
+    from peftlab.trainer import GlueTrainer
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    build = GlueTrainer.__init__
+    monkeypatch.setattr(
+        GlueTrainer, "__init__", lambda self, *a, **k: build(self, *a, **k) or self.add_callback(Kill())
+    )

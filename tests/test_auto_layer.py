@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import write
+from conftest import count_training_steps, kill_after_checkpoint, write
 
 from peftlab.errors import ConfigError
 from peftlab.run import main
@@ -292,6 +292,41 @@ def test_auto_with_a_loss_as_the_selection_metric_keeps_the_lowest(tiny_bert, rt
     assert auto["metric"] == "eval_loss" and auto["greater_is_better"] is False
     last = {int(layer): c["evaluations"][-1]["eval_loss"] for layer, c in auto["candidates"].items()}
     assert auto["chosen_layer"] == min(last, key=last.get)
+
+
+def test_a_stopped_auto_run_resumes_its_final_training_with_the_layer_it_chose(
+    tiny_bert, rte_distinct, tmp_path, monkeypatch
+):
+    """--resumable (what sweeps use): the checkpoints of an auto run's final training carry its choice, so the run
+    started again resumes there without choosing again (the choice is up to 1.5 runs' worth of training) and ends as
+    the run that never stopped. A changed setting of the choice is refused like any other changed argument."""
+    from peftlab import run as run_module
+
+    args = ("--method", "adapter@auto", "--bottleneck_dim", "2", "--resumable", "true")
+    whole = run(tiny_bert, rte_distinct, tmp_path / "whole", *args)
+    kill_after_checkpoint(monkeypatch, step=10)  # the final training's epoch 1 of 2 (candidates save nothing)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_bert, rte_distinct, tmp_path / "killed", *args)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match=r"other arguments \(auto_budget 0\.5 there, 0\.25 here\)"):
+        run(tiny_bert, rte_distinct, tmp_path / "killed", *args, "--auto_budget", "0.25")
+
+    def choose_again(*_args, **_kwargs):
+        raise AssertionError("the layer was chosen again")
+
+    monkeypatch.setattr(run_module, "choose_layer", choose_again)
+    steps = count_training_steps(monkeypatch)
+    resumed = run(tiny_bert, rte_distinct, tmp_path / "killed", *args)
+    assert len(steps) == 10 and resumed["resumed"]["step"] == 10  # epoch 2 only
+
+    def choice(auto):
+        scores = {k: [(e["step"], e["eval_loss"]) for e in c["evaluations"]] for k, c in auto["candidates"].items()}
+        return auto["chosen_layer"], auto["proxy_choice"], auto["selection_steps"], scores
+
+    assert choice(resumed["auto_layer"]) == choice(whole["auto_layer"])
+    assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
+    # the cost counts the choice made before the stop and both starts' training
+    assert resumed["auto_layer"]["cost_in_runs"] > 1 and resumed["auto_layer"]["selection_seconds"] > 0
 
 
 @pytest.fixture

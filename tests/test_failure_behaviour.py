@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, refuse_model_loading, write
+from conftest import REPO, count_training_steps, kill_after_checkpoint, refuse_model_loading, write
 
 from peftlab.errors import ConfigError, DataError
 from peftlab.run import main as run_main
@@ -172,13 +172,6 @@ def test_resume_into_a_non_empty_output_folder_needs_overwrite(tiny_bert, rte_di
         main([*base(tiny_bert, rte_dir, out), "--resume_from_checkpoint", str(out / "checkpoint-4")])
 
 
-def count_training_steps(monkeypatch) -> list[int]:
-    """A list that gets one item per training step the Trainer takes from now on."""
-    steps, step = [], GlueTrainer.training_step
-    monkeypatch.setattr(GlueTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
-    return steps
-
-
 def test_resume_from_the_latest_checkpoint_and_only_into_the_same_model(tiny_bert, rte_dir, tmp_path, monkeypatch):
     out = tmp_path / "o"
     train = [*base(tiny_bert, rte_dir, out), "--method", "adapter@0", "--save_strategy", "epoch", *FAST]
@@ -229,21 +222,6 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_as_if_never_stopped(
     assert len(steps) == 4  # epoch 3 only: resumed from checkpoint-8, not trained again from the start
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
     # (train_loss differs: the Trainer averages it over the steps of the last session only, here epoch 3)
-
-
-def kill_after_checkpoint(monkeypatch, step: int) -> None:
-    """From now on, every run is killed (KeyboardInterrupt) right after it writes its checkpoint at ``step``."""
-    from transformers import TrainerCallback
-
-    class Kill(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == step:
-                raise KeyboardInterrupt
-
-    build = GlueTrainer.__init__
-    monkeypatch.setattr(
-        GlueTrainer, "__init__", lambda self, *a, **k: build(self, *a, **k) or self.add_callback(Kill())
-    )
 
 
 def test_a_resumable_run_killed_mid_way_resumes_by_itself_and_ends_as_if_never_stopped(

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, write
 
 from peftlab.io import write_json
-from peftlab.sweep import Workload, expand, fingerprint, plan_jobs, run_args, run_sweep, run_terms
+from peftlab.sweep import AUTO_SELECTION, Workload, expand, fingerprint, plan_jobs, run_args, run_sweep, run_terms
 
 
 def small_sweep(model: str, glue: Path, name: str = "s") -> dict:
@@ -111,6 +111,15 @@ def test_the_estimate_leaves_out_the_epochs_a_stopped_run_has_in_its_checkpoint(
     write(run.output_dir / "checkpoint-18" / "peftlab_resume.json", "{}")  # incomplete (no trainer_state.json)
     left = run_terms(run, load)
     assert left["frozen"] == pytest.approx(whole["frozen"] * 2 / 3) and left["run"] == whole["run"] == 1.0
+    # an automatic layer: its choice comes first, and not again once a checkpoint holds it
+    auto = expand({"name": "b", "tasks": ["rte"], "variants": {"x": {"method": "adapter@auto"}}}, tmp_path)[0]
+    choosing = run_terms(auto, load)
+    assert choosing["frozen"] == pytest.approx(whole["frozen"] * (1 + AUTO_SELECTION))
+    write(auto.output_dir / "checkpoint-9" / "trainer_state.json", '{"epoch": 1.0}')
+    write(auto.output_dir / "checkpoint-9" / "peftlab_resume.json", "{}")  # written before the choice was kept
+    assert run_terms(auto, load)["frozen"] == pytest.approx(whole["frozen"] * (2 / 3 + AUTO_SELECTION))
+    write(auto.output_dir / "checkpoint-9" / "peftlab_resume.json", '{"auto_layer": {"chosen_layer": 1}}')
+    assert run_terms(auto, load)["frozen"] == pytest.approx(whole["frozen"] * 2 / 3)
 
 
 def test_killing_the_driver_at_a_random_point_loses_nothing_and_runs_nothing_twice(tiny_bert, rte_dir, tmp_path):
