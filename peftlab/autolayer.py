@@ -65,6 +65,8 @@ from peftlab.methods.base import parse_method_string
 logger = logging.getLogger("peftlab")
 
 SELECTION_LIMIT = 1000
+SCRATCH_PREFIX = "auto_layer_"
+"""The candidates' scratch folders in the run's ``--output_dir`` (removed when the choice ends)."""
 STRATEGIES = ("halving", "proxy")
 
 
@@ -356,7 +358,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     rungs = rung_steps(len(candidates), round(args.auto_budget * final_steps))
     most = rungs[-1] if rungs else 0
     spec.output_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="auto_layer_", dir=spec.output_dir))
+    work = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=spec.output_dir))
     started = time.time()
     record: dict[str, Any] = {
         "strategy": args.auto_layer_strategy, "metric": f"eval_{metric}", "greater_is_better": greater,

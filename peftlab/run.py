@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ from transformers import (
 
 import peftlab
 from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments
-from peftlab.autolayer import AutoLayerArguments, at_layer, check_auto, choose_layer, wants_auto
+from peftlab.autolayer import SCRATCH_PREFIX, AutoLayerArguments, at_layer, check_auto, choose_layer, wants_auto
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, default_cache_dir, need_of
 from peftlab.checkpoints import (
     check_checkpoint_fits,
@@ -727,6 +728,9 @@ def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """Choose the layer of an ``auto`` run (:mod:`peftlab.autolayer`) and set it in ``spec``; returns the record.
     A run resumed from a checkpoint keeps the choice recorded there (made before it stopped; the checkpoint holds
     the module at that layer) instead of making it again."""
+    if spec.training_args.world_size == 1:  # this process alone holds the folder: these are a killed start's
+        for stale in spec.output_dir.glob(f"{SCRATCH_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
     record = resume_record(spec.training_args.resume_from_checkpoint).get("auto_layer")
     if record is None:
         record = choose_layer(ws, spec, *auto_candidate_hooks(ws, spec))

@@ -316,8 +316,10 @@ def test_a_stopped_auto_run_resumes_its_final_training_with_the_layer_it_chose(
 
     monkeypatch.setattr(run_module, "choose_layer", choose_again)
     steps = count_training_steps(monkeypatch)
+    (tmp_path / "killed" / "auto_layer_k1ll3d").mkdir()  # the candidates' scratch, left by a start killed in its choice
     resumed = run(tiny_bert, rte_distinct, tmp_path / "killed", *args)
     assert len(steps) == 10 and resumed["resumed"]["step"] == 10  # epoch 2 only
+    assert not list((tmp_path / "killed").glob("auto_layer_*"))
 
     def choice(auto):
         scores = {k: [(e["step"], e["eval_loss"]) for e in c["evaluations"]] for k, c in auto["candidates"].items()}
