@@ -225,9 +225,17 @@ class GlueTrainingArguments(TrainingArguments):
         default=False,
         metadata={
             "help": "Write the training state into --output_dir/checkpoint-<step> at every evaluation (every epoch "
-            "without evaluations), keeping the latest only; started again on that folder with the same arguments, "
+            "without evaluations) and every --resumable_minutes between them, keeping the latest only; started again on that folder with the same arguments, "
             "the run resumes from it and ends as if never stopped; the checkpoint is removed when the run ends. "
             "Sweeps set it. (--save_strategy with --resume_from_checkpoint: the Trainer's checkpoints, kept.)"
+        },
+    )
+    resumable_minutes: float = field(
+        default=10.0,
+        metadata={
+            "help": "With --resumable: also write the checkpoint once this many minutes of training have passed since "
+            "the last one, in the middle of an epoch (resumed there exactly), so a stopped run loses at most that "
+            "much; 0: at evaluations only (as under torchrun)."
         },
     )
     save_model: bool = field(
@@ -259,6 +267,11 @@ class GlueTrainingArguments(TrainingArguments):
         if self.cache_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"--cache_dtype {self.cache_dtype!r} is not valid; choose one of float32, bfloat16, float16."
+            )
+        if not (math.isfinite(self.resumable_minutes) and self.resumable_minutes >= 0):
+            raise ValueError(
+                f"--resumable_minutes {self.resumable_minutes} is not valid; give minutes >= 0 (0: checkpoints at "
+                "evaluations only), e.g. 10."
             )
         if self.resumable and (strategy_name(self.save_strategy) != "no" or self.save_only_model):
             option = "--save_only_model" if self.save_only_model else f"--save_strategy {self.save_strategy}"

@@ -32,10 +32,12 @@ RESUME_NAME = "peftlab_resume.json"
 ``--target_layers auto`` run, the layer it chose (the choice is not made again when it resumes)."""
 BEST_NAME = "best_evaluation.safetensors"
 """In a ``--resumable`` checkpoint: the trainable parameters of the best evaluation so far (kept in memory)."""
+ORDER_NAME = "epoch_order_rng.safetensors"
+"""In a checkpoint written in the middle of an epoch: the random state that epoch's batch order was drawn from."""
 NOT_COMPARED = frozenset({
     "output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "logging_steps",
     "do_eval", "do_predict", "max_eval_samples", "max_predict_samples", "save_model", "frozen_cache_dir",
-    "report_to", "run_name",
+    "report_to", "run_name", "resumable_minutes",
 })  # fmt: skip
 """Arguments a resumed run may change: where and what it writes and logs, and what it evaluates after training."""
 

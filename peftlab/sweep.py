@@ -74,9 +74,10 @@ DEFAULTS: dict[str, Any] = {
 }
 """What every sweep run has besides its protocol: scores only (no weights written), progress in the log, and a
 checkpoint at every evaluation, so that a run stopped with its sweep resumes from its last epoch."""
-NOT_IN_FINGERPRINT = ("output_dir", "resumable")
-"""Arguments that do not change a run's results: where it writes, whether it can resume (a resumed run ends as if
-never stopped; runs finished before sweeps set ``resumable`` are the same runs)."""
+NOT_IN_FINGERPRINT = ("output_dir", "resumable", "resumable_minutes")
+"""Arguments that do not change a run's results: where it writes, whether and how often it writes a checkpoint to
+resume from (a resumed run ends as if never stopped; runs finished before sweeps set ``resumable`` are the same
+runs)."""
 OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
     "mnli": {"train_split": "validation_mismatched"},
     "qqp": {"train_split": "validation", "split_dev": 0.25},

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peftlab.checkpoints import BEST_NAME, RESUME_NAME, resume_record
+from peftlab.checkpoints import BEST_NAME, ORDER_NAME, RESUME_NAME, resume_record
 from peftlab.io import write_json
 from peftlab.modeling import SequenceClassifier, save_model_config
 
@@ -26,6 +26,48 @@ class LogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_local_process_zero and logs:
             logger.info("%s", {k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()})
+
+
+class OrderedSampler(LengthGroupedSampler):
+    """The Trainer's ``LengthGroupedSampler`` (batches of similar lengths, in an order drawn from torch's random
+    state when an epoch starts) that remembers the state it drew from (``drawn_from``). A checkpoint written in the
+    middle of an epoch records it, and the run resumed there draws that epoch's order again from it (``replay``)
+    while the Trainer skips the batches already trained, so the rest of the epoch is the batches it would have had.
+    (The Trainer's own seedable sampler does this for random order; this order is not seedable.)"""
+
+    drawn_from: torch.Tensor | None = None
+    replay: torch.Tensor | None = None
+
+    def __iter__(self):
+        if self.generator is not None:
+            raise ValueError("OrderedSampler draws from torch's global random state; give it no generator.")
+        now, replay = torch.get_rng_state(), self.replay
+        if replay is not None:
+            torch.set_rng_state(replay)
+            self.replay = None
+        self.drawn_from = torch.get_rng_state()
+        order = super().__iter__()
+        if replay is not None:
+            torch.set_rng_state(now)  # the resumed run's own random state goes on (the Trainer restores it next)
+        return order
+
+
+class TimedCheckpoints(TrainerCallback):
+    """``--resumable``: also a checkpoint once ``minutes`` of training have passed since the last one, between
+    evaluations (never on an epoch's last step: that epoch's evaluation and checkpoint come right after it)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.last = minutes * 60, time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.time() - self.last >= self.seconds and not float(state.epoch or 0).is_integer():
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = time.time()
 
 
 class GlueTrainer(Trainer):
@@ -47,6 +89,13 @@ class GlueTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(LogCallback())
+        if getattr(self.args, "resumable", False) and self.args.resumable_minutes > 0:
+            if self.args.world_size == 1:  # (processes that each read their own clock could disagree on a save)
+                self.add_callback(TimedCheckpoints(self.args.resumable_minutes))
+            else:
+                logger.info("--resumable_minutes: with %d processes, checkpoints at evaluations only.",
+                            self.args.world_size)  # fmt: skip
+        self._order: OrderedSampler | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
         self._best_step: int | None = None
         self._train_started = time.time()
@@ -100,9 +149,10 @@ class GlueTrainer(Trainer):
         if lengths is None and self.args.length_column_name in getattr(dataset, "column_names", ()):
             lengths = dataset[self.args.length_column_name]
         if self.args.train_sampling_strategy == "group_by_length" and self.args.world_size == 1 and lengths is not None:
-            return LengthGroupedSampler(
+            self._order = OrderedSampler(
                 self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths
             )
+            return self._order
         return super()._get_train_sampler(train_dataset)
 
     def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
@@ -133,6 +183,8 @@ class GlueTrainer(Trainer):
             return
         if self._best_state is not None:
             save_file({k: t.contiguous() for k, t in self._best_state.items()}, str(Path(output_dir) / BEST_NAME))
+        if self._order is not None and self._order.drawn_from is not None and not float(self.state.epoch).is_integer():
+            save_file({"rng_state": self._order.drawn_from}, str(Path(output_dir) / ORDER_NAME))  # mid-epoch
         earlier = self.resumed or {}
         wall, cpu = self.run_clock
         write_json(Path(output_dir) / RESUME_NAME, {
@@ -153,6 +205,8 @@ class GlueTrainer(Trainer):
         record = resume_record(path)
         self.resumed = {"checkpoint": str(path), "step": self.state.global_step, "starts": record.get("starts", 1)}
         self.resumed.update({k: record[k] for k in ("wall_seconds", "cpu_seconds", "train_seconds") if k in record})
+        if (path / ORDER_NAME).is_file() and self._order is not None:
+            self._order.replay = load_file(str(path / ORDER_NAME))["rng_state"]
         model = self._classifier()
         if (path / BEST_NAME).is_file() and model is not None:
             self._best_state = load_file(str(path / BEST_NAME), device=str(next(model.parameters()).device))
