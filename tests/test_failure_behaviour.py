@@ -261,15 +261,14 @@ def test_a_resumable_run_killed_mid_way_resumes_by_itself_and_ends_as_if_never_s
     assert not list((tmp_path / "killed").glob("checkpoint-*"))
 
 
-def test_a_resumable_run_stopped_in_the_middle_of_an_epoch_resumes_there_exactly(
-    tiny_bert, rte_dir, tmp_path, monkeypatch
-):
-    """--resumable_minutes: checkpoints between evaluations too (here at every step). Killed in the middle of epoch
-    2, the run resumes at that step: the batches of the rest of epoch 2 are the ones it would have had (their order
-    was drawn from the random state the checkpoint records; with another order the evaluations would differ), and
-    every evaluation is the uninterrupted run's."""
-    train = ["--method", "adapter@1", "--num_train_epochs", "3", "--eval_strategy", "epoch", "--resumable", "true",
+MID_EPOCH = ["--method", "adapter@1", "--num_train_epochs", "3", "--eval_strategy", "epoch", "--resumable", "true",
              "--resumable_minutes", "1e-9", "--learning_rate", "1e-2", *FAST]  # fmt: skip
+"""A --resumable run with a checkpoint at every step (4 steps an epoch)."""
+
+
+def stop_mid_epoch_and_resume(tiny_bert, rte_dir, tmp_path, monkeypatch, train):
+    """(the run never stopped, the run killed at step 6 and resumed, whether its checkpoint recorded the random
+    state of the epoch's order)."""
     whole = main([*base(tiny_bert, rte_dir, tmp_path / "whole"), *train])
     killed = [*base(tiny_bert, rte_dir, tmp_path / "killed"), *train]
     kill_after_checkpoint(monkeypatch, step=6)  # epoch 2 is steps 5-8
@@ -278,7 +277,7 @@ def test_a_resumable_run_stopped_in_the_middle_of_an_epoch_resumes_there_exactly
     monkeypatch.undo()
     kept = tmp_path / "killed" / "checkpoint-6"
     assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*")) == ["checkpoint-6"]
-    assert (kept / "epoch_order_rng.safetensors").is_file()
+    ordered = (kept / "epoch_order_rng.safetensors").is_file()
     steps = count_training_steps(monkeypatch)
     resumed = main(killed)
     assert len(steps) == 6 and resumed["resumed"]["step"] == 6  # steps 7-12
@@ -286,9 +285,21 @@ def test_a_resumable_run_stopped_in_the_middle_of_an_epoch_resumes_there_exactly
         [e["eval_loss"] for e in whole["evaluations"]], rel=1e-6
     )
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
+    return whole, resumed, ordered
+
+
+def test_a_resumable_run_stopped_in_the_middle_of_an_epoch_resumes_there_exactly(
+    tiny_bert, rte_dir, tmp_path, monkeypatch
+):
+    """--resumable_minutes: checkpoints between evaluations too (here at every step). Killed in the middle of epoch
+    2, the run resumes at that step: the batches of the rest of epoch 2 are the ones it would have had (their
+    length-grouped order was drawn again from the random state the checkpoint records; with another order the
+    evaluations would differ), and every evaluation is the uninterrupted run's."""
+    whole, _, ordered = stop_mid_epoch_and_resume(tiny_bert, rte_dir, tmp_path, monkeypatch, MID_EPOCH)
+    assert ordered
     # on an epoch's last step the checkpoint is the one written after that epoch's evaluation (a timed one before it
     # would be resumed past the evaluation, which would then be missing)
-    at_end = [*base(tiny_bert, rte_dir, tmp_path / "at_end"), *train]
+    at_end = [*base(tiny_bert, rte_dir, tmp_path / "at_end"), *MID_EPOCH]
     kill_after_checkpoint(monkeypatch, step=4)
     with pytest.raises(KeyboardInterrupt):
         main(at_end)
@@ -301,7 +312,17 @@ def test_a_resumable_run_stopped_in_the_middle_of_an_epoch_resumes_there_exactly
     # a bad value is refused before anything loads
     refuse_model_loading(monkeypatch)
     with pytest.raises(ConfigError, match=r"--resumable_minutes -1.0 is not valid; give minutes >= 0"):
-        main([*base(tiny_bert, rte_dir, tmp_path / "bad"), *train, "--resumable_minutes", "-1"])
+        main([*base(tiny_bert, rte_dir, tmp_path / "bad"), *MID_EPOCH, "--resumable_minutes", "-1"])
+
+
+def test_a_run_in_random_order_stopped_in_the_middle_of_an_epoch_resumes_there_exactly(
+    tiny_bert, rte_dir, tmp_path, monkeypatch
+):
+    """The same with --train_sampling_strategy random: the Trainer's seedable sampler draws an epoch's order from the
+    seed and the epoch, so the checkpoint needs no random state of its own for it."""
+    train = [*MID_EPOCH, "--train_sampling_strategy", "random"]
+    _, _, ordered = stop_mid_epoch_and_resume(tiny_bert, rte_dir, tmp_path, monkeypatch, train)
+    assert not ordered
 
 
 def test_a_resumable_checkpoint_is_resumed_only_with_the_same_arguments(tiny_bert, rte_dir, tmp_path, monkeypatch):
