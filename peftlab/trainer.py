@@ -28,6 +28,11 @@ class LogCallback(TrainerCallback):
             logger.info("%s", {k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()})
 
 
+def mid_epoch(state) -> bool:
+    """Whether training stands inside an epoch (``state.epoch`` counts the epochs trained, in fractions of one)."""
+    return not float(state.epoch or 0).is_integer()
+
+
 class OrderedSampler(LengthGroupedSampler):
     """The Trainer's ``LengthGroupedSampler`` (batches of similar lengths, in an order drawn from torch's random
     state when an epoch starts) that remembers the state it drew from (``drawn_from``). A checkpoint written in the
@@ -63,7 +68,7 @@ class TimedCheckpoints(TrainerCallback):
         self.last = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.time() - self.last >= self.seconds and not float(state.epoch or 0).is_integer():
+        if time.time() - self.last >= self.seconds and mid_epoch(state):
             control.should_save = True
 
     def on_save(self, args, state, control, **kwargs):
@@ -82,7 +87,9 @@ class GlueTrainer(Trainer):
     Checkpoints (``--resumable``, or the Trainer's own) also carry that copy and the run's time so far
     (:mod:`peftlab.checkpoints`): ``run_clock`` is when the run started (wall and process CPU time, set by the
     caller), ``resume_extras`` what else the run's checkpoints record (a ``--target_layers auto`` run's choice), and
-    after training ``resumed`` says what came from a checkpoint (``None``: nothing).
+    after training ``resumed`` says what came from a checkpoint (``None``: nothing). A ``--resumable`` run also
+    writes one every ``--resumable_minutes`` between evaluations (:class:`TimedCheckpoints`); written inside an
+    epoch, it records where that epoch's batch order came from (:class:`OrderedSampler`).
     """
 
     def __init__(self, *args, resume_arguments: dict[str, Any] | None = None, **kwargs) -> None:
@@ -183,7 +190,7 @@ class GlueTrainer(Trainer):
             return
         if self._best_state is not None:
             save_file({k: t.contiguous() for k, t in self._best_state.items()}, str(Path(output_dir) / BEST_NAME))
-        if self._order is not None and self._order.drawn_from is not None and not float(self.state.epoch).is_integer():
+        if self._order is not None and self._order.drawn_from is not None and mid_epoch(self.state):
             save_file({"rng_state": self._order.drawn_from}, str(Path(output_dir) / ORDER_NAME))  # mid-epoch
         earlier = self.resumed or {}
         wall, cpu = self.run_clock
