@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper-protocol sweeps on the bundled model, in the order they were run for docs/results.md, resumable:
 # each line skips the runs already finished under docs/results/runs (kept in git), so rerunning this script after
-# an interruption picks up where it stopped (an unfinished run resumes from its last epoch: sweeps set
+# an interruption picks up where it stopped (an unfinished run resumes from its last checkpoint: sweeps set
 # --resumable). Two jobs at a time, one thread each (the 2-core CPU).
 #   bash scripts/paper_sweeps.sh [extra scripts/sweep.py flags, e.g. --dry_run]
 set -euo pipefail
