@@ -30,7 +30,8 @@ results of identical finished runs (:func:`fingerprint`), and cuts the rest into
 data (task and data options) form a *group*. With one worker a group is one job: ONE process that loads data and
 model once, fills every frozen-prefix cache its runs read in one pass per split (:mod:`peftlab.cache`) and trains
 the runs one after another (:func:`peftlab.run.run_many`). With several, a fill job computes the caches first,
-then the group's runs go in chunks (one per seed, split further to keep every worker busy), one process each.
+then the group's runs go in chunks (one per seed, split further to keep every worker busy, into chunks of about
+equal estimated cost where the data is local: :func:`balance`), one process each.
 Jobs go to a local thread pool that starts one process per job (``--backend local``) or to Ray tasks with declared
 CPUs and GPUs (``--backend ray``, one machine or a cluster); a chunk is started once its group's fill job has
 ended. A run's folder is written only by the process that trains it, under an OS lock on the folder (released when
@@ -45,6 +46,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import math
 import os
 import queue
@@ -62,6 +64,8 @@ from typing import Any
 
 from peftlab.errors import ConfigError
 from peftlab.io import write_json
+
+logger = logging.getLogger("peftlab")
 
 DEFAULTS: dict[str, Any] = {
     "logging_steps": 50,
@@ -270,13 +274,16 @@ def group_key(run: Run) -> tuple:
     return tuple(json.dumps(run.args.get(k)) for k in DATA_KEYS)
 
 
-def plan_jobs(runs: list[Run], workers: int) -> list[Job]:
+def plan_jobs(runs: list[Run], workers: int, cost: Callable[[Run], float | None] | None = None) -> list[Job]:
     """Cut ``runs`` into jobs, in the runs' order, per group of runs reading the same data.
 
     One worker: one job per group, which fills every cache its runs read in one pass per split and then trains
     them all (one start-up per group). Several workers: a fill job (when any run uses the frozen-prefix cache), then
     chunks of runs, one per seed, split further so that a group has at least ``workers`` chunks when it has that
-    many runs; the chunks start once the fill has ended, so that none of them computes a cache beside another."""
+    many runs; the chunks start once the fill has ended, so that none of them computes a cache beside another.
+    With ``cost`` (a run's estimated core-seconds, e.g. :func:`run_cost`; ``None`` where it cannot tell), a seed's
+    chunks are of about equal cost instead of equal length (:func:`balance`): full fine-tuning and the adapters do
+    not all land in one chunk that the others then wait for."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(group_key(run), []).append(run)
@@ -295,10 +302,41 @@ def plan_jobs(runs: list[Run], workers: int) -> list[Job]:
         for run in members:
             by_seed.setdefault(run.args.get("seed"), []).append(run)
         for seed, seed_runs in by_seed.items():
-            for start in range(0, len(seed_runs), size):
-                chunk = seed_runs[start : start + size]
-                jobs.append(Job(f"{task}-{number}-seed{seed}-{start // size + 1}", chunk, after=fill))
+            parts = math.ceil(len(seed_runs) / size)
+            costs = [cost(run) for run in seed_runs] if cost is not None and parts > 1 else None
+            if costs is None or None in costs:
+                chunks = [seed_runs[start : start + size] for start in range(0, len(seed_runs), size)]
+            else:
+                chunks = balance(seed_runs, costs, parts)
+            for index, chunk in enumerate(chunks, start=1):
+                jobs.append(Job(f"{task}-{number}-seed{seed}-{index}", chunk, after=fill))
     return jobs
+
+
+def balance(runs: list[Run], costs: list[float], parts: int) -> list[list[Run]]:
+    """``runs`` cut into ``parts`` chunks of about equal total cost: the costliest run first, each into the chunk
+    with the least so far (longest-processing-time first). Each chunk keeps the runs' order; the costliest chunk
+    comes first (it is started first)."""
+    loads, members = [0.0] * parts, [[] for _ in range(parts)]
+    for index in sorted(range(len(runs)), key=lambda i: -costs[i]):
+        least = loads.index(min(loads))
+        members[least].append(index)
+        loads[least] += costs[index]
+    ranked = sorted(range(parts), key=lambda k: -loads[k])
+    return [[runs[i] for i in sorted(members[k])] for k in ranked if members[k]]
+
+
+def run_cost(run: Run) -> float | None:
+    """The estimated core-seconds of ``run`` (:func:`run_terms` at :data:`COST`) from its data in its
+    ``glue_dir``; ``None`` when it reads no local GLUE folder (the data is not loaded from the hub only to plan)."""
+    glue_dir = run.args.get("glue_dir")
+    if not glue_dir or not Path(glue_dir).is_dir():
+        return None
+    try:
+        return seconds_of(run_terms(run, workload(run, glue_dir)))
+    except Exception as err:  # an estimate must never stop a sweep; the run itself reports a bad input
+        logger.warning("No cost estimate for %s (%s): its chunk is cut by length.", run.name, err)
+        return None
 
 
 def write_job_file(job: Job, root: Path) -> Path:
@@ -462,7 +500,7 @@ def run_sweep(
     log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run")
     if not todo:
         return []
-    jobs = plan_jobs(todo, workers)
+    jobs = plan_jobs(todo, workers, cost=run_cost)
     for job in jobs:
         write_job_file(job, root)
     start = time.time()

@@ -30,6 +30,7 @@ from peftlab.sweep import (  # noqa: E402
     job_terms,
     load_sweep,
     plan_jobs,
+    run_cost,
     run_sweep,
     run_terms,
     seconds_of,
@@ -64,7 +65,7 @@ def dry_run(runs, args) -> int:
         else:
             todo.append(run)
     total = backbone = 0.0
-    for job in plan_jobs(todo, args.workers):
+    for job in plan_jobs(todo, args.workers, cost=run_cost):
         fill_done = job.fill and any(r.finished for r in runs if r.args["task_name"] == job.runs[0].args["task_name"])
         seconds = seconds_of(job_terms(job, args.glue_dir, fill_done=fill_done))
         total += seconds

@@ -13,10 +13,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, write
+from conftest import REPO, SHARED_GLUE, requires_shared_glue, write
 
 from peftlab.io import write_json
-from peftlab.sweep import AUTO_SELECTION, Workload, expand, fingerprint, plan_jobs, run_args, run_sweep, run_terms
+from peftlab.sweep import (
+    AUTO_SELECTION,
+    Workload,
+    expand,
+    fingerprint,
+    plan_jobs,
+    run_args,
+    run_cost,
+    run_sweep,
+    run_terms,
+)
 
 
 def small_sweep(model: str, glue: Path, name: str = "s") -> dict:
@@ -55,6 +65,30 @@ def test_runs_are_cut_into_one_fill_and_chunks_per_data_group(tmp_path):
     assert [len(job.runs) for job in one_seed if not job.fill] == [2, 1, 2, 1]  # split to keep 2 workers busy
     alone = plan_jobs(runs, workers=1)  # one worker: one process per data group, which fills its own caches
     assert [(job.name, len(job.runs), job.fill) for job in alone] == [("rte-1", 6, False), ("mrpc-2", 6, False)]
+
+
+def test_a_seeds_chunks_are_balanced_by_estimated_cost_where_there_is_one(tmp_path):
+    variants = {"a": "probe", "b": "lora@5", "c": "adapter@2", "d": "full", "e": "bitfit@5", "f": "adapter@0"}
+    sweep = {"name": "j", "tasks": ["rte"], "seeds": [1], "variants": {v: {"method": m} for v, m in variants.items()}}
+    runs = expand(sweep, tmp_path)
+    costs = {"a": 1.0, "b": 2.0, "c": 6.0, "d": 10.0, "e": 2.0, "f": 7.0}
+
+    def chunks(cost):
+        return [[r.point["variant"] for r in job.runs] for job in plan_jobs(runs, workers=2, cost=cost)]
+
+    assert chunks(None) == [["a", "b", "c"], ["d", "e", "f"]]  # by length: 9 and 19 core-seconds
+    assert chunks(lambda run: costs[run.point["variant"]]) == [["b", "d", "e"], ["a", "c", "f"]]  # 14 and 14
+    assert chunks(lambda run: None if run.point["variant"] == "a" else 1.0) == chunks(None)  # one unknown: by length
+    assert run_cost(runs[0]) is None  # no local GLUE folder: not estimated (the data is not loaded to plan)
+
+
+@requires_shared_glue
+def test_a_runs_cost_is_estimated_from_its_data(tmp_path):
+    sweep = {"name": "j", "tasks": ["rte"], "variants": {"probe": {"method": "probe", "cache_frozen_prefix": True},
+                                                         "full": {"method": "full"}},
+             "common": {"glue_dir": str(SHARED_GLUE)}}  # fmt: skip
+    probe, full = expand(sweep, tmp_path)
+    assert 0 < run_cost(probe) < run_cost(full)
 
 
 def test_local_sweep_fills_each_cache_once_and_trains_runs_in_shared_processes(tiny_bert, rte_dir, tmp_path):
