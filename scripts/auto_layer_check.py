@@ -58,6 +58,11 @@ def stds_below(best_mean: float, best_std: float, scores: list[float]) -> float:
     return (best_mean - statistics.fmean(scores)) / best_std if best_std > 0 else float("nan")
 
 
+def stds(value: float | None) -> str:
+    """A distance in seed stds as the table shows it; "-" where there is no std to measure in (one seed so far)."""
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
 def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     """One task-method cell: the fixed-layer runs of a method against the runs of one of its auto variants (the
     seeds that both have); None when they share no seed."""
@@ -100,11 +105,12 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     cell["row"] = [
         f"L{best}", f"{means[best]:.1f} ± {best_std:.1f}",
         f"{statistics.fmean(auto_scores):.1f} ± {statistics.stdev(auto_scores) if len(seeds) > 1 else 0:.1f}",
-        f"{cell['below']:.2f}", ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
+        stds(cell["below"]), ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
         f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x",
-        f"{statistics.fmean(proxy_scores):.1f} ({proxy_below:.2f})" if proxy_below is not None else "-",
-        f"L{top}: {means[top]:.1f} ({cell['top_below']:.2f})", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
-        f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{cell['near']}/{len(means)}", ",".join(map(str, seeds)),
+        f"{statistics.fmean(proxy_scores):.1f} ({stds(proxy_below)})" if proxy_below is not None else "-",
+        f"L{top}: {means[top]:.1f} ({stds(cell['top_below'])})", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
+        f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{cell['near']}/{len(means)}" if best_std > 0 else "-",
+        ",".join(map(str, seeds)),
     ]  # fmt: skip
     return cell
 
@@ -166,15 +172,19 @@ def main() -> int:
                     body.append([task, method + (f" ({variant.removeprefix(method + '_')})" if suffix else ""),
                                  *cell["row"]])  # fmt: skip
 
+    # cells with one seed so far have no std to measure in: shown, not counted
+    measured = {suffix: [c for c in judged if not math.isnan(c["below"])] for suffix, judged in cells.items()}
+    unmeasured = {suffix: len(cells[suffix]) - len(judged) for suffix, judged in measured.items()}
     summary = [
         f"auto{suffix}{f' (variants <method>_auto{suffix})' if suffix else ''}: within one seed standard deviation "
         f"of the best layer in {count(judged, 'below')} of {len(judged)} task-method cells; its proxy alone: "
-        f"{count(judged, 'proxy_below')} of {len(judged)}."
-        for suffix, judged in cells.items()
+        f"{count(judged, 'proxy_below')} of {len(judged)}"
+        f"{f' ({unmeasured[suffix]} more with one seed so far, not counted).' if unmeasured[suffix] else '.'}"
+        for suffix, judged in measured.items()
     ]
     summary += [verdict(suffix, judged, fixed_variants) for suffix, judged in cells.items()]
-    if cells:  # the baselines need no auto run: read them off the first variant's cells
-        judged = next(iter(cells.values()))
+    if any(measured.values()):  # the baselines need no auto run: read them off the first variant's cells
+        judged = next(iter(measured.values()))
         summary.append(f"No choice at all, the top layer: {count(judged, 'top_below')} of {len(judged)}; a layer drawn "
                        f"at random: {sum(c['near'] / c['layers'] for c in judged):.1f} of {len(judged)} expected.")  # fmt: skip
     footer = [

@@ -232,11 +232,11 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     cpu = {0: 20.0, 1: 10.0}
     rows = []
 
-    def add(variant, layer, seed, score, results):
-        folder = tmp_path / variant / str(layer) / str(seed)
+    def add(variant, layer, seed, score, results, task="mrpc"):
+        folder = tmp_path / task / variant / str(layer) / str(seed)
         folder.mkdir(parents=True)
         (folder / "all_results.json").write_text(json.dumps(results))
-        rows.append({"sweep": "check", "task": "mrpc", "variant": variant, "layer": layer, "seed": seed,
+        rows.append({"sweep": "check", "task": task, "variant": variant, "layer": layer, "seed": seed,
                      "score": score, "output_dir": str(folder)})  # fmt: skip
 
     for layer, by_seed in scores.items():
@@ -250,6 +250,11 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
         # another auto variant (e.g. --auto_warm_head) gets a row of its own: it chose layer 1 both times
         warm = {"chosen_layer": 1, "proxy_choice": 1, "selection_cpu_seconds": 10.0}
         add("adapter_auto_warm", "", seed, scores[1][seed], {"cpu_seconds": 20.0, "auto_layer": warm})
+    # RTE has one seed so far: no std to measure in, so its cell is shown but neither judged nor counted
+    for layer in (0, 1):
+        add("adapter", layer, 42, 0.5 + layer / 100, {"cpu_seconds": 10.0}, task="rte")
+    record = {"chosen_layer": 0, "proxy_choice": 0, "selection_cpu_seconds": 5.0}
+    add("adapter_auto", "", 42, 0.5, {"cpu_seconds": 15.0, "auto_layer": record}, task="rte")
     with open(tmp_path / "runs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -270,10 +275,12 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
         "auto_warm (variants <method>_auto_warm): within one seed standard deviation of the best layer in 1 of 1 "
         "task-method cells; its proxy alone: 1 of 1" in proc.stdout
     )
-    assert "in 4 of 4 runs" in proc.stdout
+    assert "in 5 of 5 runs" in proc.stdout
+    rte = [c.strip() for c in next(line for line in proc.stdout.splitlines() if line.startswith("| rte")).split("|")]
+    assert rte[6] == "-" and rte[11:13] == ["50.0 (-)", "L1: 51.0 (-)"] and rte[15:17] == ["-", "42"]
     assert (
         "auto: within one seed standard deviation of the best layer in 0 of 1 task-method cells; its proxy alone: 0 of "
-        "1." in proc.stdout
+        "1 (1 more with one seed so far, not counted)." in proc.stdout
     )
     assert "No choice at all, the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 expected." in proc.stdout
     # the targets: one task of five is in, so nothing is decided yet for either (auto could still pass 4 of 5; its
