@@ -225,8 +225,9 @@ class GlueTrainingArguments(TrainingArguments):
         default=False,
         metadata={
             "help": "Write the training state into --output_dir/checkpoint-<step> at every evaluation (every epoch "
-            "without evaluations) and every --resumable_minutes between them, keeping the latest only; started again on that folder with the same arguments, "
-            "the run resumes from it and ends as if never stopped; the checkpoint is removed when the run ends. "
+            "without evaluations) and every --resumable_minutes between them, keeping the latest only; started "
+            "again on that folder with the same arguments, the run resumes from it and ends as if never stopped; "
+            "the checkpoint is removed when the run ends. "
             "Sweeps set it. (--save_strategy with --resume_from_checkpoint: the Trainer's checkpoints, kept.)"
         },
     )

@@ -32,6 +32,8 @@ RESUME_NAME = "peftlab_resume.json"
 ``--target_layers auto`` run, the layer it chose (the choice is not made again when it resumes)."""
 BEST_NAME = "best_evaluation.safetensors"
 """In a ``--resumable`` checkpoint: the trainable parameters of the best evaluation so far (kept in memory)."""
+AUTO_CHOICE = "auto_layer"
+"""The key of a ``--target_layers auto`` run's layer choice in :data:`RESUME_NAME` (its record, as in its results)."""
 ORDER_NAME = "epoch_order_rng.safetensors"
 """In a checkpoint written in the middle of an epoch: the random state that epoch's batch order was drawn from."""
 NOT_COMPARED = frozenset({
@@ -71,6 +73,11 @@ def resume_record(checkpoint: str | Path | None) -> dict[str, Any]:
     """What a checkpoint's :data:`RESUME_NAME` records (``{}`` for none, or a checkpoint of the Trainer's own)."""
     record = Path(checkpoint) / RESUME_NAME if checkpoint else None
     return json.loads(record.read_text()) if record is not None and record.is_file() else {}
+
+
+def kept_choice(checkpoint: str | Path | None) -> dict[str, Any] | None:
+    """The layer choice a ``--target_layers auto`` run made before it wrote ``checkpoint`` (``None``: none kept)."""
+    return resume_record(checkpoint).get(AUTO_CHOICE)
 
 
 def resolve_checkpoint(training_args, arguments: dict[str, Any]) -> str | None:

@@ -53,13 +53,14 @@ from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArg
 from peftlab.autolayer import SCRATCH_PREFIX, AutoLayerArguments, at_layer, check_auto, choose_layer, wants_auto
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, default_cache_dir, need_of
 from peftlab.checkpoints import (
+    AUTO_CHOICE,
     check_checkpoint_fits,
     complete_checkpoints,
+    kept_choice,
     names_checkpoint,
     remove_checkpoints,
     resolve_checkpoint,
     resume_arguments,
-    resume_record,
 )
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
@@ -731,7 +732,7 @@ def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     if spec.training_args.world_size == 1:  # this process alone holds the folder: these are a killed start's
         for stale in spec.output_dir.glob(f"{SCRATCH_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
-    record = resume_record(spec.training_args.resume_from_checkpoint).get("auto_layer")
+    record = kept_choice(spec.training_args.resume_from_checkpoint)
     if record is None:
         record = choose_layer(ws, spec, *auto_candidate_hooks(ws, spec))
     else:
@@ -896,7 +897,7 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     trainer = build_trainer(ws, spec, model, sets)
     trainer.run_clock = (started, cpu_started)
     if auto is not None:
-        trainer.resume_extras["auto_layer"] = auto  # a resumed run keeps this choice
+        trainer.resume_extras[AUTO_CHOICE] = auto  # a resumed run keeps this choice
     if spec.space is not None:
         return hp_search(trainer, spec)
     config_record = run_config(spec, run_data, model)

@@ -77,7 +77,8 @@ DEFAULTS: dict[str, Any] = {
     "resumable": True,
 }
 """What every sweep run has besides its protocol: scores only (no weights written), progress in the log, and a
-checkpoint at every evaluation, so that a run stopped with its sweep resumes from its last epoch."""
+checkpoint at every evaluation and every ``--resumable_minutes``, so that a run stopped with its sweep resumes from
+its last checkpoint."""
 NOT_IN_FINGERPRINT = ("output_dir", "resumable", "resumable_minutes")
 """Arguments that do not change a run's results: where it writes, whether and how often it writes a checkpoint to
 resume from (a resumed run ends as if never stopped; runs finished before sweeps set ``resumable`` are the same
@@ -606,14 +607,14 @@ def trains_backbone(run: Run) -> bool:
 def resumable_progress(run: Run) -> tuple[float, bool]:
     """What an unfinished ``--resumable`` run has behind it: the epochs in its latest checkpoint (0 without one)
     and whether that checkpoint holds its layer choice (a ``--target_layers auto`` run does not choose again)."""
-    from peftlab.checkpoints import complete_checkpoints, resume_record
+    from peftlab.checkpoints import complete_checkpoints, kept_choice
 
     found = complete_checkpoints(run.output_dir, resumable_only=True)
     if not found:
         return 0.0, False
     latest = found[max(found)]
     epoch = json.loads((latest / "trainer_state.json").read_text()).get("epoch") or 0.0
-    return float(epoch), "auto_layer" in resume_record(latest)
+    return float(epoch), kept_choice(latest) is not None
 
 
 def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | None = None) -> dict[str, float]:
@@ -621,6 +622,8 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | Non
     every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early, less
     those a resumable run has in its checkpoint) and, with per-epoch evaluation, evaluates; an automatic layer's
     choice first (unless a resumable run's checkpoint holds it), as :data:`AUTO_SELECTION` of the whole training."""
+    from peftlab.autolayer import wants_auto  # (import torch: only when estimating)
+
     args = effective_args(run.args)
     length = load.tokens / REFERENCE_TOKENS
     done, chosen = 0.0, False
@@ -634,7 +637,7 @@ def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | Non
     terms = dict.fromkeys(COST, 0.0)
     terms["run"] = 1.0
     depth = cache_depth(run, num_layers)
-    if ("auto" in args["method"] or args.get("target_layers") == "auto") and not chosen:
+    if wants_auto(args["method"], args.get("target_layers") or "") and not chosen:
         epochs += AUTO_SELECTION * whole  # choosing the layer first
     if depth is None:
         terms["full" if _method_class(args["method"]).trains_backbone else "frozen"] = load.train * epochs * length

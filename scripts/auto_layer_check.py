@@ -63,6 +63,11 @@ def stds(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def with_std(cells: list[dict]) -> list[dict]:
+    """The cells with a seed std to measure in (two seeds or more); one seed so far is shown, not judged or counted."""
+    return [c for c in cells if not math.isnan(c["below"])]
+
+
 def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     """One task-method cell: the fixed-layer runs of a method against the runs of one of its auto variants (the
     seeds that both have); None when they share no seed."""
@@ -128,7 +133,7 @@ more than 2x the cost of one fixed-layer run."""
 def verdict(suffix: str, judged: list[dict], methods: list[str]) -> str:
     """The targets, judged for one auto variant: met, not met (even if the missing tasks all passed), or open. A cell
     with one seed so far (no std to measure in) is not judged yet."""
-    judged = [c for c in judged if not math.isnan(c["below"])]
+    judged = with_std(judged)
     if not judged:
         return f"Targets for auto{suffix}: no cell with two seeds yet."
     within = {m: count([c for c in judged if c["method"] == m], "below") for m in methods}
@@ -172,8 +177,7 @@ def main() -> int:
                     body.append([task, method + (f" ({variant.removeprefix(method + '_')})" if suffix else ""),
                                  *cell["row"]])  # fmt: skip
 
-    # cells with one seed so far have no std to measure in: shown, not counted
-    measured = {suffix: [c for c in judged if not math.isnan(c["below"])] for suffix, judged in cells.items()}
+    measured = {suffix: with_std(judged) for suffix, judged in cells.items()}
     unmeasured = {suffix: len(cells[suffix]) - len(judged) for suffix, judged in measured.items()}
     summary = [
         f"auto{suffix}{f' (variants <method>_auto{suffix})' if suffix else ''}: within one seed standard deviation "
