@@ -34,6 +34,9 @@ BEST_NAME = "best_evaluation.safetensors"
 """In a ``--resumable`` checkpoint: the trainable parameters of the best evaluation so far (kept in memory)."""
 AUTO_CHOICE = "auto_layer"
 """The key of a ``--target_layers auto`` run's layer choice in :data:`RESUME_NAME` (its record, as in its results)."""
+LOSS_SUM = "train_loss_sum"
+"""The key in :data:`RESUME_NAME` of the training loss summed over every step before the checkpoint, so that a resumed
+run reports the whole run's mean ``train_loss`` (the Trainer's own covers the steps after the checkpoint only)."""
 ORDER_NAME = "epoch_order_rng.safetensors"
 """In a checkpoint written in the middle of an epoch: the random state that epoch's batch order was drawn from."""
 NOT_COMPARED = frozenset({

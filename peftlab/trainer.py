@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from peftlab.checkpoints import BEST_NAME, ORDER_NAME, RESUME_NAME, resume_record
+from peftlab.checkpoints import BEST_NAME, LOSS_SUM, ORDER_NAME, RESUME_NAME, resume_record
 from peftlab.io import write_json
 from peftlab.modeling import SequenceClassifier, save_model_config
 
@@ -110,6 +110,7 @@ class GlueTrainer(Trainer):
         self.resume_extras: dict[str, Any] = {}
         self.run_clock = (time.time(), time.process_time())
         self.resumed: dict[str, Any] | None = None
+        self._loss_before: float | None = 0.0
 
     def _classifier(self) -> SequenceClassifier | None:
         model = self.accelerator.unwrap_model(self.model)
@@ -194,6 +195,7 @@ class GlueTrainer(Trainer):
             save_file({"rng_state": self._order.drawn_from}, str(Path(output_dir) / ORDER_NAME))  # mid-epoch
         earlier = self.resumed or {}
         wall, cpu = self.run_clock
+        loss = self._loss_so_far()
         write_json(Path(output_dir) / RESUME_NAME, {
             **self.resume_extras,
             "arguments": self.resume_arguments,
@@ -202,7 +204,18 @@ class GlueTrainer(Trainer):
             "wall_seconds": round(earlier.get("wall_seconds", 0.0) + time.time() - wall, 2),
             "cpu_seconds": round(earlier.get("cpu_seconds", 0.0) + time.process_time() - cpu, 2),
             "train_seconds": round(earlier.get("train_seconds", 0.0) + time.time() - self._train_started, 2),
+            **({} if loss is None else {LOSS_SUM: loss}),
         })  # fmt: skip
+
+    def _loss_so_far(self) -> float | None:
+        """The sum of the training loss over every step so far, this start's and the earlier ones' (``None`` when an
+        earlier start's is not known: a checkpoint written before it was recorded). The Trainer adds each logging
+        interval's sum to ``_total_loss_scalar`` and holds the interval in progress in ``_tr_loss``."""
+        if self._loss_before is None:
+            return None
+        pending = getattr(self, "_tr_loss", None)
+        this_start = getattr(self, "_total_loss_scalar", 0.0) + (float(pending.item()) if pending is not None else 0.0)
+        return self._loss_before + this_start
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -212,6 +225,7 @@ class GlueTrainer(Trainer):
         record = resume_record(path)
         self.resumed = {"checkpoint": str(path), "step": self.state.global_step, "starts": record.get("starts", 1)}
         self.resumed.update({k: record[k] for k in ("wall_seconds", "cpu_seconds", "train_seconds") if k in record})
+        self._loss_before = record.get(LOSS_SUM)
         if (path / ORDER_NAME).is_file() and self._order is not None:
             self._order.replay = load_file(str(path / ORDER_NAME))["rng_state"]
         model = self._classifier()
@@ -221,13 +235,29 @@ class GlueTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         self._best_state, self._best_step, self.resumed, self._train_started = None, None, None, time.time()
+        self._loss_before: float | None = 0.0  # the loss summed over the steps before this start (none yet)
         output = super().train(*args, **kwargs)
+        if self.resumed is not None:
+            output = self._whole_run_loss(output)
         model = self._classifier()
         if self._best_state is not None and model is not None:
             model.load_state_dict(self._best_state, strict=False)
             logger.info("Loaded the best evaluation's parameters (eval_%s %s).", self.args.metric_for_best_model,
                         self.state.best_metric)  # fmt: skip
         return output
+
+    def _whole_run_loss(self, output):
+        """A resumed run's ``train_loss`` over all its steps, as the run never stopped would report it: the Trainer's
+        own is the mean over the steps of this start only. Left as the Trainer's when the checkpoint does not record
+        the earlier steps' loss (written before it did)."""
+        before, steps = self._loss_before, self.state.global_step
+        if before is None or steps <= 0:
+            logger.warning("The checkpoint records no training loss of the steps before it: train_loss is the mean "
+                           "over the %d steps after it only.", steps - self.resumed["step"])  # fmt: skip
+            return output
+        loss = (before + output.training_loss * (steps - self.resumed["step"])) / steps
+        output.metrics["train_loss"] = loss
+        return output._replace(training_loss=loss)
 
     def evaluation_of_final_model(self) -> dict[str, float] | None:
         """The metrics of the model as it is after training, when training already computed them on the first

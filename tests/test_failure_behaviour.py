@@ -221,7 +221,8 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_as_if_never_stopped(
     resumed = main([*killed, "--resume_from_checkpoint", "True", "--overwrite_output_dir"])
     assert len(steps) == 4  # epoch 3 only: resumed from checkpoint-8, not trained again from the start
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
-    # (train_loss differs: the Trainer averages it over the steps of the last session only, here epoch 3)
+    # the whole run's mean training loss (the Trainer's own is the mean over epoch 3 only, the steps after the kill)
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
 
 
 def test_a_resumable_run_killed_mid_way_resumes_by_itself_and_ends_as_if_never_stopped(
@@ -249,7 +250,7 @@ def test_a_resumable_run_killed_mid_way_resumes_by_itself_and_ends_as_if_never_s
     steps = count_training_steps(monkeypatch)
     resumed = main(killed)  # the same command: no --overwrite_output_dir, no --resume_from_checkpoint
     assert len(steps) == 4  # epoch 3 only, then early stopping (the counter came back at 1)
-    for key in ("eval_loss", "eval_accuracy", "epoch"):
+    for key in ("eval_loss", "eval_accuracy", "epoch", "train_loss"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
     assert [e["eval_loss"] for e in resumed["evaluations"]] == pytest.approx(
         [e["eval_loss"] for e in whole["evaluations"]], rel=1e-6
@@ -285,6 +286,7 @@ def stop_mid_epoch_and_resume(tiny_bert, rte_dir, tmp_path, monkeypatch, train):
         [e["eval_loss"] for e in whole["evaluations"]], rel=1e-6
     )
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-6)
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)  # killed between two loss logs
     return whole, resumed, ordered
 
 
