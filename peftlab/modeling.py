@@ -20,6 +20,7 @@ finds it from the pad token id, which fails when padding uses the end-of-sequenc
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator
@@ -284,9 +285,10 @@ def check_buildable(
     """Build the whole model on the ``meta`` device (no memory, no weights) so that every check of the
     architecture, layers, methods and head runs before the real weights are loaded; returns that weightless model.
     With a half ``model_dtype``, a method that would train the backbone's own (then half-precision) weights is
-    refused: only parameters a method adds, and the head, are float32."""
+    refused: only parameters a method adds, and the head, are float32. ``config`` is left as it was: the model is
+    built on a copy, as --num_hidden_layers truncates the model's own config (a run's checks share one config)."""
     with torch.device("meta"):
-        backbone = AutoModel.from_config(config).to(MODEL_DTYPES[model_dtype])  # from_config takes config.dtype
+        backbone = AutoModel.from_config(copy.deepcopy(config)).to(MODEL_DTYPES[model_dtype])  # takes config.dtype
         model = SequenceClassifier(backbone, head_config, peft_args=peft_args)
     half = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
     if half:

@@ -43,6 +43,18 @@ def test_a_run_among_others_in_one_process_is_bit_identical_to_the_run_alone(tin
     assert comparable(saved) == comparable(json.loads((tmp_path / "alone" / "all_results.json").read_text()))
 
 
+def test_one_runs_num_hidden_layers_does_not_truncate_the_next_runs_model(tiny_bert, rte_dir, tmp_path):
+    """The checks of all runs share one config: a run that truncates the model (the per-layer probe) leaves it
+    whole for the next (before: the second check saw 1 layer and refused --num_hidden_layers 2)."""
+    ws = Workspace()
+    specs = [parse_args(args(tiny_bert, rte_dir, tmp_path / str(k), "probe", 1, num_hidden_layers=k)) for k in (1, 2)]
+    for spec in specs:
+        prepare(ws, spec)
+    assert ws.config(specs[0].model_path, specs[0].model_args).num_hidden_layers == 2
+    one, two = (make_model(ws, spec) for spec in specs)
+    assert (len(one.backbone.encoder.layer), len(two.backbone.encoder.layer)) == (1, 2)
+
+
 def test_runs_share_the_frozen_backbone_and_never_write_it(tiny_bert, rte_dir, tmp_path):
     ws = Workspace()
     specs = [parse_args(args(tiny_bert, rte_dir, tmp_path / m, m, 1)) for m in ("lora@1", "bitfit@1", "full")]
