@@ -9,8 +9,10 @@ the auto runs' mean, how far below the best layer that is in the best layer's se
 auto chose, auto's cost as a multiple of one run at a fixed layer (its CPU time in units of its own final training,
 times the fixed-layer run at the chosen layer over the mean run of the layer sweep, same seed) and of the full
 sweep, how often the zero-training proxy (gradient norm at initialisation) picked the same layer as the halving and
-as the best layer, the top layer's score (the choice made without any selection), and how many layers are within
-one std of the best (what a layer drawn at random would pass with). Each auto variant of a method (``<method>_auto``,
+as the best layer, the top layer's score (the choice made without any selection), how well the halving's first rung
+and the proxy rank the layers as their dev scores do (Spearman's rho), and how well one seed's fixed-layer runs
+rank them as the other seeds' do (a ceiling for any choice), and how many layers are within one std of the best
+(what a layer drawn at random would pass with). Each auto variant of a method (``<method>_auto``,
 ``<method>_auto_warm``...) gets rows and a summary line of its own, and a line judging issue 18's targets: met, not
 met (missed even if every missing task passed), or open. Writes <out>.md and <out>.csv.
 """
@@ -68,6 +70,48 @@ def with_std(cells: list[dict]) -> list[dict]:
     return [c for c in cells if not math.isnan(c["below"])]
 
 
+def rho(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation of ``x`` and ``y``; None for fewer than two points or a constant side."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y)[0])
+
+
+def rank_agreement(record: dict, final: dict[int, float], signal: str) -> float | None:
+    """Spearman's rho, over the candidate layers, between one auto run's selection signal and the dev scores of the
+    fixed-layer runs of the same seed (``final``: layer -> score): ``signal`` "rung" is each candidate's score at
+    the halving's first rung (every candidate has one; negated when lower is better), "proxy" its gradient-norm
+    proxy. None without the record's candidates."""
+    candidates = {int(layer): c for layer, c in record.get("candidates", {}).items() if int(layer) in final}
+    sign = 1.0 if record.get("greater_is_better", True) else -1.0
+    if signal == "rung":
+        values = {k: sign * c["evaluations"][0][record["metric"]] for k, c in candidates.items() if c["evaluations"]}
+    else:
+        values = {k: c["proxy_gradient_norm"] for k, c in candidates.items()}
+    return rho([values[k] for k in sorted(values)], [final[k] for k in sorted(values)])
+
+
+def seed_agreement(finals_by_seed: dict[int, dict[int, float]]) -> list[float | None]:
+    """For each seed, Spearman's rho over the layers between its fixed-layer dev scores and the mean of the other
+    seeds': how well one full run per layer foretells the layer order of other seeds (the ceiling of any choice
+    made with one seed)."""
+    out = []
+    for seed, scores in finals_by_seed.items():
+        others = [f for s, f in finals_by_seed.items() if s != seed]
+        layers = sorted(scores)
+        mean = [statistics.fmean(f[layer] for f in others) for layer in layers] if others else []
+        out.append(rho([scores[layer] for layer in layers], mean) if others else None)
+    return out
+
+
+def agreement(values: list[float | None]) -> str:
+    """The mean over seeds of :func:`rank_agreement`, as the table shows it."""
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    return f"{statistics.fmean(known):+.2f}" if known else "-"
+
+
 def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     """One task-method cell: the fixed-layer runs of a method against the runs of one of its auto variants (the
     seeds that both have); None when they share no seed."""
@@ -101,9 +145,13 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     # the proxy strategy's score: the fixed-layer run at the proxy's layer (auto's final run is that run)
     proxy_scores = [100 * complete[p][s]["score"] for p, s in zip(proxy, seeds) if p in complete]
     proxy_below = stds_below(means[best], best_std, proxy_scores) if len(proxy_scores) == len(seeds) else None
+    finals_by_seed = {s: {layer: runs[s]["score"] for layer, runs in complete.items()} for s in seeds}
+    rung_rho = [rank_agreement(records[s], finals_by_seed[s], "rung") for s in seeds]
+    proxy_rho = [rank_agreement(records[s], finals_by_seed[s], "proxy") for s in seeds]
+    seed_rho = seed_agreement(finals_by_seed)
     top = max(complete)  # the baseline a user has without any choice: the top layer (the cheapest run with the cache)
     cell = {
-        "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
+        "rung_rho": rung_rho, "proxy_rho": proxy_rho, "seed_rho": seed_rho, "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
         "top_below": stds_below(means[best], best_std, [means[top]]), "finals": finals,
         "near": sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values()), "layers": len(means),
     }  # fmt: skip
@@ -114,8 +162,9 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
         f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x",
         f"{statistics.fmean(proxy_scores):.1f} ({stds(proxy_below)})" if proxy_below is not None else "-",
         f"L{top}: {means[top]:.1f} ({stds(cell['top_below'])})", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
-        f"{sum(p == best for p in proxy)}/{len(seeds)}", f"{cell['near']}/{len(means)}" if best_std > 0 else "-",
-        ",".join(map(str, seeds)),
+        f"{sum(p == best for p in proxy)}/{len(seeds)}", agreement(rung_rho), agreement(proxy_rho),
+        agreement(seed_rho),
+        f"{cell['near']}/{len(means)}" if best_std > 0 else "-", ",".join(map(str, seeds)),
     ]  # fmt: skip
     return cell
 
@@ -160,7 +209,7 @@ def main() -> int:
     header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
               "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep",
               "proxy alone (below best)", "top layer (below best)", "proxy = halving", "proxy = best",
-              "layers within 1 std", "seeds"]  # fmt: skip
+              "rung 1 ~ dev (rho)", "proxy ~ dev (rho)", "seed ~ seeds (rho)", "layers within 1 std", "seeds"]  # fmt: skip
     body, cells, finals = [], defaultdict(list), []
     fixed_variants = sorted({r["variant"] for r in rows if "_auto" not in r["variant"]})
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -187,6 +236,16 @@ def main() -> int:
         for suffix, judged in measured.items()
     ]
     summary += [verdict(suffix, judged, fixed_variants) for suffix, judged in cells.items()]
+    summary += [
+        f"Rank agreement with the dev scores of auto{suffix}'s layers (Spearman's rho, mean over its cells' seeds): "
+        f"first rung {agreement([v for c in judged for v in c['rung_rho']])}, proxy "
+        f"{agreement([v for c in judged for v in c['proxy_rho']])}."
+        for suffix, judged in cells.items()
+    ]
+    if any(cells.values()):
+        judged = next(iter(cells.values()))
+        summary.append(f"One seed's fixed-layer runs against the other seeds' mean (the same rho): "
+                       f"{agreement([v for c in judged for v in c['seed_rho']])}.")  # fmt: skip
     if any(measured.values()):  # the baselines need no auto run: read them off the first variant's cells
         judged = next(iter(measured.values()))
         summary.append(f"No choice at all, the top layer: {count(judged, 'top_below')} of {len(judged)}; a layer drawn "
@@ -203,7 +262,12 @@ def main() -> int:
         "far below the best layer that is, in its seed std; top layer = the same for the last layer, the choice a user "
         "makes without any selection (and the cheapest run with the frozen-prefix cache); layers within 1 std = the "
         "layers whose mean is within one std of the best layer's (the best included), the chance that a layer drawn "
-        "at random passes; a method's other auto variants (e.g. adapter (auto_warm): --auto_warm_head) have rows of "
+        "at random passes; rung 1 ~ dev and proxy ~ dev = how well the halving's first rung (each candidate's "
+        "selection-split score after the first rung's steps) and the gradient-norm proxy rank the layers as their "
+        "fixed-layer runs' dev scores do: Spearman's rho over the candidate layers, same seed, mean over the seeds "
+        "(1: the same order; 0: unrelated; '-': no rung, as with the proxy strategy); seed ~ seeds = the same between "
+        "one seed's fixed-layer dev scores and the mean of the other seeds', mean over the seeds: how far one full "
+        "run per layer foretells another seed's layer order, a ceiling for any choice made with one seed; a method's other auto variants (e.g. adapter (auto_warm): --auto_warm_head) have rows of "
         "their own.",
         f"auto's final training gave exactly the score of the fixed-layer run at the layer it chose (same seed) in "
         f"{sum(finals)} of {len(finals)} runs.",

@@ -248,7 +248,14 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
         record = {"chosen_layer": layer, "proxy_choice": 0, "selection_cpu_seconds": choice}
         add("adapter_auto", "", seed, scores[layer][seed], {"cpu_seconds": whole, "auto_layer": record})
         # another auto variant (e.g. --auto_warm_head) gets a row of its own: it chose layer 1 both times
-        warm = {"chosen_layer": 1, "proxy_choice": 1, "selection_cpu_seconds": 10.0}
+        # its records keep the candidates: at the first rung layer 1 led with seed 42 (the dev order: rho +1) and
+        # layer 0 with seed 43 (rho -1), so the rung agrees with dev 0.00 on average; the proxy ranks layer 1 first
+        # with both seeds (+1.00)
+        first = {0: 0.6 if seed == 42 else 0.8, 1: 0.7}
+        candidates = {str(layer): {"evaluations": [{"step": 5, "eval_accuracy": first[layer]}],
+                                   "proxy_gradient_norm": 1.0 + layer} for layer in (0, 1)}  # fmt: skip
+        warm = {"chosen_layer": 1, "proxy_choice": 1, "selection_cpu_seconds": 10.0, "metric": "eval_accuracy",
+                "greater_is_better": True, "candidates": candidates}  # fmt: skip
         add("adapter_auto_warm", "", seed, scores[1][seed], {"cpu_seconds": 20.0, "auto_layer": warm})
     # RTE has one seed so far: no std to measure in, so its cell is shown but neither judged nor counted
     for layer in (0, 1):
@@ -268,16 +275,19 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     # its own final training (its layer's run), 3 x 10 / 15 and 1.5 x 20 / 15 = 2 of the mean run, 2 / 2 of the
     # sweep; the proxy's layer 0 gives 66.0, 3.54 below; the top layer is the best one here
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
-    assert cells[11:] == ["L1: 71.0 (0.00)", "1/2", "0/2", "1/2", "42,43"]  # layer 0's 66 is 3.54 std below
+    # no candidates in these records: no rank agreement to show; layer 0's 66 is 3.54 std below
+    # each seed orders the layers as the other does (L1 above L0): seed ~ seeds +1.00
+    assert cells[11:] == ["L1: 71.0 (0.00)", "1/2", "0/2", "-", "-", "+1.00", "1/2", "42,43"]
     warm_row = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc | adapter (auto_warm)"))
-    assert [c.strip() for c in warm_row.strip("|").split("|")][4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"]
+    warm_cells = [c.strip() for c in warm_row.strip("|").split("|")]
+    assert warm_cells[4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"] and warm_cells[14:16] == ["+0.00", "+1.00"]
     assert (
         "auto_warm (variants <method>_auto_warm): within one seed standard deviation of the best layer in 1 of 1 "
         "task-method cells; its proxy alone: 1 of 1" in proc.stdout
     )
     assert "in 5 of 5 runs" in proc.stdout
     rte = [c.strip() for c in next(line for line in proc.stdout.splitlines() if line.startswith("| rte")).split("|")]
-    assert rte[6] == "-" and rte[11:13] == ["50.0 (-)", "L1: 51.0 (-)"] and rte[15:17] == ["-", "42"]
+    assert rte[6] == "-" and rte[11:13] == ["50.0 (-)", "L1: 51.0 (-)"] and rte[15:20] == ["-", "-", "-", "-", "42"]
     assert (
         "auto: within one seed standard deviation of the best layer in 0 of 1 task-method cells; its proxy alone: 0 of "
         "1 (1 more with one seed so far, not counted)." in proc.stdout
