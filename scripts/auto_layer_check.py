@@ -151,7 +151,8 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     seed_rho = seed_agreement(finals_by_seed)
     top = max(complete)  # the baseline a user has without any choice: the top layer (the cheapest run with the cache)
     cell = {
-        "rung_rho": rung_rho, "proxy_rho": proxy_rho, "seed_rho": seed_rho, "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
+        "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
+        "rung_rho": rung_rho, "proxy_rho": proxy_rho, "seed_rho": seed_rho,
         "top_below": stds_below(means[best], best_std, [means[top]]), "finals": finals,
         "near": sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values()), "layers": len(means),
     }  # fmt: skip
@@ -162,8 +163,7 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
         f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x",
         f"{statistics.fmean(proxy_scores):.1f} ({stds(proxy_below)})" if proxy_below is not None else "-",
         f"L{top}: {means[top]:.1f} ({stds(cell['top_below'])})", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
-        f"{sum(p == best for p in proxy)}/{len(seeds)}", agreement(rung_rho), agreement(proxy_rho),
-        agreement(seed_rho),
+        f"{sum(p == best for p in proxy)}/{len(seeds)}", agreement(rung_rho), agreement(proxy_rho), agreement(seed_rho),
         f"{cell['near']}/{len(means)}" if best_std > 0 else "-", ",".join(map(str, seeds)),
     ]  # fmt: skip
     return cell
@@ -267,8 +267,8 @@ def main() -> int:
         "fixed-layer runs' dev scores do: Spearman's rho over the candidate layers, same seed, mean over the seeds "
         "(1: the same order; 0: unrelated; '-': no rung, as with the proxy strategy); seed ~ seeds = the same between "
         "one seed's fixed-layer dev scores and the mean of the other seeds', mean over the seeds: how far one full "
-        "run per layer foretells another seed's layer order, a ceiling for any choice made with one seed; a method's other auto variants (e.g. adapter (auto_warm): --auto_warm_head) have rows of "
-        "their own.",
+        "run per layer foretells another seed's layer order, a ceiling for any choice made with one seed; a "
+        "method's other auto variants (e.g. adapter (auto_warm): --auto_warm_head) have rows of their own.",
         f"auto's final training gave exactly the score of the fixed-layer run at the layer it chose (same seed) in "
         f"{sum(finals)} of {len(finals)} runs.",
     ]

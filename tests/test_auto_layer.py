@@ -99,7 +99,8 @@ def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
     norms = [record["candidates"][layer]["proxy_gradient_norm"] for layer in ("0", "1")]
     assert [patch.get_height() for patch in bars.patches] == pytest.approx(norms)
     labels = [line.get_label() for line in curves.get_lines() if not line.get_label().startswith("_")]
-    assert f"L{record['chosen_layer']} (complete, chosen)" in labels and len(labels) == 2
+    assert f"L{record['chosen_layer']} (complete, chosen)" in labels and len(labels) == 3
+    assert "the probe the candidates start from" in labels  # the warm head (the default) is drawn as a line too
     # the proxy alone beside a warm head: no curves, the bars, and the head named
     proxy = {**record, "strategy": "proxy", "warm_head": {record["metric"]: 0.5},
              "candidates": {k: {**c, "evaluations": [], "state": "not run"} for k, c in record["candidates"].items()}}  # fmt: skip
@@ -375,13 +376,17 @@ def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_
     tiny_bert, rte_distinct, tmp_path, warm_spies
 ):
     probes, starts = warm_spies
-    cold = run(tiny_bert, rte_distinct, tmp_path / "cold", "--method", "adapter@auto", "--bottleneck_dim", "2")
+    cold = run(tiny_bert, rte_distinct, tmp_path / "cold", "--method", "adapter@auto", "--bottleneck_dim", "2",
+               "--auto_warm_head", "false")  # fmt: skip
     assert not probes and "warm_head" not in cold["auto_layer"] and len(starts) == 2
+    assert cold["auto_layer"]["options"]["auto_warm_head"] is False
     new_head = starts[0]
     starts.clear()
-    warm = run(tiny_bert, rte_distinct, tmp_path / "warm", "--method", "adapter@auto", "--bottleneck_dim", "2",
-               "--auto_warm_head", "true")  # fmt: skip
+    # the warm head is the default: no flag
+    warm = run(tiny_bert, rte_distinct, tmp_path / "warm", "--method", "adapter@auto", "--bottleneck_dim", "2")
     auto = warm["auto_layer"]
+    assert auto["options"] == {"auto_layers": "all", "auto_layer_strategy": "halving",
+                               "auto_selection_fraction": 0.2, "auto_budget": 0.5, "auto_warm_head": True}  # fmt: skip
     assert len(probes) == 1 and len(starts) == 2  # one probe, then both candidates start from its head
     assert all(torch.equal(start[k], probes[0][k]) for start in starts for k in start)
     assert any(not torch.equal(probes[0][k], new_head[k]) for k in new_head)  # the probe trained its head
@@ -397,10 +402,10 @@ def test_the_proxy_alone_with_a_warm_head_measures_its_gradients_beside_the_prob
 ):
     probes, starts = warm_spies
     args = ("--method", "adapter@auto", "--bottleneck_dim", "2", "--auto_layer_strategy", "proxy")
-    cold = run(tiny_bert, rte_distinct, tmp_path / "cold", *args)["auto_layer"]
+    cold = run(tiny_bert, rte_distinct, tmp_path / "cold", *args, "--auto_warm_head", "false")["auto_layer"]
     assert not probes and "warm_head" not in cold
     starts.clear()
-    warm = run(tiny_bert, rte_distinct, tmp_path / "warm", *args, "--auto_warm_head", "true")["auto_layer"]
+    warm = run(tiny_bert, rte_distinct, tmp_path / "warm", *args)["auto_layer"]  # the default: a warm head
     assert len(probes) == 1 and len(starts) == 2
     assert all(torch.equal(start[k], probes[0][k]) for start in starts for k in start)
     assert warm["selection_steps"] == 0 and warm["chosen_layer"] == warm["proxy_choice"]  # no candidate trains
