@@ -112,9 +112,10 @@ def agreement(values: list[float | None]) -> str:
     return f"{statistics.fmean(known):+.2f}" if known else "-"
 
 
-def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
+def judge(fixed: list[dict], auto: list[dict], reference: int | None = None) -> dict | None:
     """One task-method cell: the fixed-layer runs of a method against the runs of one of its auto variants (the
-    seeds that both have); None when they share no seed."""
+    seeds that both have), and against ``reference``, a layer fixed beforehand (e.g. the paper's); None when they
+    share no seed."""
     seeds = sorted({r["seed"] for r in auto} & {r["seed"] for r in fixed})
     by_layer = defaultdict(dict)
     for r in fixed:
@@ -150,10 +151,23 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
     proxy_rho = [rank_agreement(records[s], finals_by_seed[s], "proxy") for s in seeds]
     seed_rho = seed_agreement(finals_by_seed)
     top = max(complete)  # the baseline a user has without any choice: the top layer (the cheapest run with the cache)
+    # what a whole layer sweep buys (one run per layer, the winner read off dev): for every ordered pair of seeds, the
+    # layer whose run scored best with one seed, scored by the other seed's run at that layer
+    swept = [
+        100 * complete[max(finals_by_seed[other], key=finals_by_seed[other].get)][s]["score"]
+        for s in seeds
+        for other in seeds
+        if other != s
+    ]
     cell = {
         "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
         "rung_rho": rung_rho, "proxy_rho": proxy_rho, "seed_rho": seed_rho,
         "top_below": stds_below(means[best], best_std, [means[top]]), "finals": finals,
+        "sweep_below": stds_below(means[best], best_std, swept) if swept else None,
+        "reference_below": stds_below(means[best], best_std, [means[reference]]) if reference in means else None,
+        # the reference layer's runs cost over the mean fixed-layer run (no choice to pay for), mean over the seeds
+        "reference_cost": statistics.fmean(cost(complete[reference][s]) / m for s, m in zip(seeds, one_run))
+        if reference in means and all(cost(complete[reference][s]) for s in seeds) else None,
         "near": sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values()), "layers": len(means),
     }  # fmt: skip
     cell["row"] = [
@@ -162,7 +176,10 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
         stds(cell["below"]), ",".join(f"L{c}" for c in chosen), f"{vs_run:.2f}x",
         f"{statistics.fmean(vs_own):.2f}x" if vs_own else "-", f"{vs_run / len(complete):.2f}x",
         f"{statistics.fmean(proxy_scores):.1f} ({stds(proxy_below)})" if proxy_below is not None else "-",
-        f"L{top}: {means[top]:.1f} ({stds(cell['top_below'])})", f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
+        f"L{top}: {means[top]:.1f} ({stds(cell['top_below'])})",
+        f"{statistics.fmean(swept):.1f} ({stds(cell['sweep_below'])})" if swept else "-",
+        f"L{reference}: {means[reference]:.1f} ({stds(cell['reference_below'])})" if reference in means else "-",
+        f"{sum(p == c for p, c in zip(proxy, chosen))}/{len(seeds)}",
         f"{sum(p == best for p in proxy)}/{len(seeds)}", agreement(rung_rho), agreement(proxy_rho), agreement(seed_rho),
         f"{cell['near']}/{len(means)}" if best_std > 0 else "-", ",".join(map(str, seeds)),
     ]  # fmt: skip
@@ -172,6 +189,14 @@ def judge(fixed: list[dict], auto: list[dict]) -> dict | None:
 def count(judged: list[dict], key: str) -> int:
     """How many of the cells are within one std of the best layer by ``key`` ("below", "proxy_below"...)."""
     return sum(c[key] is not None and c[key] <= 1.0 for c in judged)
+
+
+def by_method(judged: list[dict], key: str, methods: list[str]) -> str:
+    """:func:`count` for each method: "adapter on 4 of 5 tasks, lora on 3 of 5 tasks"."""
+    return ", ".join(
+        f"{m} on {count([c for c in judged if c['method'] == m], key)} of {sum(c['method'] == m for c in judged)} tasks"
+        for m in methods
+    )
 
 
 TARGET_TASKS, TARGET_WITHIN, TARGET_COST = 5, 4, 2.0
@@ -204,11 +229,23 @@ def main() -> int:
     parser.add_argument("csv")
     parser.add_argument("--sweep", default="auto_layer_check")
     parser.add_argument("--out", required=True, help="output path without extension")
+    parser.add_argument(
+        "--reference", action="append", default=[], metavar="METHOD=LAYER",
+        help="a layer fixed beforehand for a method's fixed-layer variant (e.g. the paper's layer, adapter=2), shown "
+        "beside auto and judged as it is; repeat for each method",
+    )  # fmt: skip
     args = parser.parse_args()
+    references = {}
+    for item in args.reference:
+        method, _, layer = item.partition("=")
+        if not method or not layer.strip().isdigit():
+            parser.error(f"--reference {item!r}: expected METHOD=LAYER, e.g. adapter=2")
+        references[method.strip()] = int(layer)
     rows = [r for r in read_csv(args.csv) if r["sweep"] == args.sweep and r["score"] is not None]
     header = ["task", "method", "best layer", "best (mean ± std)", "auto (mean ± std)", "below best (std)",
               "auto's layers", "cost vs one run", "cost vs its layer's run", "cost vs sweep",
-              "proxy alone (below best)", "top layer (below best)", "proxy = halving", "proxy = best",
+              "proxy alone (below best)", "top layer (below best)", "sweep of another seed (below best)",
+              "reference layer (below best)", "proxy = halving", "proxy = best",
               "rung 1 ~ dev (rho)", "proxy ~ dev (rho)", "seed ~ seeds (rho)", "layers within 1 std", "seeds"]  # fmt: skip
     body, cells, finals = [], defaultdict(list), []
     fixed_variants = sorted({r["variant"] for r in rows if "_auto" not in r["variant"]})
@@ -217,7 +254,8 @@ def main() -> int:
             fixed = [r for r in rows if r["task"] == task and r["variant"] == method]
             # a row per auto variant of the method: <method>_auto, and others such as <method>_auto_warm
             for variant in sorted({r["variant"] for r in rows if r["variant"].startswith(f"{method}_auto")}):
-                cell = judge(fixed, [r for r in rows if r["task"] == task and r["variant"] == variant])
+                auto = [r for r in rows if r["task"] == task and r["variant"] == variant]
+                cell = judge(fixed, auto, references.get(method))
                 if cell is not None:
                     cell["method"] = method
                     suffix = variant.removeprefix(f"{method}_auto")
@@ -250,6 +288,16 @@ def main() -> int:
         judged = next(iter(measured.values()))
         summary.append(f"No choice at all, the top layer: {count(judged, 'top_below')} of {len(judged)}; a layer drawn "
                        f"at random: {sum(c['near'] / c['layers'] for c in judged):.1f} of {len(judged)} expected.")  # fmt: skip
+        layers = max(c["layers"] for c in judged)
+        referenced = [c for c in judged if c["reference_below"] is not None]
+        if referenced:
+            named = ", ".join(f"{m} L{layer}" for m, layer in references.items())
+            costs = [c["reference_cost"] for c in referenced if c["reference_cost"] is not None]
+            summary.append(f"The reference layers, fixed beforehand ({named}): {count(referenced, 'reference_below')} "
+                           f"of {len(referenced)} ({by_method(referenced, 'reference_below', list(references))})"
+                           f"{f', at {min(costs):.2f}-{max(costs):.2f}x one run' if costs else ''}.")  # fmt: skip
+        summary.append(f"A whole layer sweep of another seed ({layers} runs, the layer best on its dev set taken): "
+                       f"{count(judged, 'sweep_below')} of {len(judged)} ({by_method(judged, 'sweep_below', fixed_variants)}).")  # fmt: skip
     footer = [
         *summary,
         "below best = (best layer's mean - auto's mean) / best layer's seed std; cost vs its layer's run = auto's "
@@ -260,7 +308,11 @@ def main() -> int:
         "vs sweep = the same over the whole layer sweep; proxy alone = the mean score of the fixed-layer runs at the "
         "layers the gradient-norm proxy ranked first (what --auto_layer_strategy proxy trains), and in brackets how "
         "far below the best layer that is, in its seed std; top layer = the same for the last layer, the choice a user "
-        "makes without any selection (and the cheapest run with the frozen-prefix cache); layers within 1 std = the "
+        "makes without any selection (and the cheapest run with the frozen-prefix cache); sweep of another seed = the "
+        "same for the layer that scored best on dev in another seed's fixed-layer runs (every ordered pair of seeds): "
+        "what a whole layer sweep (one run per layer) buys a run with a new seed; reference layer = the same for a layer "
+        "fixed beforehand (--reference; in docs/results the paper's layers as Table 1 scales them: the adapter's 5 of "
+        "12 -> L2, LoRA's 10 of 12 -> L5); layers within 1 std = the "
         "layers whose mean is within one std of the best layer's (the best included), the chance that a layer drawn "
         "at random passes; rung 1 ~ dev and proxy ~ dev = how well the halving's first rung (each candidate's "
         "selection-split score after the first rung's steps) and the gradient-norm proxy rank the layers as their "

@@ -52,7 +52,9 @@ done
 # training examples per task; auto_layer_check_full.json: whole training sets)
 for sweep in auto_layer_check auto_layer_check_full; do
   if has $sweep adapter,lora,adapter_auto,lora_auto; then
-    python scripts/auto_layer_check.py "$CSV" --sweep $sweep --out "$OUT/$sweep"
+    # beside auto, the layers fixed beforehand that Table 1 uses: the paper's, scaled to 6 layers
+    # (scripts/sweeps/table1_paper.json: the adapter's layer 5 of 12 -> 2, LoRA's 10 of 12 -> 5)
+    python scripts/auto_layer_check.py "$CSV" --sweep $sweep --out "$OUT/$sweep" --reference adapter=2 --reference lora=5
   else echo "$sweep: not every row has finished runs yet"; fi
 done
 

@@ -268,7 +268,8 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
         writer.writeheader()
         writer.writerows(rows)
     proc = subprocess.run([sys.executable, "scripts/auto_layer_check.py", str(tmp_path / "runs.csv"), "--sweep", "check",
-                           "--out", str(tmp_path / "table")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+                           "--out", str(tmp_path / "table"), "--reference", "adapter=0"], cwd=REPO, capture_output=True,
+                          text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -277,23 +278,50 @@ def test_auto_layer_check_compares_auto_with_the_best_layer_in_seed_stds(tmp_pat
     # sweep; the proxy's layer 0 gives 66.0, 3.54 below; the top layer is the best one here
     assert cells[2:11] == ["L1", "71.0 ± 1.4", "68.0 ± 2.8", "2.12", "L1,L0", "2.00x", "2.25x", "1.00x", "66.0 (3.54)"]
     # no candidates in these records: no rank agreement to show; layer 0's 66 is 3.54 std below
-    # each seed orders the layers as the other does (L1 above L0): seed ~ seeds +1.00
-    assert cells[11:] == ["L1: 71.0 (0.00)", "1/2", "0/2", "-", "-", "+1.00", "1/2", "42,43"]
+    # each seed orders the layers as the other does (L1 above L0): seed ~ seeds +1.00; a sweep of seed 43 picks L1
+    # for seed 42 (70) and one of seed 42 picks L1 for seed 43 (72): 71.0, the best layer's mean; the reference layer
+    # (--reference adapter=0) scores 66.0, 3.54 below
+    assert cells[11:] == [
+        "L1: 71.0 (0.00)",
+        "71.0 (0.00)",
+        "L0: 66.0 (3.54)",
+        "1/2",
+        "0/2",
+        "-",
+        "-",
+        "+1.00",
+        "1/2",
+        "42,43",
+    ]
     warm_row = next(line for line in proc.stdout.splitlines() if line.startswith("| mrpc | adapter (auto_warm)"))
     warm_cells = [c.strip() for c in warm_row.strip("|").split("|")]
-    assert warm_cells[4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"] and warm_cells[14:16] == ["+0.00", "+1.00"]
+    assert warm_cells[4:7] == ["71.0 ± 1.4", "0.00", "L1,L1"] and warm_cells[16:18] == ["+0.00", "+1.00"]
     assert (
         "auto_warm (variants <method>_auto_warm): within one seed standard deviation of the best layer in 1 of 1 "
         "task-method cells; its proxy alone: 1 of 1" in proc.stdout
     )
     assert "in 5 of 5 runs" in proc.stdout
     rte = [c.strip() for c in next(line for line in proc.stdout.splitlines() if line.startswith("| rte")).split("|")]
-    assert rte[6] == "-" and rte[11:13] == ["50.0 (-)", "L1: 51.0 (-)"] and rte[15:20] == ["-", "-", "-", "-", "42"]
+    # one seed: no other seed's sweep to take a layer from
+    assert (
+        rte[6] == "-"
+        and rte[11:15] == ["50.0 (-)", "L1: 51.0 (-)", "-", "L0: 50.0 (-)"]
+        and rte[17:22] == ["-", "-", "-", "-", "42"]
+    )
     assert (
         "auto: within one seed standard deviation of the best layer in 0 of 1 task-method cells; its proxy alone: 0 of "
         "1 (1 more with one seed so far, not counted)." in proc.stdout
     )
     assert "No choice at all, the top layer: 1 of 1; a layer drawn at random: 0.5 of 1 expected." in proc.stdout
+    assert (
+        "A whole layer sweep of another seed (2 runs, the layer best on its dev set taken): 1 of 1 (adapter on 1 of 1 "
+        "tasks)." in proc.stdout
+    )
+    # the reference layer costs its own runs only: 20 CPU s against a mean run of 15
+    assert (
+        "The reference layers, fixed beforehand (adapter L0): 0 of 1 (adapter on 0 of 1 tasks), at 1.33-1.33x one run."
+        in proc.stdout
+    )
     # the targets: one task of five is in, so nothing is decided yet for either (auto could still pass 4 of 5; its
     # cost, 2.00x, is within the 2x)
     assert (

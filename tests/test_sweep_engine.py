@@ -245,24 +245,33 @@ def test_dry_run_lists_jobs_with_an_estimate_and_starts_nothing(rte_dir, tmp_pat
 
 def test_a_fill_ending_after_the_driver_stopped_starts_no_chunk(tmp_path, monkeypatch):
     # The driver stops waiting (SIGTERM, Ctrl-C) while a fill job runs; when the fill ends afterwards, its chunks
-    # must not be started, nor fail to start with "cannot schedule new futures after shutdown" in the log.
+    # must not be started, nor fail to start with "cannot schedule new futures after shutdown" in the log. The
+    # interruption is raised by the driver's wait itself once the fill runs (a real SIGINT sent to the process was
+    # not always raised in the driver's thread: this test failed once in a full run on a loaded machine).
     import concurrent.futures._base as futures_base
+    import queue
     import threading
+    import types
 
     from peftlab import sweep
 
-    started, fill_ends = [], threading.Event()
+    started, fill_runs, fill_ends = [], threading.Event(), threading.Event()
 
     def fake_process(path, env, python):
         started.append(Path(path).stem)
         if Path(path).stem == "fill":
-            time.sleep(0.3)  # the driver has registered the fill's callback and waits
-            os.kill(os.getpid(), signal.SIGINT)  # then it is interrupted while the fill runs
-            fill_ends.wait(5)
+            fill_runs.set()
+            fill_ends.wait(5)  # runs on until the driver stops its children
         return 0
+
+    class Interrupted(queue.Queue):
+        def get(self, *args, **kwargs):  # the driver waits for its jobs: Ctrl-C while the fill runs
+            assert fill_runs.wait(5)
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep, "run_job_process", fake_process)
     monkeypatch.setattr(sweep, "stop_children", lambda: fill_ends.set())
+    monkeypatch.setattr(sweep, "queue", types.SimpleNamespace(Queue=Interrupted))
     errors = []
     monkeypatch.setattr(futures_base.LOGGER, "exception", lambda *a, **k: errors.append(a))
     fill = sweep.Job("fill", [], fill=True)
