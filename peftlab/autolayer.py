@@ -29,6 +29,12 @@ for a zero-initialised module it measures how much the loss wants that layer to 
 beyond what the probe already fits). Its ranking is recorded beside the halving's in every run, so how often the two
 agree can be counted (``scripts/auto_layer_check.py``); the halving takes its turns in the proxy's order.
 
+Margin: the record says how far the chosen candidate is ahead of the runner-up at the last rung, with a paired
+bootstrap of that difference over the selection split's examples (:func:`margin`); when its 90 % interval reaches
+zero the split did not tell the two apart, ``separable`` is false and the run logs a warning. On the bundled model
+the layers' dev scores often differ by less than the seeds' spread (``docs/results.md`` Part C), so this is the
+record to read before trusting a choice.
+
 Warm head (``--auto_warm_head``, the default since 5 December 2026; ``--auto_warm_head false`` gives every candidate a
 new head, as before): every candidate starts from the head of a linear probe, trained first on the
 frozen backbone for the final run's steps (with the cache, on cached features: cheap). A new head's first steps
@@ -52,6 +58,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +161,82 @@ class Candidate:
     evaluations: list[dict[str, float]] = field(default_factory=list)  # every metric of each rung's evaluation
     state: str = "not run"
     steps: int = 0
+    # (predictions, labels) of its last evaluation on the selection split, for the bootstrap of the choice's margin
+    predictions: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+
+def keep_predictions(trainer, candidate: Candidate, task) -> None:
+    """Have ``candidate`` keep the predictions of each evaluation of ``trainer`` (its last one stays), beside the
+    metrics the trainer computes from them as before."""
+    from peftlab.glue.metrics import predictions_from_logits
+
+    compute = trainer.compute_metrics
+
+    def keeping(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        candidate.predictions = (predictions_from_logits(task, logits), np.asarray(prediction.label_ids))
+        return compute(prediction)
+
+    trainer.compute_metrics = keeping
+
+
+MARGIN_RESAMPLES = 1000
+
+
+def margin(candidates: list[Candidate], chosen: int, task, metric: str, greater: bool, seed: int) -> dict | None:
+    """How far the chosen candidate is ahead of the runner-up (the best other candidate at the last rung the chosen
+    one reached, by score then selection loss), in the selection metric, with a paired bootstrap of that difference
+    over the selection split's examples (both candidates' predictions on the same resampled examples,
+    :data:`MARGIN_RESAMPLES` times, seeded): its 90 % interval, the share of resamples in which the runner-up is
+    ahead or level, and whether the interval lies above zero (``separable``). None when no other candidate reached
+    that rung; without predictions (a selection metric that is not the task's, such as the loss) the bootstrap is
+    left out."""
+    from peftlab.glue.metrics import glue_metrics
+
+    by_layer = {c.layer: c for c in candidates if c.evaluations}
+    best = by_layer[chosen]
+    step, key, sign = best.evaluations[-1]["step"], f"eval_{metric}", 1.0 if greater else -1.0
+    rivals = [c for c in by_layer.values() if c.layer != chosen and c.evaluations[-1]["step"] == step]
+    if not rivals:
+        return None
+
+    def rank(c: Candidate) -> tuple[float, float]:
+        loss = c.evaluations[-1].get("eval_loss")
+        return sign * c.evaluations[-1][key], -loss if loss is not None and math.isfinite(loss) else -math.inf
+
+    runner = max(rivals, key=rank)
+    out: dict[str, Any] = {
+        "runner_up": runner.layer, "step": step,
+        "difference": sign * (best.evaluations[-1][key] - runner.evaluations[-1][key]),
+    }  # fmt: skip
+    pairs = (best.predictions, runner.predictions)
+    if any(p is None for p in pairs) or not np.array_equal(pairs[0][1], pairs[1][1]):
+        out["bootstrap"] = "not available: the two candidates' predictions on the same examples are not both kept"
+        return out
+    if metric not in (*task.metrics, *(("combined_score",) if len(task.metrics) > 1 else ())):
+        out["bootstrap"] = f"not available: {metric} is not one of the task's metrics, computed from predictions"
+        return out
+    (ours, labels), (theirs, _) = pairs
+    rng = np.random.default_rng(seed)
+    diffs = []
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample with one class or a constant prediction: its metric is nan
+        for _ in range(MARGIN_RESAMPLES):
+            index = rng.integers(0, len(labels), len(labels))
+            a = glue_metrics(task, ours[index], labels[index])[metric]
+            b = glue_metrics(task, theirs[index], labels[index])[metric]
+            diffs.append(sign * (a - b))
+    diffs = np.asarray(diffs, dtype=float)
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs):
+        out["bootstrap"] = "not available: no resample had a finite metric for both candidates"
+        return out
+    low, high = (float(v) for v in np.percentile(diffs, [5, 95]))
+    out.update(
+        interval_90=[low, high], share_runner_up_ahead=float(np.mean(diffs <= 0)), resamples=len(diffs),
+        separable=low > 0,
+    )  # fmt: skip
+    return out
 
 
 def rung_steps(candidates: int, budget_steps: int, factor: int = 2) -> list[int]:
@@ -390,6 +473,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
         for candidate in candidates:  # each candidate's trainer, and the zero-training proxy
             candidate_args = training.__class__(**_copy(training, work, most if halve else 0))
             trainers[candidate.layer] = build_trainer(pefts[candidate.layer], rest, selection, candidate_args, [])
+            keep_predictions(trainers[candidate.layer], candidate, spec.task)
             if head is not None:
                 trainers[candidate.layer].model.head.load_state_dict(head)
             states[candidate.layer] = _rng_state()  # where its training starts, as if it were built and trained alone
@@ -408,6 +492,7 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
 
             halving(study, order, metric, train, states)
             chosen = best_layer(study)
+            record["margin"] = margin(candidates, chosen, spec.task, metric, greater, training.seed)
         else:
             chosen = order[0].layer
     finally:
@@ -427,6 +512,15 @@ def choose_layer(ws, spec, build_trainer, plan_cache) -> dict[str, Any]:
     logger.info(
         "Auto layer: chose layer %d (%s); candidates %s", chosen, args.auto_layer_strategy, record["candidates"]
     )
+    close = record.get("margin") or {}
+    if close.get("separable") is False:
+        low, high = close["interval_90"]
+        logger.warning(
+            "Auto layer: layer %d was chosen over layer %d (%s %+.4f on the selection split), but the 90 %% "
+            "bootstrap interval of that difference, [%+.4f, %+.4f], reaches zero: the selection split does not "
+            "tell the two apart, and either may be the better layer.",
+            chosen, close["runner_up"], metric, close["difference"], low, high,
+        )  # fmt: skip
     return record
 
 

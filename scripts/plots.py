@@ -68,7 +68,8 @@ def auto_layer_figure(record: dict):
     """The figure of a ``--target_layers auto`` record (``all_results.json``'s ``auto_layer``): the gradient-norm
     proxy of every candidate layer (bars, the chosen layer dark); and, where candidates trained (the halving), each
     layer's selection-split score against the steps it trained (a cross where the halving stopped it, the chosen
-    layer in bold), with the probe's score where the candidates started from its head (``--auto_warm_head``)."""
+    layer in bold), with the probe's score where the candidates started from its head (``--auto_warm_head``); the
+    title gives the choice's margin over the runner-up with its bootstrap interval."""
     curves = any(c["evaluations"] for c in record["candidates"].values())
     fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(10 if curves else 5, 4), dpi=110, squeeze=False)
     layers = sorted(record["candidates"], key=int)
@@ -96,7 +97,12 @@ def auto_layer_figure(record: dict):
         ax.set_xlabel("training steps")
         ax.set_ylabel(f"{record['metric']} on the selection split (x100)")
         ax.legend(fontsize=7)
-    fig.suptitle(f"auto layer: {record['strategy']}, chose L{record['chosen_layer']}", fontsize=10)
+    close, note = record.get("margin") or {}, ""
+    if "interval_90" in close:  # how far ahead of the runner-up, and whether the selection split told them apart
+        low, high = (100 * v for v in close["interval_90"])
+        note = (f" over L{close['runner_up']} by {100 * close['difference']:+.1f} (90 % interval {low:+.1f} to "
+                f"{high:+.1f}{'' if close['separable'] else ': not told apart'})")  # fmt: skip
+    fig.suptitle(f"auto layer: {record['strategy']}, chose L{record['chosen_layer']}{note}", fontsize=10)
     fig.tight_layout()
     return fig
 

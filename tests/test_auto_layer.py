@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import count_training_steps, kill_after_checkpoint, write
@@ -53,6 +54,14 @@ def test_auto_chooses_a_layer_on_a_split_of_the_training_set_and_records_every_c
     assert all({"step", "eval_accuracy", "eval_loss"} <= set(e) for e in rungs)  # every metric of every rung
     assert auto["budget"]["most_steps_per_candidate"] >= auto["budget"]["rung_steps"] >= 1
     assert auto["cost_in_runs"] > 1
+    # the chosen layer against the other one at the last rung, with a bootstrap interval of the difference
+    chosen, other = str(auto["chosen_layer"]), str(1 - auto["chosen_layer"])
+    close = auto["margin"]
+    last = {layer: auto["candidates"][layer]["evaluations"][-1]["eval_accuracy"] for layer in (chosen, other)}
+    assert close["runner_up"] == int(other) and close["difference"] == pytest.approx(last[chosen] - last[other])
+    low, high = close["interval_90"]
+    assert low <= high and close["separable"] == (low > 0) and 0 <= close["share_runner_up_ahead"] <= 1
+    assert close["resamples"] == 1000
     config = json.loads((tmp_path / "o" / "run_config.json").read_text())
     assert config["peft_args"]["method"] == f"adapter@{auto['chosen_layer']}" and config["auto_layer"] == auto
     assert not list((tmp_path / "o").glob("auto_layer_*"))  # the candidates' scratch folders are gone
@@ -62,6 +71,47 @@ def test_auto_with_the_proxy_alone_trains_no_candidate(tiny_bert, rte_distinct, 
     results = run(tiny_bert, rte_distinct, tmp_path / "o", "--method", "lora@auto", "--auto_layer_strategy", "proxy")
     auto = results["auto_layer"]
     assert auto["chosen_layer"] == auto["proxy_choice"] and auto["selection_steps"] == 0
+    assert "margin" not in auto  # no rung: nothing to measure a margin at
+
+
+def candidate(layer, step, score, loss, predictions, labels):
+    from peftlab.autolayer import Candidate
+
+    evaluation = {"step": step, "eval_combined_score": score, "eval_loss": loss}
+    return Candidate(layer, evaluations=[evaluation], predictions=(np.asarray(predictions), np.asarray(labels)))
+
+
+def test_the_margin_of_a_choice_is_a_paired_bootstrap_over_the_selection_split():
+    from peftlab.autolayer import margin
+    from peftlab.glue.metrics import glue_metrics
+    from peftlab.glue.tasks import get_task
+
+    mrpc = get_task("mrpc")  # the combined score: the mean of F1 and accuracy
+    labels = np.array([1, 0] * 50)
+    right, wrong, half = labels, 1 - labels, np.where(np.arange(100) < 50, labels, 1 - labels)
+    score = {name: glue_metrics(mrpc, p, labels)["combined_score"] for name, p in (("right", right), ("half", half))}
+    pruned_early = candidate(2, 2, 0.9, 0.1, right, labels)  # judged at an earlier rung only: not a rival
+    cands = [candidate(0, 5, score["right"], 0.2, right, labels), candidate(1, 5, score["half"], 0.3, half, labels),
+             pruned_early]  # fmt: skip
+    close = margin(cands, 0, mrpc, "combined_score", True, seed=0)
+    # always right against right on half the examples: ahead on every resample of the 100 examples
+    assert close["runner_up"] == 1 and close["difference"] == pytest.approx(score["right"] - score["half"])
+    assert close["separable"] and close["interval_90"][0] > 0 and close["share_runner_up_ahead"] == 0
+    assert margin(cands, 0, mrpc, "combined_score", True, seed=0) == close  # seeded
+    # the same predictions (equal scores, told apart by the loss): a difference of 0 on every resample
+    level = [candidate(0, 5, 0.5, 0.2, half, labels), candidate(1, 5, 0.5, 0.3, half, labels)]
+    same = margin(level, 0, mrpc, "combined_score", True, seed=0)
+    assert same["difference"] == 0 and same["interval_90"] == [0, 0] and not same["separable"]
+    assert same["share_runner_up_ahead"] == 1
+    # lower is better (a loss-like metric): the sign follows, so the chosen one's lead is still positive
+    low = [candidate(0, 5, 0.2, 0.2, right, labels), candidate(1, 5, 0.4, 0.3, wrong, labels)]
+    assert margin(low, 0, mrpc, "combined_score", False, seed=0)["difference"] == pytest.approx(0.2)
+    # the loss is no metric of predictions: the difference, without a bootstrap
+    lossy = margin(level, 0, mrpc, "loss", False, seed=0)
+    assert lossy["difference"] == pytest.approx(0.1) and lossy["bootstrap"].startswith("not available")
+    assert "separable" not in lossy
+    # no rival at the chosen one's last rung: no margin
+    assert margin([cands[0]], 0, mrpc, "combined_score", True, seed=0) is None
 
 
 @pytest.mark.parametrize(
@@ -101,6 +151,8 @@ def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
     labels = [line.get_label() for line in curves.get_lines() if not line.get_label().startswith("_")]
     assert f"L{record['chosen_layer']} (complete, chosen)" in labels and len(labels) == 3
     assert "the probe the candidates start from" in labels  # the warm head (the default) is drawn as a line too
+    close = record["margin"]
+    assert f"over L{close['runner_up']} by {100 * close['difference']:+.1f}" in curves.figure._suptitle.get_text()
     # the proxy alone beside a warm head: no curves, the bars, and the head named
     proxy = {**record, "strategy": "proxy", "warm_head": {record["metric"]: 0.5},
              "candidates": {k: {**c, "evaluations": [], "state": "not run"} for k, c in record["candidates"].items()}}  # fmt: skip
