@@ -200,11 +200,7 @@ def margin(candidates: list[Candidate], chosen: int, task, metric: str, greater:
     if not rivals:
         return None
 
-    def rank(c: Candidate) -> tuple[float, float]:
-        loss = c.evaluations[-1].get("eval_loss")
-        return sign * c.evaluations[-1][key], -loss if loss is not None and math.isfinite(loss) else -math.inf
-
-    runner = max(rivals, key=rank)
+    runner = max(rivals, key=lambda c: standing(c.evaluations[-1][key], c.evaluations[-1].get("eval_loss"), sign))
     out: dict[str, Any] = {
         "runner_up": runner.layer, "step": step,
         "difference": sign * (best.evaluations[-1][key] - runner.evaluations[-1][key]),
@@ -251,14 +247,18 @@ def rung_steps(candidates: int, budget_steps: int, factor: int = 2) -> list[int]
     return [r * rung for rung in rungs]
 
 
+def standing(value: float, loss: float | None, sign: float) -> tuple[float, float]:
+    """How good an evaluation is, larger better: its value times ``sign`` (-1 when lower is better), then its
+    selection loss, lower better (a missing or non-finite loss ranks last)."""
+    return sign * value, -loss if loss is not None and math.isfinite(loss) else -math.inf
+
+
 def rank(study, trial, step: int) -> tuple[float, float]:
-    """How good ``trial``'s evaluation at ``step`` is, larger better: its value (negated when the study minimises),
-    then its selection loss, lower better (a missing or non-finite loss ranks last)."""
+    """The :func:`standing` of ``trial``'s evaluation at ``step`` (its value negated when the study minimises)."""
     import optuna
 
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-    loss = trial.user_attrs.get(f"loss@{step}")
-    return sign * trial.intermediate_values[step], -loss if loss is not None and math.isfinite(loss) else -math.inf
+    return standing(trial.intermediate_values[step], trial.user_attrs.get(f"loss@{step}"), sign)
 
 
 def best_layer(study) -> int:

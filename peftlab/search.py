@@ -15,10 +15,13 @@ metric (``combined_score`` where a task has two) on the evaluation split, maximi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
 import logging
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,20 @@ def explicit_arguments(*parsed: Any) -> dict[str, Any]:
     return values
 
 
+@contextlib.contextmanager
+def keeps_interrupt_handler():
+    """Put back the process's SIGINT handler when the block ends. Ray Tune, run from the main thread, installs one
+    that stops the tuning and restores the previous handler only when a SIGINT comes: after a search that ended by
+    itself, the next Ctrl-C (in a later run of the same process, ``run_glue.py a.json b.json``) would be swallowed."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, output_dir: str) -> dict[str, Any]:
     """Run the search with the trainer (built with ``model_init``); return the best run's summary."""
     objective_key = f"eval_{metric}"
@@ -206,10 +223,11 @@ def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, 
         hp_space = lambda _trial: ray_space(space)  # noqa: E731
     best = None
     if n_trials > 0:
-        best = trainer.hyperparameter_search(
-            hp_space=hp_space, compute_objective=objective, n_trials=n_trials, direction="maximize",
-            backend=search_args.hp_search, **kwargs,
-        )  # fmt: skip
+        with keeps_interrupt_handler():  # Ray Tune installs its own Ctrl-C handler and leaves it behind
+            best = trainer.hyperparameter_search(
+                hp_space=hp_space, compute_objective=objective, n_trials=n_trials, direction="maximize",
+                backend=search_args.hp_search, **kwargs,
+            )  # fmt: skip
     summary: dict[str, Any] = {
         "backend": search_args.hp_search,
         "objective": objective_key,

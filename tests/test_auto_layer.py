@@ -500,9 +500,12 @@ def test_compare_auto_runs_counts_what_changed_between_two_copies_of_the_runs(tm
 
     from conftest import REPO
 
-    def record(root, seed, layer, score, proxy):
+    def record(root, seed, layer, score, proxy, separable=None):
         candidates = {"0": {"evaluations": [{"step": 5, "eval_accuracy": score}], "proxy_gradient_norm": proxy}}
         auto = {"chosen_layer": layer, "metric": "eval_accuracy", "candidates": candidates}
+        if separable is not None:
+            auto["margin"] = {"runner_up": 1 - layer, "difference": 0.02, "interval_90": [0.01 if separable else -0.01,
+                              0.03], "separable": separable}  # fmt: skip
         write(root / "rte" / "adapter_auto" / f"seed{seed}" / "all_results.json", json.dumps({"auto_layer": auto}))
 
     record(tmp_path / "old", 42, 1, 0.5, 0.1)
@@ -516,6 +519,23 @@ def test_compare_auto_runs_counts_what_changed_between_two_copies_of_the_runs(tm
     assert "rte/adapter_auto/seed43: layer 1 -> 0; choice DIFFER, scores DIFFER, proxies" in proc.stdout
     assert proc.stdout.rstrip().endswith(
         "2 runs in both: the same choice in 1, the same selection-split scores in 1, the same proxies in 2"
+    )
+    # the new copy records margins, and the old root holds the fixed-layer runs: L1 is best (70 and 72, std 1.41);
+    # seed 42's choice (L1, 70: 0.71 std below) was told apart, seed 43's (L0, 66: 3.54 below) was not
+    for layer, by_seed in {0: {42: 0.66, 43: 0.66}, 1: {42: 0.70, 43: 0.72}}.items():
+        for seed, score in by_seed.items():
+            write(tmp_path / "old" / "rte" / "adapter" / f"L{layer}" / f"seed{seed}" / "all_results.json",
+                  json.dumps({"eval_accuracy": score}))  # fmt: skip
+    record(tmp_path / "new", 42, 1, 0.5, 0.1, separable=True)
+    record(tmp_path / "new", 43, 0, 0.6, 0.1, separable=False)
+    proc = subprocess.run([sys.executable, "scripts/compare_auto_runs.py", str(tmp_path / "old"), str(tmp_path / "new")],
+                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "margin over L0: +2.0 (+1.0 to +3.0), told apart; the chosen layer's run 0.71 stds below" in proc.stdout
+    assert "margin over L1: +2.0 (-1.0 to +3.0), not told apart; the chosen layer's run 3.54 stds below" in proc.stdout
+    assert proc.stdout.rstrip().endswith(
+        "2 with a margin and fixed-layer runs: told apart in 1, of which 1 within one std of the best layer; not told "
+        "apart in 1, of which 0 within"
     )
 
 

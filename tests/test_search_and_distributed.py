@@ -70,13 +70,15 @@ def test_ray_tune_pbt_search_runs_two_trials_locally(tiny_bert, rte_dir, tmp_pat
     code = (
         "import sys; from peftlab.run import main; "
         f"r = main({[*base_args(tiny_bert, str(rte_dir), str(out)), '--eval_strategy', 'epoch', '--save_strategy', 'epoch', '--hp_search', 'ray', '--hp_space', str(space), '--hp_trials', '2']!r}); "
-        "print('BEST', r['hp_search_best']['value'])"
+        "print('BEST', r['hp_search_best']['value']); "
+        "import signal; print('SIGINT as before:', signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
     )  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "hp_search.json").read_text())
     assert summary["backend"] == "ray" and "learning_rate" in summary["best"]["hyperparameters"]
+    assert "SIGINT as before: True" in proc.stdout  # Ctrl-C still stops the process after the search
 
 
 def test_two_process_ddp_on_cpu_matches_one_process_at_the_same_global_batch(tiny_bert_no_dropout, rte_dir, tmp_path):
@@ -98,3 +100,20 @@ def test_two_process_ddp_on_cpu_matches_one_process_at_the_same_global_batch(tin
     assert ddp["eval_loss"] == pytest.approx(single["eval_loss"], abs=1e-4)
     assert ddp["eval_accuracy"] == single["eval_accuracy"]
     assert ddp["trainable_params"] == single["trainable_params"]
+
+
+def test_a_search_leaves_the_ctrl_c_handler_as_it_found_it():
+    # Ray Tune installs its own SIGINT handler when it runs in the main thread and puts the previous one back only
+    # when a SIGINT comes; the search puts it back itself
+    import signal
+
+    from peftlab.search import keeps_interrupt_handler
+
+    before = signal.getsignal(signal.SIGINT)
+    with keeps_interrupt_handler():
+        signal.signal(signal.SIGINT, lambda *_: None)  # what tune.run does
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(RuntimeError), keeps_interrupt_handler():  # also when the search fails
+        signal.signal(signal.SIGINT, lambda *_: None)
+        raise RuntimeError("a trial failed")
+    assert signal.getsignal(signal.SIGINT) is before
