@@ -168,13 +168,12 @@ class Candidate:
 def keep_predictions(trainer, candidate: Candidate, task) -> None:
     """Have ``candidate`` keep the predictions of each evaluation of ``trainer`` (its last one stays), beside the
     metrics the trainer computes from them as before."""
-    from peftlab.glue.metrics import predictions_from_logits
+    from peftlab.glue.metrics import predictions_of
 
     compute = trainer.compute_metrics
 
     def keeping(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        candidate.predictions = (predictions_from_logits(task, logits), np.asarray(prediction.label_ids))
+        candidate.predictions = (predictions_of(task, prediction), np.asarray(prediction.label_ids))
         return compute(prediction)
 
     trainer.compute_metrics = keeping
@@ -209,7 +208,7 @@ def margin(candidates: list[Candidate], chosen: int, task, metric: str, greater:
     if any(p is None for p in pairs) or not np.array_equal(pairs[0][1], pairs[1][1]):
         out["bootstrap"] = "not available: the two candidates' predictions on the same examples are not both kept"
         return out
-    if metric not in (*task.metrics, *(("combined_score",) if len(task.metrics) > 1 else ())):
+    if metric not in (*task.metrics, task.main_metric):
         out["bootstrap"] = f"not available: {metric} is not one of the task's metrics, computed from predictions"
         return out
     (ours, labels), (theirs, _) = pairs

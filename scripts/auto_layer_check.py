@@ -159,6 +159,7 @@ def judge(fixed: list[dict], auto: list[dict], reference: int | None = None) -> 
         for other in seeds
         if other != s
     ]
+    reference_costs = [cost(complete[reference][s]) for s in seeds] if reference in means else []
     cell = {
         "vs_run": vs_run, "below": stds_below(means[best], best_std, auto_scores), "proxy_below": proxy_below,
         "rung_rho": rung_rho, "proxy_rho": proxy_rho, "seed_rho": seed_rho,
@@ -166,8 +167,8 @@ def judge(fixed: list[dict], auto: list[dict], reference: int | None = None) -> 
         "sweep_below": stds_below(means[best], best_std, swept) if swept else None,
         "reference_below": stds_below(means[best], best_std, [means[reference]]) if reference in means else None,
         # the reference layer's runs cost over the mean fixed-layer run (no choice to pay for), mean over the seeds
-        "reference_cost": statistics.fmean(cost(complete[reference][s]) / m for s, m in zip(seeds, one_run))
-        if reference in means and all(cost(complete[reference][s]) for s in seeds) else None,
+        "reference_cost": statistics.fmean(c / m for c, m in zip(reference_costs, one_run))
+        if reference_costs and all(reference_costs) else None,
         "near": sum(stds_below(means[best], best_std, [m]) <= 1.0 for m in means.values()), "layers": len(means),
     }  # fmt: skip
     cell["row"] = [

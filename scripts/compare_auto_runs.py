@@ -29,8 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peftlab.results import main_metric  # noqa: E402
 
 
-def record(path: Path) -> dict:
-    auto = json.loads(path.read_text())["auto_layer"]
+def auto_record(path: Path) -> dict:
+    return json.loads(path.read_text())["auto_layer"]
+
+
+def record(auto: dict) -> dict:
+    """What is compared of an ``auto_layer`` record."""
     return {
         "choice": auto["chosen_layer"],
         "scores": {k: [e[auto["metric"]] for e in c["evaluations"]] for k, c in auto["candidates"].items()},
@@ -67,14 +71,15 @@ def main() -> int:
         old = old_root / new.relative_to(new_root)
         if not old.is_file():
             continue
-        a, b = record(old), record(new)
+        new_auto = auto_record(new)
+        a, b = record(auto_record(old)), record(new_auto)
         runs += 1
         verdicts = {key: a[key] == b[key] for key in same}
         for key, equal in verdicts.items():
             same[key] += equal
         changes = ", ".join(k if v else f"{k} DIFFER" for k, v in verdicts.items())
         line = f"{new.parent.relative_to(new_root)}: layer {a['choice']} -> {b['choice']}; {changes}"
-        close = json.loads(new.read_text())["auto_layer"].get("margin") or {}
+        close = new_auto.get("margin") or {}
         if "separable" in close:
             task, variant, seed = new.parent.relative_to(new_root).parts
             below = below_best(old_root, task, variant.split("_auto")[0], int(seed.removeprefix("seed")), b["choice"])

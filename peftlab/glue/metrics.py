@@ -49,11 +49,16 @@ def predictions_from_logits(task: GlueTask, logits: np.ndarray) -> np.ndarray:
     return np.squeeze(logits, axis=-1) if task.is_regression else np.argmax(logits, axis=-1)
 
 
+def predictions_of(task: GlueTask, prediction: EvalPrediction) -> np.ndarray:
+    """The class ids (or regression scores) of a Trainer evaluation's output (its logits, or their first element)."""
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return predictions_from_logits(task, logits)
+
+
 def compute_metrics_fn(task: GlueTask) -> Callable[[EvalPrediction], dict[str, float]]:
     """The ``compute_metrics`` callable for the HF Trainer."""
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return glue_metrics(task, predictions_from_logits(task, logits), prediction.label_ids)
+        return glue_metrics(task, predictions_of(task, prediction), prediction.label_ids)
 
     return compute_metrics
