@@ -139,6 +139,10 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be a positive number of examples, got {value}.")
+        if not 0 <= self.split_seed < 2**32:
+            raise ValueError(
+                f"--split_seed {self.split_seed} is not valid; it must be a whole number from 0 to 2**32 - 1."
+            )
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length {self.max_seq_length} is too small; use at least 8.")
 
@@ -149,9 +153,10 @@ def strategy_name(strategy) -> str:
     return getattr(strategy, "value", strategy)
 
 
-ALIASES = ("evaluation_strategy", "group_by_length", "warmup_ratio")
-"""Arguments of GlueTrainingArguments that only set other fields (eval_strategy, train_sampling_strategy,
-warmup_steps) when parsed."""
+ALIAS_OF = {"evaluation_strategy": "eval_strategy", "group_by_length": "train_sampling_strategy",
+            "warmup_ratio": "warmup_steps"}  # fmt: skip
+"""Arguments of GlueTrainingArguments that only set another field when parsed, and the field each sets."""
+ALIASES = tuple(ALIAS_OF)
 
 
 @dataclass
@@ -280,6 +285,11 @@ class GlueTrainingArguments(TrainingArguments):
                 f"--resumable writes its own checkpoints (the whole training state at every evaluation, the latest "
                 f"kept, removed at the end): drop {option}, or drop --resumable to keep the Trainer's checkpoints."
             )
+        if self.load_best_model_at_end and strategy_name(self.eval_strategy) == "no":
+            raise ValueError(
+                "--load_best_model_at_end keeps the best evaluation, but --eval_strategy is no (nothing is evaluated "
+                "during training): set --eval_strategy epoch (or steps), or drop --load_best_model_at_end."
+            )
         self.select_best_in_memory = False
         """Set when the best evaluation is kept in memory (the Trainer's own load_best_model_at_end is then off)."""
         if self.load_best_model_at_end:
@@ -321,6 +331,10 @@ class GlueTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name} {value} is not valid; it must be a finite number >= 0, e.g. 5e-5.")
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**32:
+                raise ValueError(f"--{name} {value} is not valid; it must be a whole number from 0 to 2**32 - 1.")
         if not math.isfinite(self.num_train_epochs) or self.num_train_epochs < 0:
             raise ValueError(f"--num_train_epochs {self.num_train_epochs} is not valid; it must be > 0, e.g. 3.")
         if self.do_train:

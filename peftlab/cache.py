@@ -44,9 +44,12 @@ from peftlab.methods import TunerLayer
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
-"""Bumped whenever the meaning of a key or the file layout changes (2: the key names what is kept and its dtype;
-the checksum covers the offsets too)."""
+CACHE_FORMAT = 3
+"""Bumped whenever the meaning of a key or the file layout changes."""
+CONFIG_NOT_IN_KEY = ("num_hidden_layers", "transformers_version", "architectures", "id2label", "label2id",
+                     "name_or_path", "dtype", "torch_dtype")  # fmt: skip
+"""Config entries that do not change what the layers below a need compute (the layer count above it, labels,
+provenance; the weights' dtype is in their digest): left out of the key."""
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "label")
 POOLED_KINDS = ("cls", "mean", "pooler", "last")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -299,8 +302,12 @@ def _write(path: Path, key: str, tensors: list[torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     metadata = {"key": key, "sha256": _digest(data, offsets), "sequence": str(sequence)}
-    save_file({"data": data, "offsets": offsets}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file({"data": data, "offsets": offsets}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never half a file left behind (a full disk)
+        raise
     logger.info("Frozen-prefix cache written: %s (%.1f MB)", path, path.stat().st_size / 2**20)
 
 
@@ -350,6 +357,8 @@ class FrozenPrefixCache:
         self.passes = 0
         """How many passes over a split this object computed (0: everything came from disk or memory)."""
         self.memory: dict[str, list[torch.Tensor]] = {}
+        self.memory_only = False
+        """Set once a write to the cache folder failed: later fills are not tried on disk."""
         self._param_digests: list[tuple[str, str]] | None = None
         self._input_digests = ByIdentity()  # dataset -> the digest of its inputs
 
@@ -382,11 +391,19 @@ class FrozenPrefixCache:
         return digest
 
     def key(self, features: datasets.Dataset, need: Need) -> str:
-        """Everything that determines the cached tensors: frozen parameters below the layer, inputs, layer, kind."""
+        """Everything that determines the cached tensors: the config, frozen parameters below the layer, inputs,
+        layer, kind and stored dtype."""
         return _digest(
-            CACHE_FORMAT, self.backbone.config.model_type, need.depth, need.kind, self.dtype_name,
+            CACHE_FORMAT, self._config(), need.depth, need.kind, self.dtype_name,
             self._frozen_digest(need.depth), self._inputs_digest(features),
         )  # fmt: skip
+
+    def _config(self) -> dict[str, Any]:
+        """The backbone's config as far as it decides what the frozen layers compute (activation, norm epsilon,
+        attention and position settings): a copy of a model with the same weights but another config is another
+        cache."""
+        config = self.backbone.config.to_dict()
+        return {k: v for k, v in config.items() if not k.startswith("_") and k not in CONFIG_NOT_IN_KEY}
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
@@ -402,6 +419,18 @@ class FrozenPrefixCache:
             return None
         logger.info("Frozen-prefix cache hit: %s", path)
         return tensors
+
+    def _store(self, key: str, tensors: list[torch.Tensor]) -> None:
+        """Write a computed cache to disk; where that fails (a full disk, a read-only folder) it stays in memory for
+        this process only: the cache is an optimisation, never a reason for a run to fail."""
+        if self.memory_only:
+            return
+        try:
+            _write(self.path(key), key, tensors)
+        except OSError as err:
+            self.memory_only = True
+            logger.warning("Frozen-prefix cache: cannot write %s (%s); kept in memory for this process only.",
+                           self.directory, err)  # fmt: skip
 
     def get(self, features: datasets.Dataset, need: Need, tokenizer) -> list[torch.Tensor]:
         """The cached tensors of ``need`` for ``features``: from memory, disk, or one pass that also computes every
@@ -423,8 +452,8 @@ class FrozenPrefixCache:
                 self.passes += 1
                 for other, tensors in compute_cache(self.backbone, features, missing, tokenizer).items():
                     tensors = [t.to(self.dtype) for t in tensors]
-                    _write(self.path(wanted[other]), wanted[other], tensors)
                     self.memory[wanted[other]] = tensors
+                    self._store(wanted[other], tensors)
         tensors = self.memory[key]
         if len(tensors) != len(features):  # a key that does not describe these features: never train on it
             raise RuntimeError(f"frozen-prefix cache {key} holds {len(tensors)} examples for {len(features)}")

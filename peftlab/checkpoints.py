@@ -41,10 +41,14 @@ ORDER_NAME = "epoch_order_rng.safetensors"
 """In a checkpoint written in the middle of an epoch: the random state that epoch's batch order was drawn from."""
 NOT_COMPARED = frozenset({
     "output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "logging_steps",
-    "do_eval", "do_predict", "max_eval_samples", "max_predict_samples", "save_model", "frozen_cache_dir",
+    "do_eval", "do_predict", "max_predict_samples", "save_model", "frozen_cache_dir",
     "report_to", "run_name", "resumable_minutes",
 })  # fmt: skip
-"""Arguments a resumed run may change: where and what it writes and logs, and what it evaluates after training."""
+"""Arguments a resumed run may change: where and what it writes and logs, and what it predicts after training (what
+it evaluates is compared: the best epoch is picked across every evaluation, before and after the stop)."""
+DATA_DIGEST = "data_digest"
+"""The key among a resumable run's arguments of the digest of its training and evaluation data
+(:func:`peftlab.glue.data.data_digest`): a run whose files were edited since its checkpoint is not resumed."""
 
 
 def checkpoint_folders(out: Path) -> dict[int, Path]:

@@ -306,6 +306,31 @@ def save_model_config(output_dir: str | os.PathLike, *, base_model: str, head_co
     write_json(Path(output_dir) / MODEL_CONFIG_NAME, {"base_model": base_model, "head": asdict(head_config), **extra})
 
 
+def check_model_path(name_or_path: str | None) -> None:
+    """Refuse a ``--model_name_or_path`` that names something on disk that is not a model: a file, a folder without
+    ``config.json``, or the folder of a run that has no weights (saved with ``--save_model false``, or stopped
+    before the end). A name that is not on disk is left to the hub."""
+    if name_or_path in (None, "", BUNDLED_MODEL):
+        return
+    path = Path(name_or_path)
+    flag = f"--model_name_or_path {str(name_or_path)!r}"
+    if path.is_file():
+        raise ValueError(f"{flag} is a file; give a model folder (with config.json), the --output_dir of a trained run, or a hub name.")  # fmt: skip
+    if not path.is_dir():
+        return
+    if (path / MODEL_CONFIG_NAME).is_file():
+        if not (path / WEIGHTS_NAME).is_file():
+            raise ValueError(f"{flag} is a trained run without its weights ({WEIGHTS_NAME} is missing): it cannot be loaded.")  # fmt: skip
+        return
+    if (path / "all_results.json").is_file() or (path / "run_config.json").is_file():
+        raise ValueError(
+            f"{flag} is the folder of a run that saved no weights (--save_model false, as sweeps run): there is no "
+            "model to load. Train it again without --save_model false, or give the model it started from."
+        )
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{flag} is not a model folder (no config.json in it); give a model folder, a trained run's --output_dir, or a hub name.")  # fmt: skip
+
+
 def is_trained_run(path: str | os.PathLike | None) -> bool:
     return path is not None and (Path(path) / MODEL_CONFIG_NAME).is_file()
 

@@ -32,6 +32,8 @@ class ProtocolArguments:
     )
     applied: dict[str, Any] = field(default_factory=dict, init=False)
     """The values the preset filled in (those given explicitly are not among them)."""
+    not_applied: dict[str, str] = field(default_factory=dict, init=False)
+    """The preset's values that the user's own ruled out (an alias or an option they would override), and why."""
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -105,14 +107,18 @@ def preset(protocol: str, task: str | None, method: str) -> dict[str, Any]:
     return PROTOCOLS[protocol](task, name)
 
 
-def _flag_value(argv: list[str], name: str) -> str | None:
-    value = None
+def given_values(argv: list[str]) -> dict[str, Any]:
+    """The flags of a command line and their values as typed (``True`` for a flag given without one)."""
+    given: dict[str, Any] = {}
     for i, arg in enumerate(argv):
-        if arg == f"--{name}" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1]
-    return value
+        if not arg.startswith("--"):
+            continue
+        name, _, value = arg[2:].partition("=")
+        if not value:
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            value = True if following is None or following.startswith("--") else following
+        given[name] = value
+    return given
 
 
 def as_flags(values: dict[str, Any]) -> list[str]:
@@ -120,22 +126,73 @@ def as_flags(values: dict[str, Any]) -> list[str]:
     return [part for key, value in values.items() if value is not None for part in (f"--{key}", str(value))]
 
 
-def apply_protocol(values: list[str] | dict[str, Any]) -> tuple[list[str] | dict[str, Any], dict[str, Any]]:
+def _says(value: Any, *words: str) -> bool:
+    return str(value).strip().lower() in words
+
+
+def not_applied(preset_values: dict[str, Any], given: dict[str, Any]) -> dict[str, str]:
+    """The preset's values that the user's own ones rule out, each with the reason: a preset fills only what the
+    user did not set, directly (the same name), through an alias (``--warmup_steps`` for the preset's
+    ``warmup_ratio``, ``--evaluation_strategy`` for ``eval_strategy``), or through an option it would override
+    (``--learning_rate``, which the head's rate defaults to; ``--eval_strategy no`` or ``--load_best_model_at_end
+    false``, which the preset's best-epoch selection and early stopping would turn back on)."""
+    from peftlab.args import ALIAS_OF
+
+    reasons: dict[str, str] = {}
+    for key in preset_values:
+        if key in given:
+            reasons[key] = f"--{key} is given"
+            continue
+        for alias, target in ALIAS_OF.items():
+            other = {alias: target, target: alias}.get(key)
+            if other in given and key in (alias, target):
+                reasons[key] = f"--{other} is given (it sets the same thing as --{key})"
+    if "head_learning_rate" in preset_values and "learning_rate" in given and "head_learning_rate" not in given:
+        reasons["head_learning_rate"] = "--learning_rate is given (the head's rate defaults to it)"
+    no_evaluation = next((f"--{k} no" for k in ("eval_strategy", "evaluation_strategy") if _says(given.get(k), "no")), None)  # fmt: skip
+    last_epoch = "load_best_model_at_end" in given and _says(given["load_best_model_at_end"], "false", "0", "no")
+    selection = ("load_best_model_at_end", "early_stopping_patience", "metric_for_best_model", "greater_is_better")
+    for key in selection:
+        if key in preset_values and key not in given:
+            if no_evaluation:
+                reasons[key] = f"{no_evaluation} is given (nothing to select the best epoch from)"
+            elif last_epoch and key != "load_best_model_at_end":
+                reasons[key] = "--load_best_model_at_end false is given (the last epoch is kept)"
+    return reasons
+
+
+@dataclass
+class Resolved:
+    """A run's values with its protocol's preset filled in under them, and where each preset value went."""
+
+    values: list[str] | dict[str, Any]
+    applied: dict[str, Any]
+    """The preset's values that were filled in."""
+    not_applied: dict[str, str]
+    """The preset's values left out, each with the user's value that rules it out."""
+
+
+def resolve_protocol(values: list[str] | dict[str, Any]) -> Resolved:
     """``values`` (a command line or the dict of a JSON argument file) with the named protocol's preset filled in
-    under them, and the preset values that were applied (those not given explicitly)."""
-    if isinstance(values, dict):
-        protocol, task, method = values.get("protocol"), values.get("task_name"), values.get("method", "full")
-        explicit = set(values)
-    else:
-        protocol, task = _flag_value(values, "protocol"), _flag_value(values, "task_name")
-        method = _flag_value(values, "method") or "full"
-        explicit = {arg[2:].split("=")[0] for arg in values if arg.startswith("--")}
+    under them (:func:`not_applied` says what it may not fill)."""
+    given = dict(values) if isinstance(values, dict) else given_values(values)
+    protocol, task = given.get("protocol"), given.get("task_name")
+    method = given.get("method") or "full"
     if protocol is None:
-        return values, {}
-    applied = {k: v for k, v in preset(str(protocol), task, str(method)).items() if k not in explicit}
+        return Resolved(values, {}, {})
+    preset_values = preset(str(protocol), None if task is None else str(task), str(method))
+    ruled_out = not_applied(preset_values, given)
+    applied = {k: v for k, v in preset_values.items() if k not in ruled_out}
+    ruled_out = {k: why for k, why in ruled_out.items() if k not in given}  # the user's own values are no news
     if isinstance(values, dict):
-        return {**applied, **values}, applied
-    return as_flags(applied) + list(values), applied
+        return Resolved({**applied, **values}, applied, ruled_out)
+    return Resolved(as_flags(applied) + list(values), applied, ruled_out)
+
+
+def apply_protocol(values: list[str] | dict[str, Any]) -> tuple[list[str] | dict[str, Any], dict[str, Any]]:
+    """``values`` with the protocol's preset filled in under them, and the preset values that were applied."""
+    resolved = resolve_protocol(values)
+    return resolved.values, resolved.applied
 
 
 def describe(protocol: str) -> str:

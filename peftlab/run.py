@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import enum
 import fcntl
 import functools
 import gc
@@ -26,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import time
-import types
 import typing
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -49,11 +47,12 @@ from transformers import (
 )
 
 import peftlab
-from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.args import ALIASES, DataArguments, GlueTrainingArguments, ModelArguments, strategy_name
 from peftlab.autolayer import SCRATCH_PREFIX, AutoLayerArguments, at_layer, check_auto, choose_layer, wants_auto
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, default_cache_dir, need_of
 from peftlab.checkpoints import (
     AUTO_CHOICE,
+    DATA_DIGEST,
     check_checkpoint_fits,
     complete_checkpoints,
     kept_choice,
@@ -63,26 +62,37 @@ from peftlab.checkpoints import (
     resume_arguments,
 )
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.glue.data import RunData, eval_metric_suffix, load_run_data
+from peftlab.glue.data import RunData, data_digest, eval_metric_suffix, load_run_data
 from peftlab.glue.metrics import compute_metrics_fn, predictions_from_logits
 from peftlab.glue.submission import write_submission
 from peftlab.glue.tasks import GlueTask, get_task
-from peftlab.io import write_json
+from peftlab.io import check_free_space, check_writable, nearest_existing, write_json
+from peftlab.jsontypes import did_you_mean, fits, type_name
 from peftlab.methods import PeftArguments
 from peftlab.modeling import (
     BUNDLED_MODEL,
+    MODEL_CONFIG_NAME,
     WEIGHTS_NAME,
     HeadConfig,
     SequenceClassifier,
     check_buildable,
+    check_model_path,
     is_trained_run,
     load_backbone,
     load_classifier,
     read_model_config,
     resolve_model_path,
 )
-from peftlab.protocols import ProtocolArguments, apply_protocol
-from peftlab.search import SearchArguments, explicit_arguments, parse_space, run_search, trial_values
+from peftlab.protocols import ProtocolArguments, given_values, resolve_protocol
+from peftlab.search import (
+    SearchArguments,
+    check_study,
+    explicit_arguments,
+    parse_space,
+    run_search,
+    search_key,
+    trial_values,
+)
 from peftlab.trainer import GlueTrainer
 
 logger = logging.getLogger("peftlab")
@@ -113,11 +123,15 @@ class RunSpec:
     protocol_args: ProtocolArguments
     auto_args: AutoLayerArguments
     argv: list[str]
+    given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the user gave, as given (flags as typed, or the argument file's values), before any preset."""
     task: GlueTask | None = None
     glue_dir: str | None = None
     model_path: str = ""
     tokenizer_path: str = ""
     space: dict | None = None
+    search_key: str = ""
+    """What the run's search is (:func:`peftlab.search.search_key`): an Optuna study continues only the same one."""
     cache_need: Any = None
     auto_candidates: list[int] | None = None
     """The candidate layers of a ``--target_layers auto`` run (None: the run's layers are given)."""
@@ -151,17 +165,18 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
     try:
         if from_file:
             explicit = dict(given) if given is not None else read_argument_file(argv[0])
-            values, applied = apply_protocol(explicit)
             source = f"Argument file {argv[0]}" if given is None else f"The arguments of run {given.get('output_dir')}"
-            parsed = parser.parse_dict(check_argument_types(values, source), allow_extra_keys=False)
+            resolved = resolve_protocol(check_argument_types(explicit, source))
+            parsed = parser.parse_dict(resolved.values, allow_extra_keys=False)
         else:
-            explicit = {arg.lstrip("-").split("=")[0]: True for arg in argv if arg.startswith("--")}
-            values, applied = apply_protocol(argv)
-            parsed = parser.parse_args_into_dataclasses(args=values)
-        spec = RunSpec(*parsed, argv=list(argv))
-        spec.protocol_args.applied = applied
+            explicit = given_values(argv)
+            resolved = resolve_protocol(argv)
+            parsed = parser.parse_args_into_dataclasses(args=resolved.values)
+        spec = RunSpec(*parsed, argv=list(argv), given=explicit)
+        spec.protocol_args.applied, spec.protocol_args.not_applied = resolved.applied, resolved.not_applied
+        check_given(spec)
         stages = ("do_train", "do_eval", "do_predict")
-        if not (set(explicit) | set(applied)).intersection(stages):
+        if not (set(explicit) | set(resolved.applied)).intersection(stages):
             logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
             spec.training_args.do_train = spec.training_args.do_eval = True
             spec.training_args.check_training_length()
@@ -173,51 +188,20 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
     return spec
 
 
-def _type_name(hint: Any) -> str:
-    """``hint`` in words, as a JSON value: ``a number``, ``true or false``, ``a string or null``..."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        names = [_type_name(arg) for arg in typing.get_args(hint)]
-        return " or ".join(dict.fromkeys(names))
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) is typing.Literal:
-        return " or ".join(json.dumps(arg) for arg in typing.get_args(hint))
-    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-    if hint in names:
-        return names[hint]
-    if hint is list or typing.get_origin(hint) is list:
-        return "a list"
-    if hint is dict or typing.get_origin(hint) is dict:
-        return "an object"
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return "a string"
-    return getattr(hint, "__name__", str(hint))
-
-
-def _fits(hint: Any, value: Any) -> bool:
-    """Whether the JSON ``value`` has the type ``hint`` (a field's annotation) asks for; unknown types fit."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(arg, value) for arg in args)
-    if hint is typing.Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if origin is typing.Literal:
-        return value in args
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
-        return isinstance(value, str)
-    if hint is list or origin is list:
-        return isinstance(value, list) and (not args or all(_fits(args[0], item) for item in value))
-    if hint is dict or origin is dict:
-        return isinstance(value, dict)
-    return not isinstance(hint, type) or isinstance(value, hint)
+def check_given(spec: RunSpec) -> None:
+    """What the user gave that the parsed arguments cannot show: a run writes into a folder the user named, and
+    two of its options must not contradict each other (the parsed values no longer tell a default from a choice)."""
+    if not spec.given.get("output_dir"):  # (the Trainer's own default would be ./trainer_output)
+        raise ConfigError(
+            'No --output_dir (or "output_dir" in the argument file): give the folder the run writes its results '
+            "into, e.g. --output_dir runs/rte."
+        )
+    given = spec.given
+    if "early_stopping_patience" in given and str(given.get("load_best_model_at_end")).strip().lower() in ("false", "0", "no"):  # fmt: skip
+        raise ConfigError(
+            "--early_stopping_patience keeps the best evaluation, and --load_best_model_at_end false asks for the "
+            "last one: drop one of them."
+        )
 
 
 @functools.cache
@@ -237,13 +221,15 @@ def check_argument_types(values: dict[str, Any], source: str) -> dict[str, Any]:
     checked = dict(values)
     hints = argument_types()
     for key, value in values.items():
-        if key not in hints or _fits(hints[key], value):
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown argument {key!r}{did_you_mean(key, hints)}.")
+        if fits(hints[key], value):
             continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and _fits(hints[key], str(value)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and fits(hints[key], str(value)):
             checked[key] = str(value)
             continue
         raise ConfigError(
-            f"{source}: {key!r} is {json.dumps(value)} ({type(value).__name__}), expected {_type_name(hints[key])}."
+            f"{source}: {key!r} is {json.dumps(value)} ({type(value).__name__}), expected {type_name(hints[key])}."
         )
     return checked
 
@@ -294,6 +280,43 @@ def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArgu
             else ""
         )
     )
+
+
+def check_cache_dir(training_args: GlueTrainingArguments) -> None:
+    """The frozen-prefix cache's folder must be a folder (or not exist yet). One that cannot be written is no error:
+    the cache is an optimisation and then stays in memory (:class:`peftlab.cache.FrozenPrefixCache`)."""
+    directory = Path(training_args.frozen_cache_dir or default_cache_dir())
+    origin = "--frozen_cache_dir" if training_args.frozen_cache_dir else "PEFTLAB_CACHE" if os.environ.get("PEFTLAB_CACHE") else "the default cache folder"  # fmt: skip
+    existing = nearest_existing(directory)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(
+            f"The frozen-prefix cache folder {str(directory)!r} ({origin}) cannot be made: {str(existing)!r} is a "
+            "file. Point it at a folder, or drop --cache_frozen_prefix."
+        )
+
+
+def check_trained_run_options(spec: RunSpec) -> None:
+    """A trained run given as ``--model_name_or_path`` is loaded as it was saved (its method, layers, options and
+    head); an option given that asks for another is refused, not silently ignored."""
+    path = spec.model_args.model_name_or_path
+    if not is_trained_run(path):
+        return
+    saved = read_model_config(path)
+    parsed = {**asdict(spec.peft_args), "pooling": spec.model_args.pooling, "head": spec.model_args.head,
+              "head_dropout": spec.model_args.head_dropout}  # fmt: skip
+    there = {
+        **saved.get("peft", {}),
+        **{("head_dropout" if k == "dropout" else k): v for k, v in saved["head"].items()},
+    }
+    differ = [k for k in spec.given if k in parsed and k in there and parsed[k] != there[k]]
+    if differ:
+        asked = ", ".join(f"--{k} {parsed[k]}" for k in differ)
+        saved_as = ", ".join(f"{k} {there[k]}" for k in differ)
+        raise ConfigError(
+            f"--model_name_or_path {path!r} is a trained run ({saved_as}); {asked} asks for another model, and a "
+            f"trained run is {'trained further' if spec.training_args.do_train else 'evaluated'} as it was saved. "
+            f"Drop {', '.join('--' + k for k in differ)}, or start from its base model {saved['base_model']!r}."
+        )
 
 
 SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -397,6 +420,11 @@ class Workspace:
             max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
             max_predict_samples=d.max_predict_samples, label_type=d.label_type,
         ))  # fmt: skip
+
+    def data_digest(self, spec: RunSpec) -> str:
+        """The digest of the run's training and evaluation data (:func:`peftlab.glue.data.data_digest`)."""
+        run_data = self.run_data(spec)
+        return self._get(("digest", id(run_data)), lambda: data_digest(run_data))
 
     def config(self, path: str, model_args: ModelArguments):
         hub = self._hub(model_args)
@@ -503,15 +531,31 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
         raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
     spec.glue_dir = resolve_glue_dir(data_args)
     check_output_dir(training_args, model_args)
+    check_writable(spec.output_dir, "--output_dir")
     check_devices(training_args)
     check_model_dtype(model_args, training_args)
-    spec.task = ws.run_data(spec).task
+    try:
+        check_model_path(model_args.model_name_or_path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_trained_run_options(spec)
+    if training_args.cache_frozen_prefix:
+        check_cache_dir(training_args)
+    run_data = ws.run_data(spec)
+    spec.task = run_data.task
     spec.model_path = resolve_model_path(base_model_of(model_args))
     spec.tokenizer_path = model_args.tokenizer_name or (
         model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else spec.model_path
     )
-    config = ws.config(spec.model_path, model_args)
-    tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
+    try:
+        config = ws.config(spec.model_path, model_args)
+        tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
+    except OSError as err:  # not a folder on disk, and not a model the hub (or its offline cache) has
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--model_name_or_path {spec.model_path!r}: cannot load it ({first}). Give a local model folder, a "
+            "trained run's --output_dir, or a hub name (offline, only models already in the hub cache load)."
+        ) from None
     limit = max_length_of(tokenizer, config)
     if data_args.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
@@ -547,6 +591,11 @@ def prepare(ws: Workspace, spec: RunSpec) -> None:
         raise ConfigError("--resumable resumes one training run; a --hp_search has many (drop --resumable).")
     auto_args = [spec.auto_args] if spec.auto_candidates is not None else []  # its choice's settings too
     spec.resume_args = resume_arguments(*spec.parsed, *auto_args)
+    if training_args.do_train and (training_args.resumable or names_checkpoint(training_args.resume_from_checkpoint)):
+        spec.resume_args[DATA_DIGEST] = ws.data_digest(spec)  # a resumed run must train and evaluate on the same data
+    if spec.space is not None:
+        spec.search_key = search_key(spec.space, spec.resume_args)
+        check_study(spec.search_args, spec.output_dir, spec.search_key)
     spec.resume_named = names_checkpoint(training_args.resume_from_checkpoint)
     training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
     if training_args.resume_from_checkpoint and metas and spec.auto_candidates is None:
@@ -594,7 +643,12 @@ def run_config(spec: RunSpec, run_data: RunData, model: SequenceClassifier) -> d
     model_args, _, data_args, training_args = spec.parsed
     return {
         "command": [sys.executable, "run_glue.py", *spec.argv],
-        "protocol": {"name": spec.protocol_args.protocol, "preset": spec.protocol_args.applied},
+        "protocol": {
+            "name": spec.protocol_args.protocol,
+            "preset": spec.protocol_args.applied,
+            "preset_not_applied": spec.protocol_args.not_applied,
+            "given": sorted(spec.given),
+        },
         "model": {"base_model": base_model_of(model_args) or BUNDLED_MODEL, "resolved_path": spec.model_path},
         "task": run_data.task.name,
         "label_names": list(run_data.task.label_names) if run_data.task.label_names else None,
@@ -681,6 +735,20 @@ def output_lock(output_dir: Path):
         handle.close()
 
 
+def is_locked(output_dir: Path) -> bool:
+    """Whether a live process holds ``output_dir``'s lock now (a run another sweep driver is training)."""
+    path = Path(output_dir) / LOCK_NAME
+    if not path.is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def predict(trainer, test_features: dict, test_sets: dict, output_dir: str) -> list[str]:
     """Predict every test split (all processes take part) and write the GLUE-server files (the first one only)."""
     written = []
@@ -696,7 +764,9 @@ def predict(trainer, test_features: dict, test_sets: dict, output_dir: str) -> l
 def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
     """Run the search; save its summary (``hp_search.json``) and the best trial as an argument file."""
     training_args = spec.training_args
-    summary = run_search(trainer, spec.search_args, spec.space, spec.task.main_metric, training_args.output_dir)
+    summary = run_search(
+        trainer, spec.search_args, spec.space, spec.task.main_metric, training_args.output_dir, spec.search_key
+    )
     best_args = explicit_arguments(*spec.parsed, spec.protocol_args)
     for alias in ALIASES:  # their values are already in the fields they set; kept, they would override a trial's
         best_args.pop(alias, None)
@@ -849,6 +919,14 @@ def train(trainer: GlueTrainer, spec: RunSpec, train_set) -> dict[str, Any]:
             trainer.model.export_methods(output_dir)
     trainer.save_state()
     results.update(train_result.metrics)
+    earlier = (trainer.resumed or {}).get("train_seconds")
+    if earlier is not None:  # the Trainer times the steps after the checkpoint only: report the whole run's
+        part, whole = results["train_runtime"], results["train_runtime"] + earlier
+        steps, after = trainer.state.global_step, trainer.state.global_step - trainer.resumed["step"]
+        for key in ("train_samples_per_second", "train_steps_per_second"):
+            if key in results and whole > 0 and after > 0:
+                results[key] = round(results[key] * part / whole * steps / after, 3)
+        results["train_runtime"] = round(whole, 4)
     results.update(trainer.selection_summary())
     results["train_samples"] = len(train_set)
     return results
@@ -878,6 +956,8 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     """
     started, cpu_started = time.time(), time.process_time()
     training_args = spec.training_args
+    if training_args.overwrite_output_dir and training_args.process_index == 0:
+        remove_old_outputs(spec.output_dir)
     if training_args.resumable and not spec.resume_named:
         training_args.resume_from_checkpoint = None  # look again, now that this process holds the folder's lock
         training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
@@ -890,6 +970,8 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
         check_checkpoint_fits(
             training_args.resume_from_checkpoint, model, spec.model_args.model_name_or_path or BUNDLED_MODEL
         )
+    if training_args.process_index == 0:
+        check_free_space(spec.output_dir, bytes_written(spec, model), "--output_dir")
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s; adapted: %s", model.injection.methods, counts,
                 model.injection.targeted_modules)  # fmt: skip
@@ -909,7 +991,7 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
         if trainer.resumed is not None:
             results["resumed"] = config_record["resumed"] = trainer.resumed
         if auto is not None:  # the whole run (choice and final training) in units of the final training alone
-            runtime = results["train_runtime"] + (trainer.resumed or {}).get("train_seconds", 0.0)
+            runtime = results["train_runtime"]  # the whole run's, a resumed one's too
             auto["cost_in_runs"] = round((auto["selection_seconds"] + runtime) / runtime, 2)
     if training_args.do_eval:
         results.update(evaluate(trainer, spec, sets.eval))
@@ -930,16 +1012,60 @@ def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
     return results
 
 
-def prepare_all(ws: Workspace, argvs: list[list[str] | dict[str, Any]]) -> list[RunSpec]:
-    """Parse and check every run (nothing loaded but data, configs and tokenizers) and plan the caches they read."""
-    specs = [parse_args(argv) for argv in argvs]
-    setup_logging(specs[0].training_args)
-    folders = [spec.output_dir.resolve() for spec in specs]
+OLD_OUTPUTS = (RESULTS_NAME, RUN_CONFIG_NAME, "hp_search.json", "best_run.json", "trainer_state.json",
+               WEIGHTS_NAME, MODEL_CONFIG_NAME, "hf_peft")  # fmt: skip
+"""What an earlier run left in a folder that ``--overwrite_output_dir`` writes again, the results first: killed
+part-way, the folder must not hold the old results beside the new run's files and look finished."""
+
+
+def remove_old_outputs(output_dir: Path) -> None:
+    for name in OLD_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            logger.info("--overwrite_output_dir: removing the earlier run's %s.", path)
+            path.unlink()
+
+
+def bytes_written(spec: RunSpec, model: torch.nn.Module) -> int:
+    """About the most a run writes into its folder: the trained weights; a checkpoint (weights, the optimizer's two
+    moments, the best evaluation) twice over while the latest replaces the one before; the tokenizer and logs."""
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    t = spec.training_args
+    checkpoints = t.resumable or strategy_name(t.save_strategy) != "no"
+    return 64 * 2**20 + (trained if t.save_model else 0) + (2 * 4 * trained if checkpoints else 0)
+
+
+def prepare_all(ws: Workspace, argvs: list[list[str] | dict[str, Any]], keep_going: bool = False) -> list[Any]:
+    """Parse and check every run (nothing loaded but data, configs and tokenizers) and plan the caches they read.
+    With ``keep_going`` a run that fails its checks gives its exception in its place and the others go on."""
+    specs: list[Any] = []
+    for argv in argvs:
+        try:
+            specs.append(parse_args(argv))
+        except PeftlabError as err:
+            if not keep_going:
+                raise
+            specs.append(err)
+    ok = [spec for spec in specs if isinstance(spec, RunSpec)]
+    if ok:
+        setup_logging(ok[0].training_args)
+    folders = [spec.output_dir.resolve() for spec in ok]
     twice = sorted({str(f) for f in folders if folders.count(f) > 1})
     if twice:
         raise ConfigError(f"Several runs write the same --output_dir: {', '.join(twice)}. Give each its own.")
-    for spec in specs:
-        prepare(ws, spec)
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, RunSpec):
+            continue
+        try:
+            prepare(ws, spec)
+        except PeftlabError as err:
+            if not keep_going:
+                raise
+            logger.error("Run %s is refused: %s", spec.output_dir, err)
+            specs[index] = err
+            continue
         if spec.cache_need is not None:
             ws.cache(spec).plan(spec.cache_need)
     return specs
@@ -967,10 +1093,13 @@ def run_many(
     results exist when it takes the lock is left as it is (``"skipped"``).
     """
     ws = ws or Workspace()
-    specs = prepare_all(ws, argvs)  # 1. every check, before any model is loaded or anything is written
+    specs = prepare_all(ws, argvs, keep_going)  # 1. every check, before any model is loaded or anything is written
     gc.freeze()  # what is loaded now lives as long as the process: the Trainer's gc.collect() need not walk it
     outcomes: list[Any] = []
     for index, spec in enumerate(specs):  # 2. the runs
+        if not isinstance(spec, RunSpec):  # refused by its checks (keep_going)
+            outcomes.append(spec)
+            continue
         if len(specs) > 1:
             logger.info("Run %d of %d: %s", index + 1, len(specs), spec.output_dir)
         first = spec.training_args.process_index == 0  # under torchrun, the first process writes the folder

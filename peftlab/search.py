@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import hashlib
 import json
 import logging
 import signal
@@ -87,7 +88,66 @@ def parse_space(text: str, training_fields: set[str], model_fields: set[str]) ->
         missing = [k for k in needed if k not in spec]
         if missing:
             raise ConfigError(f"--hp_space {name!r} ({kind}) needs {missing}.")
+        _check_range(name, kind, spec)
     return space
+
+
+def _check_range(name: str, kind: str, spec: dict[str, Any]) -> None:
+    """A range every backend can draw from, checked before any model is loaded (Optuna would fail in the first
+    trial, after the model loaded, and leave a study behind)."""
+    where = f"--hp_space {name!r}"
+    if kind == "categorical":
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise ConfigError(f"{where}: choices must be a non-empty list, got {spec['choices']!r}.")
+        return
+    number = int if kind == "int" else (int, float)
+    low, high = spec["low"], spec["high"]
+    for key, value in (("low", low), ("high", high)):
+        if not isinstance(value, number) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} {value!r} is not {'a whole number' if kind == 'int' else 'a number'}.")
+    if low > high:
+        raise ConfigError(f"{where}: low {low} is above high {high}; give low <= high.")
+    if spec.get("log") and low <= 0:
+        raise ConfigError(f"{where}: a log scale needs low > 0, got {low}.")
+
+
+STUDY_KEY = "peftlab_search"
+"""The user attribute of an Optuna study that records which search it holds (:func:`search_key`)."""
+
+
+def search_key(space: dict[str, Any], arguments: dict[str, Any]) -> str:
+    """What makes two searches the same search: the space and every argument that changes a trial's result."""
+    text = json.dumps({"space": space, "arguments": arguments}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def storage_of(search_args: SearchArguments, output_dir: str | Path) -> str:
+    return search_args.hp_storage or f"sqlite:///{Path(output_dir).resolve() / 'optuna.db'}"
+
+
+def check_study(search_args: SearchArguments, output_dir: str | Path, key: str) -> None:
+    """Refuse to continue an Optuna study that holds another search (another space, task, method or argument):
+    its trials and best value would be reported as this search's. Nothing is created here."""
+    if search_args.hp_search != "optuna":
+        return
+    storage = storage_of(search_args, output_dir)
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=search_args.hp_study_name, storage=storage)
+    except KeyError:
+        return
+    recorded = study.user_attrs.get(STUDY_KEY)
+    if recorded == key or (recorded is None and not study.trials):
+        return
+    what = "another search (another space, task, method or argument)" if recorded else "a search made without a record of what it searched"  # fmt: skip
+    raise ConfigError(
+        f"--hp_search optuna: the study {search_args.hp_study_name!r} in {storage} holds {len(study.trials)} trials "
+        f"of {what}; continuing it would mix them. Give --hp_study_name a new name, or another --output_dir."
+    )
 
 
 def optuna_space(space: dict[str, dict[str, Any]]):
@@ -163,8 +223,11 @@ def keeps_interrupt_handler():
             signal.signal(signal.SIGINT, previous)
 
 
-def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, output_dir: str) -> dict[str, Any]:
-    """Run the search with the trainer (built with ``model_init``); return the best run's summary."""
+def run_search(
+    trainer, search_args: SearchArguments, space: dict, metric: str, output_dir: str, key: str = ""
+) -> dict[str, Any]:
+    """Run the search with the trainer (built with ``model_init``); return the best run's summary. An Optuna study
+    records ``key`` (:func:`search_key`), so that only the same search continues it (:func:`check_study`)."""
     objective_key = f"eval_{metric}"
 
     def objective(metrics: dict[str, float]) -> float:
@@ -178,10 +241,12 @@ def run_search(trainer, search_args: SearchArguments, space: dict, metric: str, 
     if search_args.hp_search == "optuna":
         import optuna
 
-        storage = search_args.hp_storage or f"sqlite:///{Path(output_dir).resolve() / 'optuna.db'}"
+        storage = storage_of(search_args, output_dir)
         study = optuna.create_study(
             storage=storage, study_name=search_args.hp_study_name, direction="maximize", load_if_exists=True
         )
+        if STUDY_KEY not in study.user_attrs:
+            study.set_user_attr(STUDY_KEY, key)
         done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
         n_trials = max(search_args.hp_trials - done, 0)
         logger.info(

@@ -64,6 +64,7 @@ from typing import Any
 
 from peftlab.errors import ConfigError
 from peftlab.io import write_json
+from peftlab.sweepfile import PER_AXIS, check_paths, check_runs, check_sweep
 
 logger = logging.getLogger("peftlab")
 
@@ -143,35 +144,26 @@ def _fill(value: Any, layer: int | None) -> Any:
     return value.replace("{layer}", str(layer)).replace("{next_layer}", str(layer + 1))
 
 
-def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
+def expand(sweep: dict[str, Any], root: str | os.PathLike, source: str = "Sweep file") -> list[Run]:
     """All runs of ``sweep`` under ``root/<name>``, in a fixed order: seed outermost, so that a sweep stopped
-    part-way has whole tables for its first seeds rather than many seeds of its first tasks."""
-    for key in ("name", "tasks", "variants"):
-        if key not in sweep:
-            raise ConfigError(f"Sweep file has no {key!r}; it needs name, tasks and variants.")
+    part-way has whole tables for its first seeds rather than many seeds of its first tasks. The file is checked
+    whole first (:func:`peftlab.sweepfile.check_sweep`): a bad key, type, name or repeated point is refused here."""
+    s = check_sweep(sweep, source)
     runs = []
-    seeds = sweep.get("seeds", [42])
-    protocol = sweep.get("protocol", "quick")
-    offline = sweep.get("offline", True)  # false: every task trains on its own train split (the hub has them all)
-    for seed, task, (variant, spec) in itertools.product(seeds, sweep["tasks"], sweep["variants"].items()):
-        layers = sweep.get("layers", [None]) if spec.get("per_layer") else [None]
-        dims = sweep.get("bottleneck_dims", [None]) if spec.get("per_bottleneck") else [None]
-        poolings = sweep.get("poolings", [None]) if spec.get("per_pooling") else [None]
+    for seed, task, (variant, spec) in itertools.product(s.seeds, s.tasks, s.variants.items()):
+        layers = s.layers if spec.get("per_layer") else [None]
+        dims = s.bottleneck_dims if spec.get("per_bottleneck") else [None]
+        poolings = s.poolings if spec.get("per_pooling") else [None]
         for layer, dim, pooling in itertools.product(layers, dims, poolings):
             method = spec["method"]
             if layer is not None and "@" not in method:
                 method = f"{method}@{layer}"
             method = _fill(method, layer)
-            options = {
-                k: _fill(v, layer)
-                for k, v in spec.items()
-                if k not in ("method", "per_layer", "per_bottleneck", "per_pooling")
-            }
-            args = run_args(task, method, seed, protocol, offline)
-            args.update(sweep.get("common", {}))
-            args.update(sweep.get("task_args", {}).get(task, {}))
+            options = {k: _fill(v, layer) for k, v in spec.items() if k != "method" and k not in PER_AXIS}
+            args = run_args(task, method, seed, s.protocol, s.offline)  # offline false: every task's own train split
+            args.update(s.common)
+            args.update(s.task_args.get(task, {}))
             args.update(options)
-            args.update({"task_name": task, "method": method, "seed": seed})  # no option overrides these
             if dim is not None:
                 args["bottleneck_dim"] = dim
             if pooling is not None:
@@ -181,9 +173,9 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
                 [task, label] + ([f"L{layer}"] if layer is not None else []) + ([f"bn{dim}"] if dim is not None else [])
             )
             name = "/".join([*parts, f"seed{seed}"])
-            args["output_dir"] = str(Path(root) / sweep["name"] / name)
+            args["output_dir"] = str(Path(root) / s.name / name)
             point = {
-                "sweep": sweep["name"],
+                "sweep": s.name,
                 "task": task,
                 "variant": label,
                 "layer": layer,
@@ -191,6 +183,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike) -> list[Run]:
                 "seed": seed,
             }
             runs.append(Run(name=name, point=point, args=args))
+    check_paths(runs, Path(root) / s.name, source)
     return runs
 
 
@@ -342,6 +335,7 @@ def run_cost(run: Run) -> float | None:
 
 def write_job_file(job: Job, root: Path) -> Path:
     path = job.file(root)
+    path.with_suffix(".result.json").unlink(missing_ok=True)  # an earlier start's: never read as this one's
     write_json(path, {"fill": job.fill, "runs": [{"args": r.args, "point": r.point} for r in job.runs]})
     return path
 
@@ -403,6 +397,28 @@ def job_env(workers: int, threads: int | None = None) -> dict[str, str]:
     return env
 
 
+def report_failures(job: Job, root: Path, code: int, log: Callable[[str], None]) -> None:
+    """After a job that failed, each failed run's one-line reason (from the job's result file) and where its log is:
+    the driver's own output says what went wrong, not only an exit code."""
+    if code == 0:
+        return
+    result = job.file(root).with_suffix(".result.json")
+    logfile = job.file(root).with_suffix(".log")
+    try:
+        runs = json.loads(result.read_text())["runs"] if result.is_file() else []
+    except (OSError, ValueError, KeyError):
+        runs = []
+    failed = [r for r in runs if r.get("outcome") == "failed"]
+    for entry in failed:
+        log(
+            f"  failed {Path(entry['output_dir']).relative_to(root) if Path(entry['output_dir']).is_relative_to(root) else entry['output_dir']}: {entry.get('error', 'see the log')}"
+        )
+    if not failed:
+        lines = logfile.read_text(errors="replace").strip().splitlines() if logfile.is_file() else []
+        log(f"  the job process ended with exit {code}" + (f": {lines[-1]}" if lines else ""))
+    log(f"  log: {logfile}")
+
+
 def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], None], python: str) -> None:
     """Jobs on a pool of ``workers`` threads, each starting one process per job; a chunk is submitted when its
     fill job has ended (whatever its outcome: a chunk whose caches are missing fills them itself)."""
@@ -420,6 +436,7 @@ def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], No
             log(f"start {job.name} ({len(job.runs)} runs{', fill' if job.fill else ''})")
             code = run_job_process(job.file(root), env, python)
             log(f"end {job.name} (exit {code})")
+            report_failures(job, root, code, log)
             return code
 
         future = pool.submit(work)
@@ -464,8 +481,9 @@ def run_ray(
         refs[job.name] = task.remote(str(job.file(root)), after)
         log(f"submitted {job.name} ({len(job.runs)} runs{', fill' if job.fill else ''})")
     try:
-        for name, code in zip(refs, ray.get(list(refs.values()))):
-            log(f"end {name} (exit {code})")
+        for job, code in zip(jobs, ray.get(list(refs.values()))):
+            log(f"end {job.name} (exit {code})")
+            report_failures(job, root, code, log)
     except BaseException:
         for ref in refs.values():
             ray.cancel(ref, force=True)
@@ -477,9 +495,12 @@ BACKENDS = ("local", "ray")
 
 def run_sweep(
     runs: list[Run], root: str | os.PathLike, *, workers: int = 1, backend: str = "local", log=print,
-    reuse_root: str | os.PathLike | None = None, python: str = sys.executable, **ray_options: Any,
+    reuse_root: str | os.PathLike | None = None, python: str = sys.executable, source: str = "Sweep",
+    **ray_options: Any,
 ) -> list[Run]:  # fmt: skip
-    """Run the unfinished runs of one sweep (all under ``root``); returns those not finished at the end.
+    """Run the unfinished runs of one sweep (all under ``root``); returns those not finished at the end. Every
+    run's arguments are parsed first (:func:`peftlab.sweepfile.check_runs`): a bad option stops the sweep before
+    its first job, in a line naming ``source``, the variant and the key.
 
     With ``reuse_root``, a run whose arguments equal those of a run already finished anywhere under that folder is
     not run again: its results are copied in, with ``reused_from.txt`` naming the source (sweeps overlap: Table 1's
@@ -490,6 +511,7 @@ def run_sweep(
         raise ConfigError(f"backend {backend!r} is not valid; choose one of {', '.join(BACKENDS)}.")
     root = Path(root)
     todo = [run for run in runs if not run.finished]
+    check_runs(todo, source)
     if reuse_root is not None and todo:
         done = finished_runs(reuse_root)
         for run in list(todo):
@@ -514,10 +536,13 @@ def run_sweep(
 
 
 def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of a sweep file, checked whole (:func:`peftlab.sweepfile.check_sweep`)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        sweep = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"Cannot read sweep file {path}: {err}") from None
+    check_sweep(sweep, f"Sweep file {path}")
+    return sweep
 
 
 # --------------------------------------------------------------------------------------------------------------

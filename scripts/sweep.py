@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peftlab.errors import ConfigError  # noqa: E402
+from peftlab.run import is_locked  # noqa: E402
 from peftlab.sweep import (  # noqa: E402
     BACKENDS,
     expand,
@@ -37,6 +39,7 @@ from peftlab.sweep import (  # noqa: E402
     trains_backbone,
     workload,
 )
+from peftlab.sweepfile import check_runs  # noqa: E402
 
 
 def gpu_dry_run(runs, args) -> int:
@@ -128,7 +131,10 @@ def main() -> int:
     for key in ("tasks", "seeds", "variants"):
         if getattr(args, key):
             present = list(sweep.get(key, [42]))  # the variants' names (a dict), the tasks or the seeds (lists)
-            chosen = [type(present[0])(v) for v in getattr(args, key).split(",")]
+            try:
+                chosen = [type(present[0])(v) for v in getattr(args, key).split(",")]
+            except ValueError:
+                parser.error(f"--{key} {getattr(args, key)}: give a comma-separated list such as 42,43")
             unknown = [str(v) for v in chosen if v not in present]
             if unknown:
                 parser.error(
@@ -138,23 +144,31 @@ def main() -> int:
                 sweep[key] = {name: v for name, v in sweep[key].items() if name in chosen}
             else:  # in the order given: cheap tasks first finish whole columns
                 sweep[key] = list(dict.fromkeys(chosen))
-    runs = expand(sweep, args.root)
+    source = f"Sweep file {args.sweep}"
+    runs = expand(sweep, args.root, source)
     for run in runs:
         run.args.setdefault("glue_dir", args.glue_dir)
     if args.dry_run:
+        check_runs([run for run in runs if not run.finished], source)
         return gpu_dry_run(runs, args) if args.gpu_tflops else dry_run(runs, args)
     # A terminated sweep stops its jobs (their unfinished runs are redone on the next start).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "threads": args.threads}
     left = run_sweep(
         runs, Path(args.root) / sweep["name"], workers=args.workers, backend=args.backend,
-        reuse_root=None if args.no_reuse else args.root,
+        reuse_root=None if args.no_reuse else args.root, source=source,
         **(options if args.backend == "ray" else {}),
     )  # fmt: skip
     finished = sum(run.finished for run in runs)
-    print(f"{finished} of {len(runs)} runs finished" + (f"; not finished: {[r.name for r in left]}" if left else ""))
-    return 1 if left else 0
+    elsewhere = [run.name for run in left if is_locked(run.output_dir)]  # another driver is training these
+    failed = [run.name for run in left if run.name not in elsewhere]
+    print(f"{finished} of {len(runs)} runs finished" + (f"; being trained by another process: {elsewhere}" if elsewhere else "") + (f"; not finished: {failed}" if failed else ""))  # fmt: skip
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as err:  # a bad sweep file or option: one line, nothing started
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

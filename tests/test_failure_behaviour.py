@@ -127,7 +127,9 @@ def test_wrong_typed_json_values_name_the_key_the_file_and_the_type(tiny_bert, r
 def test_a_number_where_a_string_is_expected_is_read_as_on_the_command_line(tiny_bert, rte_dir, tmp_path):
     from peftlab.run import parse_args
 
-    spec = parse_args([str(write(tmp_path / "a.json", json.dumps({"task_name": "rte", "target_layers": 1})))])
+    spec = parse_args(
+        [str(write(tmp_path / "a.json", json.dumps({"task_name": "rte", "target_layers": 1, "output_dir": "o"})))]
+    )
     assert spec.peft_args.target_layers == "1"
 
 

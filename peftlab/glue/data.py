@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -712,6 +713,18 @@ def load_run_data(
     return run
 
 
+def data_digest(run: RunData) -> str:
+    """A digest of every example the run trains and evaluates on (text, labels and order), so that a checkpoint is
+    resumed only on the data it was trained on: an edited file or another ``--max_eval_samples`` gives another."""
+    sha = hashlib.sha256()
+    parts = ([("train", run.train)] if run.train is not None else []) + sorted(run.eval.items())
+    for name, data in parts:
+        sha.update(f"{name}:{len(data)}:".encode())
+        for batch in data.iter(batch_size=10_000):
+            sha.update(json.dumps(batch, sort_keys=True, default=str).encode())
+    return sha.hexdigest()[:16]
+
+
 def _load_user_data(
     train_file, validation_file, test_file, do_train, do_eval, do_predict,
     split_dev, split_seed, max_train_samples, max_eval_samples, max_predict_samples, label_type,
@@ -722,6 +735,8 @@ def _load_user_data(
     task = user_task(train_data, label_type)
     run = RunData(task=task, protocol={"source": "files", "train_split": None, "eval_splits": {}, "test_splits": []})
     run.protocol["label_type"] = "regression" if task.is_regression else "classification"
+    run.protocol["text_columns"] = list(task.text_fields)
+    logger.info("%s: text columns %s, labels as %s.", train_file, list(task.text_fields), run.protocol["label_type"])
     train = records_to_dataset(task, train_data, labelled=True)
     if split_dev is not None:
         train, held_out = _split_off(train, split_dev, split_seed, train_file)

@@ -1,0 +1,167 @@
+"""The schema of a sweep file, checked whole before anything runs.
+
+A sweep file (see :mod:`peftlab.sweep` for what each key does) is refused, with a line naming the file, the key and
+what is valid, when it has a key the schema does not know, a value of the wrong type, a name that is not one plain
+folder name (a sweep's runs are written under ``--root/<name>/<task>/<variant>/...`` and nowhere else), an axis
+that repeats a value, a ``per_*`` variant without its axis, or a key that the sweep itself sets on every run.
+What a variant's options mean is checked by parsing every run's arguments with ``run_glue.py``'s own parser
+(:func:`check_runs`), in the driver, before the first job starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab.errors import ConfigError
+from peftlab.jsontypes import did_you_mean, fits, type_name
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+"""A sweep, task or variant name: one folder name, no separators, not ``.`` or ``..``."""
+PER_AXIS = {"per_layer": "layers", "per_bottleneck": "bottleneck_dims", "per_pooling": "poolings"}
+"""A variant's flags that put it on one of the sweep's axes, and the axis each needs."""
+SET_BY_THE_SWEEP = ("output_dir", "task_name", "seed")
+"""Run arguments the sweep gives every run itself (from ``--root``, ``tasks`` and ``seeds``)."""
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """What a sweep file may hold; every field's annotation is the JSON type it must have."""
+
+    name: str
+    tasks: list[str]
+    variants: dict[str, dict[str, Any]]
+    description: str = ""
+    protocol: str | None = "quick"
+    seeds: list[int] = field(default_factory=lambda: [42])
+    offline: bool = True
+    layers: list[int] | None = None
+    bottleneck_dims: list[int] | None = None
+    poolings: list[str] | None = None
+    common: dict[str, Any] = field(default_factory=dict)
+    task_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SweepFile)}
+
+
+def check_sweep(sweep: Any, source: str = "Sweep file") -> SweepFile:
+    """``sweep`` (a sweep file's JSON object) checked against :class:`SweepFile`; returns it as one."""
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{source} must hold a JSON object with name, tasks and variants.")
+    fields, hints = _fields(), typing.get_type_hints(SweepFile)
+    for key in sweep:
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}{did_you_mean(key, fields)}; valid keys: {', '.join(fields)}."
+            )
+    missing = [k for k, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and k not in sweep]  # fmt: skip
+    if missing:
+        raise ConfigError(f"{source} has no {', '.join(map(repr, missing))}; a sweep needs name, tasks and variants.")
+    for key, value in sweep.items():
+        if not fits(hints[key], value):
+            raise ConfigError(f"{source}: {key!r} is {value!r}, expected {type_name(hints[key])}.")
+    checked = SweepFile(**sweep)
+    _check_names(checked, source)
+    _check_axes(checked, source)
+    _check_options(checked, source)
+    return checked
+
+
+def _check_names(sweep: SweepFile, source: str) -> None:
+    from peftlab.glue.tasks import TASKS
+
+    def safe(what: str, name: str) -> None:
+        if not SAFE_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{source}: {what} {name!r} is not a plain folder name (letters, digits, '_', '-', '.', not starting "
+                "with '.'): the sweep's runs are written under --root/<name>/<task>/<variant> and nowhere else."
+            )
+
+    safe("the name", sweep.name)
+    if not sweep.tasks:
+        raise ConfigError(f"{source}: 'tasks' is empty; give at least one of {', '.join(TASKS)}.")
+    for task in sweep.tasks:
+        if task not in TASKS:
+            raise ConfigError(f"{source}: task {task!r} is not a GLUE task{did_you_mean(task, TASKS)}; valid: {', '.join(TASKS)}.")  # fmt: skip
+    if not sweep.variants:
+        raise ConfigError(f"{source}: 'variants' is empty; give at least one, e.g. {{\"adapter\": {{\"method\": \"adapter@2\"}}}}.")  # fmt: skip
+    for variant in sweep.variants:
+        safe("the variant name", variant)
+    for task in sweep.task_args:
+        if task not in sweep.tasks:
+            raise ConfigError(f"{source}: task_args names {task!r}, which is not among its tasks ({', '.join(sweep.tasks)}).")  # fmt: skip
+
+
+def _check_axes(sweep: SweepFile, source: str) -> None:
+    from peftlab.modeling import POOLINGS
+
+    for key in ("tasks", "seeds", "layers", "bottleneck_dims", "poolings"):
+        values = getattr(sweep, key) or []
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{source}: {key!r} repeats {', '.join(repeated)}: each value is one grid point, given once.")  # fmt: skip
+    for key, low in (("seeds", 0), ("layers", 0), ("bottleneck_dims", 1)):
+        bad = [v for v in getattr(sweep, key) or [] if v < low or (key == "seeds" and v >= 2**32)]
+        if bad:
+            valid = "whole numbers from 0 to 2**32 - 1" if key == "seeds" else f"whole numbers >= {low}"
+            raise ConfigError(f"{source}: {key!r} holds {bad[0]}; valid: {valid}.")
+    for pooling in sweep.poolings or []:
+        if pooling not in POOLINGS:
+            raise ConfigError(f"{source}: pooling {pooling!r} is not valid; choose from {', '.join(POOLINGS)}.")
+    for variant, options in sweep.variants.items():
+        for flag, axis in PER_AXIS.items():
+            if flag in options and not isinstance(options[flag], bool):
+                raise ConfigError(f"{source}: variant {variant!r}: {flag!r} is {options[flag]!r}, expected true or false.")  # fmt: skip
+            if options.get(flag) and not getattr(sweep, axis):
+                raise ConfigError(f"{source}: variant {variant!r} has {flag} but the sweep has no {axis!r} to run it over.")  # fmt: skip
+
+
+def _check_options(sweep: SweepFile, source: str) -> None:
+    where = {"common": sweep.common, **{f"task_args.{t}": a for t, a in sweep.task_args.items()}}
+    where.update({f"variant {v!r}": o for v, o in sweep.variants.items()})
+    for place, options in where.items():
+        for key in SET_BY_THE_SWEEP:
+            if key in options:
+                raise ConfigError(
+                    f"{source}: {place} sets {key!r}, which the sweep sets on every run itself (output_dir from "
+                    "--root and the grid, task_name from 'tasks', seed from 'seeds'); remove it."
+                )
+        if "method" in options and not place.startswith("variant"):
+            raise ConfigError(f"{source}: {place} sets 'method'; each variant names its own method.")
+    for variant, options in sweep.variants.items():
+        if not isinstance(options.get("method"), str) or not options["method"].strip():
+            raise ConfigError(f"{source}: variant {variant!r} needs a 'method' string, e.g. \"adapter@2\".")
+
+
+def check_paths(runs: list, root: str | Path, source: str = "Sweep file") -> None:
+    """Every run's folder inside ``root`` (the sweep's folder under ``--root``), and no two runs in one folder."""
+    inside = Path(root).resolve()
+    seen: dict[Path, str] = {}
+    for run in runs:
+        folder = run.output_dir.resolve()
+        if inside != folder and inside not in folder.parents:
+            raise ConfigError(f"{source}: run {run.name!r} would write {folder}, outside the sweep's folder {inside}.")
+        if folder in seen:
+            raise ConfigError(f"{source}: runs {seen[folder]!r} and {run.name!r} are one grid point ({folder}); give each point once.")  # fmt: skip
+        seen[folder] = run.name
+
+
+def check_runs(runs: list, source: str = "Sweep file") -> None:
+    """Parse every run's arguments with ``run_glue.py``'s parser (no data or model is loaded): a bad option in a
+    variant is one line naming the file, the variant and the key, before the first job starts."""
+    from peftlab.run import parse_args
+
+    for run in runs:
+        try:
+            parse_args(dict(run.args))
+        except ConfigError as err:
+            message = str(err).split(": ", 1)[-1] if str(err).startswith("The arguments of run") else str(err)
+            raise ConfigError(
+                f"{source}, variant {run.point['variant']!r} (run {run.name}, task {run.point['task']}): {message}"
+            ) from None
