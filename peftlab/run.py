@@ -341,8 +341,19 @@ def check_model_dtype(model_args: ModelArguments, training_args: GlueTrainingArg
 def check_devices(training_args: GlueTrainingArguments) -> None:
     if training_args.fp16 and not torch.cuda.is_available():
         raise ConfigError("--fp16 needs a CUDA GPU and none is visible. Drop --fp16 to train in fp32 on the CPU.")
-    if training_args.bf16 and not torch.cuda.is_available():
-        logger.warning("--bf16 on a CPU: bf16 matrix products are usually far slower than fp32 there.")
+    if training_args.bf16 and not torch.cuda.is_available() and not cpu_has_bf16():
+        logger.warning("--bf16 on a CPU without bf16 instructions (avx512_bf16, amx_bf16): bf16 matrix products "
+                       "are emulated there and usually slower than fp32.")  # fmt: skip
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (Linux: its flags in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def max_length_of(tokenizer: PreTrainedTokenizerBase, config: transformers.PretrainedConfig) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of training-step speed and memory for each method, with and without the frozen-prefix cache.
 
-    python scripts/bench.py --task rte --samples 256 --batch_size 32 --repeats 3
+    python scripts/bench.py --task rte --samples 256 --batch_size 32 --repeats 3 [--precision fp32,bf16]
 
 Every configuration trains the same examples (dynamic padding, length-grouped batches) with AdamW. Repeats are
 interleaved across configurations (configuration A, B, C, then A, B, C again...) and medians reported, so that
@@ -15,7 +15,11 @@ the ratios in the table were measured side by side under the same machine load. 
   subprocess per configuration after the model and data are loaded (activations, gradients, optimizer state;
   Linux only: it resets the peak through /proc/self/clear_refs).
 
-It also reports full fine-tuning's achieved GFLOP/s (counted as 6 x linear-layer parameters x tokens plus the
+With several precisions (``--precision fp32,bf16``) every configuration runs in each, interleaved in the same
+repeats, under autocast in the half precision (the cache stored in it too); in bf16 each frozen-backbone
+configuration also runs with the backbone's weights stored in bf16 once (``--model_dtype bfloat16``, "bf16
+weights") instead of cast by autocast at every step, and the ratios print each configuration's fp32 step over its
+bf16 one beside the matmul rates of both. It also reports full fine-tuning's achieved GFLOP/s (counted as 6 x linear-layer parameters x tokens plus the
 attention products) against a large matmul in the same precision, timed in the same run. A benchmark, never a test.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -53,10 +58,29 @@ class Config:
     options: dict
     cache: bool = False
     peer: bool = False  # HuggingFace peft's LoRA instead of ours
+    precision: str = "fp32"  # autocast dtype (fp32: none)
+    model_dtype: str = "float32"  # the backbone's stored weights (bfloat16: a frozen backbone kept in bf16)
+
+    @property
+    def label(self) -> str:
+        if self.precision == "fp32" and self.model_dtype == "float32":
+            return self.name
+        weights = ", bf16 weights" if self.model_dtype == "bfloat16" else ""
+        return f"{self.name} [{self.precision}{weights}]"
+
+
+def in_precisions(base: list[Config], precisions: list[str]) -> list[Config]:
+    """Every configuration in each precision; a frozen backbone in bf16 also with its weights stored in bf16."""
+    out = []
+    for precision in precisions:
+        for config in base:
+            out.append(dataclasses.replace(config, precision=precision))
+            if precision == "bf16" and config.method != "full" and not config.peer:
+                out.append(dataclasses.replace(config, precision=precision, model_dtype="bfloat16"))
+    return out
 
 
 DEVICE = torch.device("cpu")
-PRECISION = "fp32"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -73,7 +97,7 @@ def configs(top: int) -> list[Config]:
         Config(f"adapter@{top}", f"adapter@{top}", {"bottleneck_dim": 64}),
         Config(f"parallel adapter@{top}", f"adapter@{top}", {"bottleneck_dim": 64, "adapter_form": "parallel", "adapter_scaling": 4.0}),
         Config("lora q,v all layers r=8", "lora", lora),
-        Config("HF peft lora q,v all layers r=8", "probe", lora, peer=True),
+        Config("HF peft lora q,v all layers r=8", "probe", lora, peer=True),  # paired by name with ours
         Config(f"prefix@{top}", f"prefix@{top}", {"prefix_length": 16}),
     ]  # fmt: skip
     cached = [Config(c.name + " +cache", c.method, c.options, cache=True) for c in base if c.name in ("probe", f"ffn@{top}", f"adapter@{top}", f"parallel adapter@{top}", f"prefix@{top}")]  # fmt: skip
@@ -81,18 +105,41 @@ def configs(top: int) -> list[Config]:
     return base + cached + paper
 
 
+def paper_configs(layers: int) -> list[Config]:
+    """Every method at the paper's layers (its 5 and 10 of 12, scaled to ``layers``) and sizes (its scripts'
+    options, :data:`peftlab.protocols.PAPER_METHOD_OPTIONS`), each frozen one with and without the cache."""
+    from peftlab.protocols import PAPER_METHOD_OPTIONS as PAPER
+
+    low, high = layers * 5 // 12, layers * 10 // 12
+    frozen = [
+        Config("probe", "probe", {}),
+        Config(f"adapter@{low}", f"adapter@{low}", PAPER["adapter"]),
+        Config(f"parallel adapter@{low}", f"adapter@{low}", {**PAPER["adapter"], "adapter_form": "parallel"}),
+        Config(f"lora@{high}", f"lora@{high}", PAPER["lora"]),
+        Config(f"HF peft lora@{high}", "probe", {**PAPER["lora"], "layers": [high]}, peer=True),
+        Config(f"prefix@{high}", f"prefix@{high}", PAPER["prefix"]),
+        Config(f"bitfit@{high}", f"bitfit@{high}", PAPER["bitfit"]),
+        Config(f"ffn@{high}", f"ffn@{high}", PAPER["ffn"]),
+    ]
+    cached = [dataclasses.replace(c, name=c.name + " +cache", cache=True) for c in frozen if not c.peer]
+    return [Config("full", "full", {}), *frozen, *cached]
+
+
 def build(config: Config, model_path: str, num_labels: int, pooling: str):
     torch.manual_seed(0)
     model = build_classifier(
-        model_path, HeadConfig(num_labels, pooling=pooling), PeftArguments(method=config.method, **config.options)
-    )
+        model_path, HeadConfig(num_labels, pooling=pooling),
+        PeftArguments(method=config.method, **{k: v for k, v in config.options.items() if k != "layers"}),
+        model_dtype=config.model_dtype,
+    )  # fmt: skip
     if config.peer:
         import peft
 
         targets = config.options["lora_targets"].split(",")
         lora = peft.LoraConfig(
-            r=config.options["lora_rank"], lora_alpha=config.options["lora_alpha"], target_modules=targets
-        )
+            r=config.options["lora_rank"], lora_alpha=config.options["lora_alpha"], target_modules=targets,
+            layers_to_transform=config.options.get("layers"),
+        )  # fmt: skip
         peft.inject_adapter_in_model(lora, model.backbone)
         for name, param in model.backbone.named_parameters():
             param.requires_grad_("lora_" in name)  # peft's own layers (this peer only; ours find them by type)
@@ -112,7 +159,7 @@ def _sync() -> None:
 SCALER: torch.amp.GradScaler | None = None
 
 
-def epoch(model, optimizer, data, collate, groups) -> list[float]:
+def epoch(model, optimizer, data, collate, groups, precision: str = "fp32") -> list[float]:
     """One optimizer step per group, under autocast for fp16/bf16 (a gradient scaler for fp16, as the Trainer
     uses); returns each step's seconds (inputs already on the device)."""
     times = []
@@ -121,9 +168,9 @@ def epoch(model, optimizer, data, collate, groups) -> list[float]:
         _sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=DTYPES[PRECISION]) if PRECISION in DTYPES else contextlib.nullcontext():
+        with torch.autocast(DEVICE.type, dtype=DTYPES[precision]) if precision in DTYPES else contextlib.nullcontext():
             loss = model(**batch).loss
-        if SCALER is not None:
+        if SCALER is not None and precision == "fp16":
             SCALER.scale(loss).backward()
             SCALER.step(optimizer)
             SCALER.update()
@@ -139,9 +186,9 @@ def matmul_size() -> int:
     return 8192 if DEVICE.type == "cuda" else 1024
 
 
-def matmul_gflops() -> float:
-    """The device's matrix-product rate in the benchmark's precision (fp32, or fp16/bf16 inputs)."""
-    dtype = DTYPES.get(PRECISION, torch.float32)
+def matmul_gflops(precision: str = "fp32") -> float:
+    """The device's matrix-product rate in ``precision`` (fp32, or fp16/bf16 inputs)."""
+    dtype = DTYPES.get(precision, torch.float32)
     size, repeats = matmul_size(), 10 if DEVICE.type == "cuda" else 20
     a, b = torch.randn(size, size, device=DEVICE, dtype=dtype), torch.randn(size, size, device=DEVICE, dtype=dtype)
     a @ b
@@ -222,10 +269,13 @@ def setup(config: Config, args, task, path, tokenizer, features, cache_dir):
         need = need_of(model)
         model.frozen_prefix = need.depth
         start = time.perf_counter()
-        cached = FrozenPrefixCache(model.backbone, cache_dir).get(features, need, tokenizer)
+        dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[config.precision]
+        cached = FrozenPrefixCache(model.backbone, cache_dir, dtype).get(features, need, tokenizer)
         built = time.perf_counter() - start
         start = time.perf_counter()
-        cached = FrozenPrefixCache(model.backbone, cache_dir).get(features, need, tokenizer)  # a new process: disk
+        cached = FrozenPrefixCache(model.backbone, cache_dir, dtype).get(
+            features, need, tokenizer
+        )  # disk, as a new process
         loaded = time.perf_counter() - start
         data, collate = CachedDataset(features, cached, need.kind != "hidden"), CachedCollator(tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -240,13 +290,10 @@ def memory_child(payload: str) -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         model, optimizer, data, collate, _, _ = setup(config, args, task, path, tokenizer, features, cache_dir)
         groups = batches(features, args.batch_size)
-        collated = [collate([data[i] for i in g]) for g in groups]
         before = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-        for batch in collated:
-            optimizer.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
-            optimizer.step()
+        for group in groups:
+            epoch(model, optimizer, data, collate, [group], config.precision)
         after = _status_kb("VmHWM")
     print((after - before) / 1024)
 
@@ -266,9 +313,9 @@ def profile(args, config: Config, task, path, tokenizer, features) -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         model, optimizer, data, collate, *_ = setup(config, args, task, path, tokenizer, features, cache_dir)
         groups = batches(features, args.batch_size)
-        epoch(model, optimizer, data, collate, groups[:1])
+        epoch(model, optimizer, data, collate, groups[:1], config.precision)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            epoch(model, optimizer, data, collate, groups)
+            epoch(model, optimizer, data, collate, groups, config.precision)
     print(f"# profile of {config.name}: {len(groups)} steps of batch {args.batch_size}")
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=40))
 
@@ -282,7 +329,7 @@ def per_example(args, config: Config, task, path, tokenizer, features) -> None:
         times: dict[int, list[float]] = {b: [] for b in sizes}
         for _ in range(args.repeats):
             for b in sizes:
-                steps = epoch(model, optimizer, data, collate, groups[b])
+                steps = epoch(model, optimizer, data, collate, groups[b], config.precision)
                 times[b].append(sum(steps) / len(features))
     base = statistics.median(times[sizes[0]])
     for b in sizes:
@@ -300,6 +347,10 @@ def main() -> None:
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--pooling", default="mean")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--configs", default="default", choices=["default", "paper"],
+        help="default: every method at the top layer, common sizes; paper: the paper's layers and sizes",
+    )  # fmt: skip
     parser.add_argument("--only", default=None, help="semicolon-separated configuration names to run")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-configuration memory subprocesses")
     parser.add_argument(
@@ -311,12 +362,19 @@ def main() -> None:
         "interleaved; whether several configurations batched into one forward pass would pay",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast dtype")
+    parser.add_argument(
+        "--precision", default="fp32",
+        help="comma-separated autocast dtypes among fp32, fp16, bf16, run side by side (e.g. fp32,bf16)",
+    )  # fmt: skip
     parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global DEVICE, PRECISION, SCALER
-    DEVICE, PRECISION = torch.device(args.device), args.precision
-    SCALER = torch.amp.GradScaler("cuda") if PRECISION == "fp16" and DEVICE.type == "cuda" else None
+    global DEVICE, SCALER
+    DEVICE = torch.device(args.device)
+    precisions = list(dict.fromkeys(args.precision.split(",")))
+    bad = [p for p in precisions if p not in ("fp32", "fp16", "bf16")]
+    if bad:
+        parser.error(f"--precision {','.join(bad)}: choose among fp32, fp16, bf16")
+    SCALER = torch.amp.GradScaler("cuda") if "fp16" in precisions and DEVICE.type == "cuda" else None
     if args._memory_child:
         return memory_child(args._memory_child)
     task, path, tokenizer, features = prepare(args)
@@ -324,96 +382,111 @@ def main() -> None:
     if args.per_example:
         return per_example(args, [c for c in configs(top) if c.name.startswith("paper adapter")][0], task, path,
                            tokenizer, features)  # fmt: skip
-    chosen = [c for c in configs(top) if args.only is None or c.name in args.only.split(";")]
+    every = in_precisions(configs(top) if args.configs == "default" else paper_configs(top + 1), precisions)
+    chosen = [
+        c for c in every if args.only is None or c.name in args.only.split(";") or c.label in args.only.split(";")
+    ]
     if args.profile:
-        return profile(args, [c for c in configs(top) if c.name == args.profile][0], task, path, tokenizer, features)
+        return profile(
+            args, [c for c in every if args.profile in (c.name, c.label)][0], task, path, tokenizer, features
+        )
     groups = batches(features, args.batch_size)
     print(f"# bench: task={args.task} samples={len(features)} batch={args.batch_size} steps/epoch={len(groups)} "
           f"threads={torch.get_num_threads()} torch={torch.__version__} device={args.device} "
-          f"({torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}) precision={args.precision}")  # fmt: skip
+          f"({torch.cuda.get_device_name() if args.device == 'cuda' else torch.backends.cpu.get_cpu_capability()}) "
+          f"precision={args.precision}")  # fmt: skip
     with tempfile.TemporaryDirectory() as cache_dir:
         # Each configuration gets its own cache folder, so that "cold" really computes (configurations at the
         # same layer would otherwise share one file, which is the sweep case that "warm" measures).
         state = {
-            c.name: setup(c, args, task, path, tokenizer, features, Path(cache_dir) / str(index))
+            c.label: setup(c, args, task, path, tokenizer, features, Path(cache_dir) / str(index))
             for index, c in enumerate(chosen)
         }
         # Warm-up: one step on the CPU; on a GPU one step per batch shape (dynamic padding makes every batch a new
         # shape, and kernels are chosen per shape on first use: with one warm-up step the first timed epoch paid it).
         warmup = groups if DEVICE.type == "cuda" else groups[:1]
-        for model, optimizer, data, collate, *_rest in state.values():
-            epoch(model, optimizer, data, collate, warmup)
-        steps = {c.name: [] for c in chosen}
-        epochs = {c.name: [] for c in chosen}
-        gflops = []
+        for config in chosen:
+            model, optimizer, data, collate, *_rest = state[config.label]
+            epoch(model, optimizer, data, collate, warmup, config.precision)
+        steps = {c.label: [] for c in chosen}
+        epochs = {c.label: [] for c in chosen}
+        gflops: dict[str, list[float]] = {p: [] for p in precisions}
         gpu_memory: dict[str, float] = {}
         for _ in range(args.repeats):
-            gflops.append(matmul_gflops())
+            for precision in precisions:
+                gflops[precision].append(matmul_gflops(precision))
             for config in chosen:
-                model, optimizer, data, collate, *_rest = state[config.name]
-                if DEVICE.type == "cuda" and config.name not in gpu_memory:
+                model, optimizer, data, collate, *_rest = state[config.label]
+                if DEVICE.type == "cuda" and config.label not in gpu_memory:
                     torch.cuda.reset_peak_memory_stats()
                     before = torch.cuda.memory_allocated()
-                times = epoch(model, optimizer, data, collate, groups)
-                if DEVICE.type == "cuda" and config.name not in gpu_memory:
-                    gpu_memory[config.name] = (torch.cuda.max_memory_allocated() - before) / 2**20
-                steps[config.name].append(statistics.median(times))
-                epochs[config.name].append(sum(times))
-    matmul = statistics.median(gflops)
+                times = epoch(model, optimizer, data, collate, groups, config.precision)
+                if DEVICE.type == "cuda" and config.label not in gpu_memory:
+                    gpu_memory[config.label] = (torch.cuda.max_memory_allocated() - before) / 2**20
+                steps[config.label].append(statistics.median(times))
+                epochs[config.label].append(sum(times))
+    rates = {p: statistics.median(v) for p, v in gflops.items()}
     if DEVICE.type == "cuda":
-        memory = {c.name: gpu_memory[c.name] for c in chosen}  # peak GPU memory over one epoch, beyond the model
+        memory = {c.label: gpu_memory[c.label] for c in chosen}  # peak GPU memory over one epoch, beyond the model
     else:
-        memory = {c.name: (None if args.no_memory else peak_memory(args, c)) for c in chosen}
+        memory = {c.label: (None if args.no_memory else peak_memory(args, c)) for c in chosen}
     print(
         "\n| configuration | trainable params | step (s) | samples/s | vs full | cache build / load (s) | 3 epochs cold (s) | 3 epochs warm (s) | peak extra memory (MB) |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    full_step = statistics.median(steps["full"]) if "full" in steps else None
+    by_label = {c.label: statistics.median(steps[c.label]) for c in chosen}
     for config in chosen:
-        model, _, _, _, built, loaded = state[config.name]
-        step = statistics.median(steps[config.name])
-        per_epoch = statistics.median(epochs[config.name])
+        model, _, _, _, built, loaded = state[config.label]
+        step = by_label[config.label]
+        per_epoch = statistics.median(epochs[config.label])
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         cold = (built if config.cache else 0) + 3 * per_epoch
         warm = (loaded if config.cache else 0) + 3 * per_epoch
-        vs_full = f"{step / full_step:.2f}x" if full_step else "-"
+        full = by_label.get(dataclasses.replace(config, name="full", model_dtype="float32").label)
+        vs_full = f"{step / full:.2f}x" if full else "-"
         cache = f"{built:.1f} / {loaded:.2f}" if config.cache else "-"
-        mem = "-" if memory[config.name] is None else f"{memory[config.name]:.0f}"
+        mem = "-" if memory[config.label] is None else f"{memory[config.label]:.0f}"
         print(
-            f"| {config.name} | {trainable:,} | {step:.3f} | {len(features) / per_epoch:.1f} | {vs_full} | {cache} | {cold:.1f} | {warm:.1f} | {mem} |"
+            f"| {config.label} | {trainable:,} | {step:.3f} | {len(features) / per_epoch:.1f} | {vs_full} | {cache} | {cold:.1f} | {warm:.1f} | {mem} |"
         )
     print("\nRatios (medians of interleaved repeats):")
-    by_name = {c.name: statistics.median(steps[c.name]) for c in chosen}
-    if {"lora q,v all layers r=8", "HF peft lora q,v all layers r=8"} <= by_name.keys():
-        print(
-            f"- our LoRA step / HF peft LoRA step: {by_name['lora q,v all layers r=8'] / by_name['HF peft lora q,v all layers r=8']:.2f}"
-        )
+    for precision, rate in rates.items():
+        print(f"- {precision} matmul ({matmul_size()}^3): {rate:.1f} GFLOP/s")
+    for peer in (c for c in chosen if c.peer):
+        ours = dataclasses.replace(peer, name=peer.name.removeprefix("HF peft "), peer=False).label
+        if ours in by_label:
+            print(f"- our {ours} step / HF peft's: {by_label[ours] / by_label[peer.label]:.2f}")
     for config in chosen:
-        if config.cache and config.name.removesuffix(" +cache") in by_name:
-            plain = config.name.removesuffix(" +cache")
-            plain_epoch = statistics.median(epochs[plain])
-            cached_epoch = statistics.median(epochs[config.name])
-            built, loaded = state[config.name][4], state[config.name][5]
-            print(f"- {plain}: epoch after the first {plain_epoch / cached_epoch:.1f}x faster with the cache; "
+        plain = dataclasses.replace(config, name=config.name.removesuffix(" +cache"), cache=False)
+        if config.cache and plain.label in by_label:
+            plain_epoch = statistics.median(epochs[plain.label])
+            cached_epoch = statistics.median(epochs[config.label])
+            built, loaded = state[config.label][4], state[config.label][5]
+            print(f"- {plain.label}: epoch after the first {plain_epoch / cached_epoch:.1f}x faster with the cache; "
                   f"3 epochs warm {3 * plain_epoch / (loaded + 3 * cached_epoch):.1f}x, cold {3 * plain_epoch / (built + 3 * cached_epoch):.1f}x")  # fmt: skip
+    if len(precisions) > 1:
+        for config in chosen:
+            if config.precision != "fp32":
+                reference = dataclasses.replace(config, precision="fp32", model_dtype="float32").label
+                if reference in by_label:
+                    print(f"- {config.label}: step {by_label[reference] / by_label[config.label]:.2f}x faster than fp32 ({by_label[reference]:.3f} s / {by_label[config.label]:.3f} s)")  # fmt: skip
     for config in chosen:
         if config.name.startswith("paper adapter@"):
-            model = state[config.name][0]
+            model = state[config.label][0]
             flops = cached_step_flops(model, features, groups, model.frozen_prefix)
-            floor = flops / (matmul * 1e9)
-            print(f"- {config.name}: {flops / by_name[config.name] / 1e9:.1f} GFLOP/s achieved vs {matmul:.1f} GFLOP/s "
-                  f"matmul rate: the step takes {by_name[config.name] / floor:.2f}x its matmul floor ({floor:.3f} s)")  # fmt: skip
-    if "full" in by_name:
-        flops = full_step_flops(state["full"][0], features, groups)
-        achieved = flops / by_name["full"] / 1e9
-        print(
-            f"- full fine-tuning: {achieved:.1f} GFLOP/s achieved vs {matmul:.1f} GFLOP/s {PRECISION} matmul ({matmul_size()}^3) = {achieved / matmul:.0%}"
-        )
-        for config in chosen:
-            if memory[config.name] is not None and memory.get("full"):
-                print(
-                    f"- peak extra memory {config.name}: {memory[config.name] / memory['full']:.2f}x full fine-tuning"
-                )
+            rate = rates[config.precision]
+            floor = flops / (rate * 1e9)
+            print(f"- {config.label}: {flops / by_label[config.label] / 1e9:.1f} GFLOP/s achieved vs {rate:.1f} GFLOP/s "
+                  f"{config.precision} matmul rate: the step takes {by_label[config.label] / floor:.2f}x its matmul floor ({floor:.3f} s)")  # fmt: skip
+    for config in chosen:
+        if config.name == "full":
+            flops = full_step_flops(state[config.label][0], features, groups)
+            achieved = flops / by_label[config.label] / 1e9
+            rate = rates[config.precision]
+            print(f"- {config.label}: {achieved:.1f} GFLOP/s achieved vs {rate:.1f} GFLOP/s {config.precision} matmul = {achieved / rate:.0%}")  # fmt: skip
+            for other in chosen:
+                if other.precision == config.precision and memory[other.label] is not None and memory[config.label]:
+                    print(f"- peak extra memory {other.label}: {memory[other.label] / memory[config.label]:.2f}x {config.label}")  # fmt: skip
 
 
 if __name__ == "__main__":

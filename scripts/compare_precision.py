@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Whether two sweeps of the same grid in two precisions give equal scores: per task and row, the difference of the
+means against the reference sweep's seed std, and run by run (the same task, row and seed).
+
+    python scripts/compare_precision.py docs/results/runs.csv --reference table1_paper --other table1_paper_bf16 \
+        --tasks mrpc,stsb,rte [--score reported|last] [--out docs/results/precision_bf16]
+
+A cell is "equal" when |mean(other) - mean(reference)| is within one reference seed std, or within 0.5 points where
+that std is smaller; the verdict counts the cells and names the ones that fail. Only seeds present in both sweeps
+are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peftlab.io import atomic_write_text  # noqa: E402
+from peftlab.results import read_csv, select_score  # noqa: E402
+
+FLOOR = 0.5
+"""Points: the tolerance where the reference's seed std is smaller."""
+
+
+def scores(rows, sweep: str, tasks: list[str]) -> dict[tuple[str, str, int], float]:
+    return {
+        (r["task"], r["variant"], int(r["seed"])): 100 * r["score"]
+        for r in rows
+        if r["sweep"] == sweep and r["task"] in tasks and r.get("score") is not None
+    }
+
+
+def compare(reference: dict, other: dict) -> list[dict]:
+    cells = sorted({(t, v) for t, v, _ in reference} & {(t, v) for t, v, _ in other})
+    out = []
+    for task, variant in cells:
+        seeds = sorted(s for t, v, s in reference if (t, v) == (task, variant) and (t, v, s) in other)
+        if not seeds:
+            continue
+        ref = [reference[(task, variant, s)] for s in seeds]
+        oth = [other[(task, variant, s)] for s in seeds]
+        std = statistics.stdev(ref) if len(ref) > 1 else 0.0
+        diff = statistics.fmean(oth) - statistics.fmean(ref)
+        runs = [b - a for a, b in zip(ref, oth)]
+        out.append({
+            "task": task, "variant": variant, "seeds": seeds, "reference": statistics.fmean(ref),
+            "other": statistics.fmean(oth), "diff": diff, "std": std, "tolerance": max(std, FLOOR),
+            "equal": abs(diff) <= max(std, FLOOR), "largest_run_diff": max(runs, key=abs),
+        })  # fmt: skip
+    return out
+
+
+def markdown(cells: list[dict], reference: str, other: str, score: str) -> str:
+    lines = [
+        f"{other} against {reference} ({score} score, x100; seeds present in both):",
+        "",
+        "| task | row | seeds | reference | other | difference | ref. seed std | tolerance | equal | largest run difference |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for c in cells:
+        lines.append(
+            f"| {c['task']} | {c['variant']} | {','.join(map(str, c['seeds']))} | {c['reference']:.1f} | "
+            f"{c['other']:.1f} | {c['diff']:+.2f} | {c['std']:.2f} | {c['tolerance']:.2f} | "
+            f"{'yes' if c['equal'] else '**no**'} | {c['largest_run_diff']:+.2f} |"
+        )
+    failed = [f"{c['task']} {c['variant']} ({c['diff']:+.2f} against {c['tolerance']:.2f})" for c in cells if not c["equal"]]  # fmt: skip
+    lines += ["", f"Equal in {len(cells) - len(failed)} of {len(cells)} cells" + (f"; not in: {'; '.join(failed)}." if failed else ".")]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("csv")
+    parser.add_argument("--reference", required=True, help="the sweep in the reference precision (float32)")
+    parser.add_argument("--other", required=True, help="the same grid in the other precision")
+    parser.add_argument("--tasks", required=True, help="comma-separated tasks to compare")
+    parser.add_argument("--score", default="reported", choices=["reported", "last"])
+    parser.add_argument("--out", help="write <out>.md")
+    args = parser.parse_args()
+    rows = select_score(read_csv(args.csv), args.score)
+    tasks = args.tasks.split(",")
+    cells = compare(scores(rows, args.reference, tasks), scores(rows, args.other, tasks))
+    if not cells:
+        print(f"error: no task and row of {args.other} has runs in {args.reference} too", file=sys.stderr)
+        return 2
+    text = markdown(cells, args.reference, args.other, args.score)
+    if args.out:
+        atomic_write_text(Path(f"{args.out}.md"), text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
