@@ -126,7 +126,8 @@ def as_flags(values: dict[str, Any]) -> list[str]:
     return [part for key, value in values.items() if value is not None for part in (f"--{key}", str(value))]
 
 
-def _says(value: Any, *words: str) -> bool:
+def says(value: Any, *words: str) -> bool:
+    """Whether a value as the user typed it is one of ``words`` (case and spaces aside): ``says(v, "false", "0")``."""
     return str(value).strip().lower() in words
 
 
@@ -149,8 +150,8 @@ def not_applied(preset_values: dict[str, Any], given: dict[str, Any]) -> dict[st
                 reasons[key] = f"--{other} is given (it sets the same thing as --{key})"
     if "head_learning_rate" in preset_values and "learning_rate" in given and "head_learning_rate" not in given:
         reasons["head_learning_rate"] = "--learning_rate is given (the head's rate defaults to it)"
-    no_evaluation = next((f"--{k} no" for k in ("eval_strategy", "evaluation_strategy") if _says(given.get(k), "no")), None)  # fmt: skip
-    last_epoch = "load_best_model_at_end" in given and _says(given["load_best_model_at_end"], "false", "0", "no")
+    no_evaluation = next((f"--{k} no" for k in ("eval_strategy", "evaluation_strategy") if says(given.get(k), "no")), None)  # fmt: skip
+    last_epoch = "load_best_model_at_end" in given and says(given["load_best_model_at_end"], "false", "0", "no")
     selection = ("load_best_model_at_end", "early_stopping_patience", "metric_for_best_model", "greater_is_better")
     for key in selection:
         if key in preset_values and key not in given:

@@ -83,7 +83,7 @@ from peftlab.modeling import (
     read_model_config,
     resolve_model_path,
 )
-from peftlab.protocols import ProtocolArguments, given_values, resolve_protocol
+from peftlab.protocols import ProtocolArguments, given_values, resolve_protocol, says
 from peftlab.search import (
     SearchArguments,
     check_study,
@@ -197,7 +197,7 @@ def check_given(spec: RunSpec) -> None:
             "into, e.g. --output_dir runs/rte."
         )
     given = spec.given
-    if "early_stopping_patience" in given and str(given.get("load_best_model_at_end")).strip().lower() in ("false", "0", "no"):  # fmt: skip
+    if "early_stopping_patience" in given and says(given.get("load_best_model_at_end"), "false", "0", "no"):
         raise ConfigError(
             "--early_stopping_patience keeps the best evaluation, and --load_best_model_at_end false asks for the "
             "last one: drop one of them."

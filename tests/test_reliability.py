@@ -295,14 +295,20 @@ def test_the_cache_key_covers_the_models_config(tiny_bert, rte_dir, tmp_path):
     assert FrozenPrefixCache(other, tmp_path).key(features, need) != same
 
 
+def killed_resumable_run(model: str, glue: Path, out: Path, monkeypatch, step: int) -> list[str]:
+    """A 3-epoch --resumable run killed right after its checkpoint at ``step``; returns its command."""
+    args = [*base(model, glue, out), "--method", "adapter@1", "--num_train_epochs", "3", "--eval_strategy", "epoch",
+            "--resumable", "true", *FAST]  # fmt: skip
+    kill_after_checkpoint(monkeypatch, step=step)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.undo()
+    return args
+
+
 def test_a_resumable_run_is_not_resumed_on_other_data(tiny_bert, rte_dir, tmp_path, monkeypatch):
     """After its checkpoint: a training file edited, or another --max_eval_samples, is another run."""
-    killed = [*base(tiny_bert, rte_dir, tmp_path / "r"), "--method", "adapter@1", "--num_train_epochs", "3",
-              "--eval_strategy", "epoch", "--resumable", "true", *FAST]  # fmt: skip
-    kill_after_checkpoint(monkeypatch, step=4)
-    with pytest.raises(KeyboardInterrupt):
-        main(killed)
-    monkeypatch.undo()
+    killed = killed_resumable_run(tiny_bert, rte_dir, tmp_path / "r", monkeypatch, step=4)
     with pytest.raises(ConfigError, match=r"a checkpoint of a run with other arguments \(max_eval_samples None there, 8 here"):  # fmt: skip
         main([*killed, "--max_eval_samples", "8"])
     train = rte_dir / "RTE" / "train.tsv"
@@ -456,12 +462,7 @@ def test_a_cache_that_cannot_be_written_stays_in_memory(tiny_bert, rte_dir, tmp_
 # 6. Records: a resumed run's speed, a user file's text columns
 # --------------------------------------------------------------------------------------------------------------
 def test_a_resumed_run_reports_the_whole_runs_time_and_speed(tiny_bert, rte_dir, tmp_path, monkeypatch):
-    args = [*base(tiny_bert, rte_dir, tmp_path / "r"), "--method", "adapter@1", "--num_train_epochs", "3",
-            "--eval_strategy", "epoch", "--resumable", "true", *FAST]  # fmt: skip
-    kill_after_checkpoint(monkeypatch, step=8)
-    with pytest.raises(KeyboardInterrupt):
-        main(args)
-    monkeypatch.undo()
+    args = killed_resumable_run(tiny_bert, rte_dir, tmp_path / "r", monkeypatch, step=8)
     results = main(args)
     before = results["resumed"]["train_seconds"]
     assert results["train_runtime"] > before > 0
