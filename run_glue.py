@@ -5,7 +5,7 @@
 
 All arguments: ``python run_glue.py --help``; a JSON file with the same names may replace them, and several JSON
 files run one after another in this process, sharing data, model and frozen-prefix caches (sweeps do this).
-The work is done by :mod:`peftlab.run`, where every stage is an importable, tested function.
+The work is done by :mod:`peftlab.lab.run`, where every stage is an importable, tested function.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from peftlab.errors import PeftlabError
-from peftlab.run import cli
+from peftlab.lab.run import cli
 
 if __name__ == "__main__":
     try:

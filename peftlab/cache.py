@@ -13,15 +13,12 @@ planned layer input and pooling of that split that is not on disk yet (e.g. the 
 ``cls`` and ``mean`` features of the top layer, for a Table 1 column), writes each to its own file and keeps them
 in memory for the runs after it.
 
-Trade-off: memory and disk of ``tokens x hidden`` values per split and layer (about 270 MB in fp32 for RTE's train
-set on the 384-wide MiniLM), and no dropout below layer ``k``; in exchange, each step skips ``k`` layers forward
-and the first pass is a cheap no-grad one that a sweep pays once.
+Trade-off: memory and disk of ``tokens x hidden`` values per split and layer, and no dropout below layer ``k``; in
+exchange, each step skips ``k`` layers forward and the first pass is a cheap no-grad one that a sweep pays once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import weakref
@@ -33,12 +30,12 @@ from typing import Any
 
 import datasets
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
 from torch import nn
 from transformers import DataCollatorWithPadding
 
 from peftlab.architectures import Architecture, architecture_of, layers_of
+from peftlab.cachefiles import CacheFileError, digest, read_tensors, write_tensors
 from peftlab.errors import ConfigError
 from peftlab.methods import TunerLayer
 
@@ -173,16 +170,6 @@ def run_from_layer(backbone: nn.Module, start: int, hidden: torch.Tensor | None)
             handle.remove()
 
 
-def _digest(*parts: Any) -> str:
-    sha = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            sha.update(part.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        else:
-            sha.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return sha.hexdigest()
-
-
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """Pooling of ``hidden`` (batch, seq, dim): first token (``cls``), attention-masked mean (``mean``), or the
     last token the attention mask keeps (``last``: right- or left-padded alike)."""
@@ -223,8 +210,7 @@ def compute_cache(
     hidden states entering a layer (one unpadded tensor per example) or pooled features (one vector per example).
 
     Only the layers below the deepest need run. Examples go through in batches of similar length (returned in
-    their own order): padded to the longest of a batch in the data's order, GLUE inputs cost up to 3.6 times
-    their real tokens (scripts/bench_cache_fill.py)."""
+    their own order), so that little of a batch is padding (scripts/bench_cache_fill.py measures it)."""
     needs = sorted(set(needs))
     arch = architecture_of(backbone)
     layers = list(layers_of(backbone, arch))
@@ -267,48 +253,6 @@ def compute_cache(
             handle.remove()
         backbone.train(was_training)
     return outputs
-
-
-class CacheFileError(ValueError):
-    """A cache file that cannot be used as it is (damaged, or not the file its name says)."""
-
-
-def _read(path: Path, count: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Read a cache file, refusing one whose key, checksum (over every stored tensor), dtype or size does not
-    match."""
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {}
-        data, offsets = handle.get_tensor("data"), handle.get_tensor("offsets")
-    if metadata.get("key") != path.stem:
-        raise CacheFileError(f"its key {metadata.get('key')!r} is not its file name")
-    if metadata.get("sha256") != _digest(data, offsets):
-        raise CacheFileError("checksum mismatch")
-    if data.dtype != dtype:
-        raise CacheFileError(f"it holds {data.dtype}, expected {dtype}")
-    if offsets.dtype != torch.long or len(offsets) != count + 1 or int(offsets[0]) != 0:
-        raise CacheFileError(f"it holds {len(offsets) - 1} examples, expected {count}")
-    if int(offsets[-1]) != data.shape[0] or bool((offsets[1:] < offsets[:-1]).any()):
-        raise CacheFileError("its offsets do not cut its data into examples")
-    if metadata.get("sequence") == "True":
-        return [data[offsets[i] : offsets[i + 1]] for i in range(count)]
-    return list(data)
-
-
-def _write(path: Path, key: str, tensors: list[torch.Tensor]) -> None:
-    sequence = tensors[0].dim() == 2
-    data = torch.cat(tensors) if sequence else torch.stack(tensors)
-    lengths = torch.tensor([t.shape[0] if sequence else 1 for t in tensors])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    metadata = {"key": key, "sha256": _digest(data, offsets), "sequence": str(sequence)}
-    try:
-        save_file({"data": data, "offsets": offsets}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never half a file left behind (a full disk)
-        raise
-    logger.info("Frozen-prefix cache written: %s (%.1f MB)", path, path.stat().st_size / 2**20)
 
 
 class ByIdentity:
@@ -373,27 +317,27 @@ class FrozenPrefixCache:
     def _frozen_digest(self, depth: int) -> str:
         arch = architecture_of(self.backbone)
         if self._param_digests is None:
-            self._param_digests = [(n, _digest(p)) for n, p in self.backbone.named_parameters()]
+            self._param_digests = [(n, digest(p)) for n, p in self.backbone.named_parameters()]
         upper = tuple(f"{arch.layers}.{i}." for i in range(depth, len(layers_of(self.backbone, arch))))
-        return _digest([d for n, d in self._param_digests if not n.startswith(upper)])
+        return digest([d for n, d in self._param_digests if not n.startswith(upper)])
 
     def _inputs_digest(self, features: datasets.Dataset) -> str:
-        digest = self._input_digests.get(features)
-        if digest is None:
+        known = self._input_digests.get(features)
+        if known is None:
             columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names]
-            digest = _digest(
+            known = digest(
                 *(
                     torch.tensor([t for row in features[c] for t in row] + [len(row) for row in features[c]])
                     for c in columns
                 )
             )
-            self._input_digests.set(features, digest)
-        return digest
+            self._input_digests.set(features, known)
+        return known
 
     def key(self, features: datasets.Dataset, need: Need) -> str:
         """Everything that determines the cached tensors: the config, frozen parameters below the layer, inputs,
         layer, kind and stored dtype."""
-        return _digest(
+        return digest(
             CACHE_FORMAT, self._config(), need.depth, need.kind, self.dtype_name,
             self._frozen_digest(need.depth), self._inputs_digest(features),
         )  # fmt: skip
@@ -413,7 +357,7 @@ class FrozenPrefixCache:
         if not path.is_file():
             return None
         try:
-            tensors = _read(path, count, self.dtype)
+            tensors = read_tensors(path, count, self.dtype)
         except (SafetensorError, CacheFileError, KeyError, OSError) as err:
             logger.warning("Frozen-prefix cache %s is unusable (%s); rebuilding it.", path, err)
             return None
@@ -426,7 +370,7 @@ class FrozenPrefixCache:
         if self.memory_only:
             return
         try:
-            _write(self.path(key), key, tensors)
+            write_tensors(self.path(key), key, tensors)
         except OSError as err:
             self.memory_only = True
             logger.warning("Frozen-prefix cache: cannot write %s (%s); kept in memory for this process only.",
@@ -498,12 +442,16 @@ class CachedCollator:
 
 
 def cache_datasets(model, named: dict[str, datasets.Dataset], tokenizer, cache: FrozenPrefixCache) -> dict[str, Any]:
-    """Wrap each dataset with the cached tensors ``model`` reads (``model.frozen_prefix`` is set); ``named``
-    unchanged when there is nothing to cache."""
+    """Wrap each dataset with the cached tensors ``model`` reads (a model built with ``reads_cache``, whose
+    ``frozen_prefix`` is the need's layer); ``named`` unchanged when there is nothing to cache."""
     need = need_of(model)
     if need is None:
         logger.warning("--cache_frozen_prefix: layer 0 (or the embeddings) trains, so there is nothing to cache.")
         return named
-    model.frozen_prefix = need.depth
+    if model.frozen_prefix != need.depth:
+        raise ValueError(
+            f"The model reads the layers below {model.frozen_prefix}, not the cache's {need.depth}: build it with "
+            "reads_cache=True (SequenceClassifier, build_classifier, peftlab.classifier)."
+        )
     probe = need.kind != "hidden"
     return {name: CachedDataset(data, cache.get(data, need, tokenizer), probe) for name, data in named.items()}

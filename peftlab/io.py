@@ -1,16 +1,30 @@
 """Small file helpers: every result file is written atomically, so a crash never leaves half a file; a folder a run
-will write is checked for writability and free space before the run starts."""
+will write is checked for writability and free space before the run starts, locked while the run writes it, and
+gets the run's log."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
+import platform
 import shutil
+import sys
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from peftlab.errors import ConfigError
+import datasets
+import transformers
+
+from peftlab.errors import ConfigError, PeftlabError
+
+logger = logging.getLogger("peftlab")
+
+LOCK_NAME = ".lock"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -67,3 +81,77 @@ def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:
             f"{what} {str(path)!r}: {free / 2**20:.0f} MiB free on its disk, and this run writes up to about "
             f"{needed / 2**20:.0f} MiB (weights, checkpoints, logs). Free some space or choose another folder."
         )
+
+
+def setup_logging(training_args) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+            datefmt="%H:%M:%S",
+            handlers=[logging.StreamHandler(sys.stdout)],
+        )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level if level != logging.WARNING else logging.INFO)
+    transformers.utils.logging.set_verbosity(level)
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+
+
+@contextmanager
+def run_log(output_dir: Path):
+    """Copy this run's log lines (ours and the Trainer's) into ``<output_dir>/log.txt`` while it runs."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output_dir / "log.txt", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s", "%H:%M:%S"))
+    targets = [logger, transformers.utils.logging.get_logger()]
+    for target in targets:
+        target.addHandler(handler)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeHandler(handler)
+        handler.close()
+
+
+class OutputLocked(PeftlabError):
+    """Another live process is writing this run's output folder."""
+
+
+@contextmanager
+def output_lock(output_dir: Path):
+    """Hold an exclusive lock on the output folder while the run writes it (the OS releases it when the process
+    dies, however it dies): a second process on the same folder stops at once instead of clobbering it."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutputLocked(
+            f"--output_dir {str(output_dir)!r} is being written by another running process; wait for it to end "
+            "or choose another folder."
+        ) from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def is_locked(output_dir: Path) -> bool:
+    """Whether a live process holds ``output_dir``'s lock now (a run another sweep driver is training)."""
+    path = Path(output_dir) / LOCK_NAME
+    if not path.is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def write_history(output_dir: Path, event: str) -> None:
+    """One line per start and end of the run in ``history.log``: a run done twice shows it."""
+    with open(output_dir / "history.log", "a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {event} pid={os.getpid()} host={platform.node()}\n")

@@ -36,7 +36,7 @@ from transformers import AutoModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peftlab.architectures import Architecture, architecture_of, truncate_layers
-from peftlab.cache import pool, run_from_layer
+from peftlab.cache import need_of, pool, run_from_layer
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments, inject
 
@@ -153,6 +153,7 @@ class SequenceClassifier(nn.Module):
         head_config: HeadConfig,
         base_model: str = "",
         peft_args: PeftArguments | None = None,
+        reads_cache: bool = False,
     ) -> None:
         super().__init__()
         self.base_model = base_model
@@ -164,13 +165,16 @@ class SequenceClassifier(nn.Module):
         self.pooling = pooling_of(arch, head_config.pooling, backbone)
         """The pooling applied: ``head_config.pooling`` with ``pooler`` resolved to ``last`` on decoders."""
         self.injection = inject(backbone, self.peft_args)
-        self.frozen_prefix = 0
-        """Layers below this index are skipped when cached hidden states are given (see :mod:`peftlab.cache`)."""
         self.backbone = backbone
         self.head_config = head_config
         self.config = backbone.config  # the Trainer and HF utilities look for ``model.config``
         dropout = head_config.dropout if head_config.dropout is not None else hidden_dropout_of(backbone.config, arch)
         self.head = ClassificationHead(backbone.config.hidden_size, head_config, dropout)
+        need = need_of(self) if reads_cache else None
+        self.frozen_prefix = need.depth if need is not None else 0
+        """Layers below this index are skipped when their output is given as ``cached_hidden`` (or every layer, for
+        pooled ``cached_features``): set at build, for a model that ``reads_cache`` (:mod:`peftlab.cache`); 0 when it
+        reads none, or when its lowest layer trains and there is nothing to cache."""
 
     @property
     def num_labels(self) -> int:
@@ -194,13 +198,36 @@ class SequenceClassifier(nn.Module):
         return [path for path in exported if path is not None]
 
     def export_config(self) -> dict:
-        """Keyword arguments of :func:`save_model_config` describing this model."""
-        return {
+        """Keyword arguments of :func:`save_model_config` describing this model; ``extra_state`` (by method name)
+        only where a method keeps some (:meth:`~peftlab.methods.Method.extra_state`)."""
+        config = {
             "base_model": self.base_model,
             "head_config": self.head_config,
             "peft": asdict(self.peft_args),
             "saved_weights": "all" if self.trains_everything else "trainable",
         }
+        extra = self.extra_state()
+        if extra:
+            config["extra_state"] = extra
+        return config
+
+    def extra_state(self) -> dict[str, dict]:
+        """Each method's extra state (what rebuilding it needs beyond options and trained weights), by method name;
+        methods that keep none are left out."""
+        states = {method.name: method.extra_state() for method in self.injection.applied}
+        return {name: state for name, state in states.items() if state}
+
+    def load_extra_state(self, states: dict[str, dict]) -> None:
+        """Give each method the extra state a saved run recorded for it (before the trained weights are loaded)."""
+        methods = {method.name: method for method in self.injection.applied}
+        unknown = sorted(set(states) - set(methods))
+        if unknown:
+            raise ValueError(
+                f"The saved run records extra state for {', '.join(unknown)}, which this model does not have (its "
+                f"methods: {', '.join(methods)})."
+            )
+        for name, state in states.items():
+            methods[name].load_extra_state(self.backbone, state)
 
     @property
     def trains_everything(self) -> bool:
@@ -271,12 +298,14 @@ def build_classifier(
     model_name_or_path: str | None,
     head_config: HeadConfig,
     peft_args: PeftArguments | None = None,
+    reads_cache: bool = False,
     **from_pretrained_kwargs,
 ) -> SequenceClassifier:
-    """Load the pretrained backbone, inject the PEFT method(s) and put a freshly initialised head on it."""
+    """Load the pretrained backbone, inject the PEFT method(s) and put a freshly initialised head on it (built to
+    read the frozen-prefix cache with ``reads_cache``)."""
     path = resolve_model_path(model_name_or_path)
     backbone = load_backbone(path, **from_pretrained_kwargs)
-    return SequenceClassifier(backbone, head_config, model_name_or_path or BUNDLED_MODEL, peft_args)
+    return SequenceClassifier(backbone, head_config, model_name_or_path or BUNDLED_MODEL, peft_args, reads_cache)
 
 
 def check_buildable(
@@ -339,15 +368,18 @@ def read_model_config(path: str | os.PathLike) -> dict:
     return json.loads((Path(path) / MODEL_CONFIG_NAME).read_text())
 
 
-def load_classifier(path: str | os.PathLike) -> SequenceClassifier:
+def load_classifier(path: str | os.PathLike, reads_cache: bool = False) -> SequenceClassifier:
     """Rebuild a classifier saved by a run (or a Trainer checkpoint of one) and load its weights.
 
     The base model is loaded from its own weights first, so a run that saved only the parameters it trained
-    (``"saved_weights": "trainable"`` in its config) loads as well as one that saved everything.
+    (``"saved_weights": "trainable"`` in its config) loads as well as one that saved everything. The methods'
+    extra state (``extra_state``: VeRA's seed, for frozen tensors that are drawn again rather than saved) is given
+    back before the weights are loaded; a config without that key (any run of methods that keep none) gives none.
     """
     saved = read_model_config(path)
     peft_args = PeftArguments(**saved["peft"]) if "peft" in saved else None
-    model = build_classifier(saved["base_model"], HeadConfig(**saved["head"]), peft_args)
+    model = build_classifier(saved["base_model"], HeadConfig(**saved["head"]), peft_args, reads_cache)
+    model.load_extra_state(saved.get("extra_state", {}))
     state = load_file(str(Path(path) / WEIGHTS_NAME))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or (missing and saved.get("saved_weights", "all") == "all"):

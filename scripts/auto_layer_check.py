@@ -27,10 +27,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.io import atomic_write_text  # noqa: E402
-from peftlab.results import read_csv, render  # noqa: E402
+from peftlab.io import atomic_write_text
+from peftlab.lab.results import read_csv, render
 
 
 def cost(row: dict) -> float | None:

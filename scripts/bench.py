@@ -41,14 +41,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.cache import CachedCollator, CachedDataset, FrozenPrefixCache, need_of  # noqa: E402
-from peftlab.glue.data import load_run_data  # noqa: E402
-from peftlab.glue.tasks import get_task  # noqa: E402
-from peftlab.methods import PeftArguments  # noqa: E402
-from peftlab.modeling import HeadConfig, build_classifier, resolve_model_path  # noqa: E402
-from peftlab.run import tokenize  # noqa: E402
+from peftlab.cache import CachedCollator, CachedDataset, FrozenPrefixCache, need_of
+from peftlab.fastdropout import use_fast_dropout
+from peftlab.glue.data import load_run_data
+from peftlab.glue.tasks import get_task
+from peftlab.lab.workspace import tokenize
+from peftlab.methods import PeftArguments
+from peftlab.modeling import HeadConfig, build_classifier, resolve_model_path
 
 
 @dataclass
@@ -60,23 +59,32 @@ class Config:
     peer: bool = False  # HuggingFace peft's LoRA instead of ours
     precision: str = "fp32"  # autocast dtype (fp32: none)
     model_dtype: str = "float32"  # the backbone's stored weights (bfloat16: a frozen backbone kept in bf16)
+    fast_dropout: bool = False  # dropout masks from peftlab.fastdropout instead of torch's bernoulli_
 
     @property
     def label(self) -> str:
-        if self.precision == "fp32" and self.model_dtype == "float32":
+        if self.precision == "fp32" and self.model_dtype == "float32" and not self.fast_dropout:
             return self.name
         weights = ", bf16 weights" if self.model_dtype == "bfloat16" else ""
-        return f"{self.name} [{self.precision}{weights}]"
+        dropout = ", fast dropout" if self.fast_dropout else ""
+        return f"{self.name} [{self.precision}{weights}{dropout}]"
 
 
-def in_precisions(base: list[Config], precisions: list[str]) -> list[Config]:
-    """Every configuration in each precision; a frozen backbone in bf16 also with its weights stored in bf16."""
+def in_precisions(base: list[Config], precisions: list[str], dropouts: list[str] = ("torch",)) -> list[Config]:
+    """Every configuration in each precision and dropout; a frozen backbone in bf16 also with its weights stored in
+    bf16. HF peft's LoRA keeps torch's dropout (it is the reference as a user runs it)."""
     out = []
-    for precision in precisions:
-        for config in base:
-            out.append(dataclasses.replace(config, precision=precision))
-            if precision == "bf16" and config.method != "full" and not config.peer:
-                out.append(dataclasses.replace(config, precision=precision, model_dtype="bfloat16"))
+    for dropout in dropouts:
+        fast = dropout == "fast"
+        for precision in precisions:
+            for config in base:
+                if fast and config.peer:
+                    continue
+                out.append(dataclasses.replace(config, precision=precision, fast_dropout=fast))
+                if precision == "bf16" and config.method != "full" and not config.peer:
+                    out.append(
+                        dataclasses.replace(config, precision=precision, model_dtype="bfloat16", fast_dropout=fast)
+                    )
     return out
 
 
@@ -85,7 +93,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def configs(top: int) -> list[Config]:
-    from peftlab.protocols import PAPER_METHOD_OPTIONS
+    from peftlab.lab.protocols import PAPER_METHOD_OPTIONS
 
     lora = {"lora_rank": 8, "lora_alpha": 16, "lora_targets": "query,value"}
     paper_layer = (top + 1) * 5 // 12  # the paper's adapter layer 5 of 12, scaled (2 of 6)
@@ -107,8 +115,8 @@ def configs(top: int) -> list[Config]:
 
 def paper_configs(layers: int) -> list[Config]:
     """Every method at the paper's layers (its 5 and 10 of 12, scaled to ``layers``) and sizes (its scripts'
-    options, :data:`peftlab.protocols.PAPER_METHOD_OPTIONS`), each frozen one with and without the cache."""
-    from peftlab.protocols import PAPER_METHOD_OPTIONS as PAPER
+    options, :data:`peftlab.lab.protocols.PAPER_METHOD_OPTIONS`), each frozen one with and without the cache."""
+    from peftlab.lab.protocols import PAPER_METHOD_OPTIONS as PAPER
 
     low, high = layers * 5 // 12, layers * 10 // 12
     frozen = [
@@ -130,8 +138,10 @@ def build(config: Config, model_path: str, num_labels: int, pooling: str):
     model = build_classifier(
         model_path, HeadConfig(num_labels, pooling=pooling),
         PeftArguments(method=config.method, **{k: v for k, v in config.options.items() if k != "layers"}),
-        model_dtype=config.model_dtype,
+        reads_cache=config.cache, model_dtype=config.model_dtype,
     )  # fmt: skip
+    if config.fast_dropout:
+        use_fast_dropout(model)
     if config.peer:
         import peft
 
@@ -267,7 +277,6 @@ def setup(config: Config, args, task, path, tokenizer, features, cache_dir):
     )
     if config.cache:
         need = need_of(model)
-        model.frozen_prefix = need.depth
         start = time.perf_counter()
         dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[config.precision]
         cached = FrozenPrefixCache(model.backbone, cache_dir, dtype).get(features, need, tokenizer)
@@ -366,6 +375,10 @@ def main() -> None:
         "--precision", default="fp32",
         help="comma-separated autocast dtypes among fp32, fp16, bf16, run side by side (e.g. fp32,bf16)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dropout", default="torch",
+        help="comma-separated dropout masks, run side by side: torch (bernoulli_) and fast (peftlab.fastdropout)",
+    )  # fmt: skip
     parser.add_argument("--_memory_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global DEVICE, SCALER
@@ -382,7 +395,10 @@ def main() -> None:
     if args.per_example:
         return per_example(args, [c for c in configs(top) if c.name.startswith("paper adapter")][0], task, path,
                            tokenizer, features)  # fmt: skip
-    every = in_precisions(configs(top) if args.configs == "default" else paper_configs(top + 1), precisions)
+    dropouts = list(dict.fromkeys(args.dropout.split(",")))
+    if set(dropouts) - {"torch", "fast"}:
+        parser.error(f"--dropout {args.dropout}: choose among torch, fast")
+    every = in_precisions(configs(top) if args.configs == "default" else paper_configs(top + 1), precisions, dropouts)
     chosen = [
         c for c in every if args.only is None or c.name in args.only.split(";") or c.label in args.only.split(";")
     ]
@@ -470,6 +486,14 @@ def main() -> None:
                 reference = dataclasses.replace(config, precision="fp32", model_dtype="float32").label
                 if reference in by_label:
                     print(f"- {config.label}: step {by_label[reference] / by_label[config.label]:.2f}x faster than fp32 ({by_label[reference]:.3f} s / {by_label[config.label]:.3f} s)")  # fmt: skip
+    for config in chosen:
+        if config.fast_dropout:  # against the same configuration with torch's dropout, in fp32 and in its precision
+            for reference in {
+                dataclasses.replace(config, fast_dropout=False),
+                dataclasses.replace(config, precision="fp32", model_dtype="float32", fast_dropout=False),
+            }:
+                if reference.label in by_label:
+                    print(f"- {config.label}: step {by_label[reference.label] / by_label[config.label]:.2f}x faster than {reference.label} ({by_label[reference.label]:.3f} s / {by_label[config.label]:.3f} s)")  # fmt: skip
     for config in chosen:
         if config.name.startswith("paper adapter@"):
             model = state[config.label][0]

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.cache import compute_cache  # noqa: E402
-from peftlab.glue.data import load_glue_split  # noqa: E402
-from peftlab.glue.tasks import get_task  # noqa: E402
-from peftlab.methods import PeftArguments  # noqa: E402
-from peftlab.modeling import HeadConfig, build_classifier, resolve_model_path  # noqa: E402
-from peftlab.run import tokenize  # noqa: E402
+from peftlab.cache import compute_cache
+from peftlab.glue.data import load_glue_split
+from peftlab.glue.tasks import get_task
+from peftlab.lab.workspace import tokenize
+from peftlab.methods import PeftArguments
+from peftlab.modeling import HeadConfig, build_classifier, resolve_model_path
 
 
 def padding_ratios(lengths: list[int], size: int) -> tuple[float, float]:

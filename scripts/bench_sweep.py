@@ -32,9 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.sweep import expand, run_sweep  # noqa: E402
+from peftlab.lab.sweep import run_sweep
+from peftlab.lab.sweepfile import expand
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {

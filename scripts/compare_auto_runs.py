@@ -24,9 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.results import main_metric  # noqa: E402
+from peftlab.lab.results import main_metric
 
 
 def auto_record(path: Path) -> dict:

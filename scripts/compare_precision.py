@@ -17,10 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.io import atomic_write_text  # noqa: E402
-from peftlab.results import read_csv, select_score  # noqa: E402
+from peftlab.io import atomic_write_text
+from peftlab.lab.results import read_csv, select_score
 
 FLOOR = 0.5
 """Points: the tolerance where the reference's seed std is smaller."""

@@ -112,9 +112,10 @@ EOF
     tail -n 12 "$RUNS"/roberta_shape/.jobs/*.log
   python3 scripts/collect.py "$RUNS" --out "$RUNS/runs.csv" > /dev/null
   python3 - <<'EOF'
-import csv, sys
-sys.path.insert(0, ".")
-from peftlab.sweep import expand, gpu_seconds, load_sweep
+import csv
+from peftlab.lab.costmodel import gpu_seconds
+from peftlab.lab.sweep import load_sweep
+from peftlab.lab.sweepfile import expand
 runs = {r.name.split("/")[1]: r for r in expand(load_sweep("/tmp/roberta_shape.json"), "/tmp/none")}
 rows = [r for r in csv.DictReader(open("/tmp/device_runs/runs.csv")) if r["sweep"] == "roberta_shape"]
 print("| row | method | epochs | wall s (measured) | TFLOP (counted) | achieved TFLOP/s | estimate at 40 TFLOP/s, s |")

@@ -16,8 +16,8 @@ before it was recorded are left out (their wall time counts waiting for the CPU 
 
 Prints, per task and method, the median ratio measured / estimated (runs with their actual epochs), the share of
 their epochs that runs with early stopping trained, and the total of the finished jobs against the dry run's
-estimate of the same jobs. ``--fit`` instead fits :data:`peftlab.sweep.COST` (least squares, relative errors
-weighted equally) and :data:`peftlab.sweep.EPOCH_SHARE` (the mean share) and prints the constants to put there.
+estimate of the same jobs. ``--fit`` instead fits :data:`peftlab.lab.costmodel.COST` (least squares, relative errors
+weighted equally) and :data:`peftlab.lab.costmodel.EPOCH_SHARE` (the mean share) and prints the constants to put there.
 """
 
 from __future__ import annotations
@@ -32,19 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.sweep import (  # noqa: E402
-    COST,
-    Job,
-    Run,
-    effective_args,
-    fill_terms,
-    job_terms,
-    run_terms,
-    seconds_of,
-    workload,
-)
+from peftlab.lab.costmodel import COST, fill_terms, job_terms, run_terms, seconds_of, workload
+from peftlab.lab.sweep import Job
+from peftlab.lab.sweepfile import Run, effective_args
 
 
 def core_seconds(record: dict, threads: int) -> float:

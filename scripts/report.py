@@ -1,57 +1,11 @@
 #!/usr/bin/env python
-"""Markdown table of finished runs: python scripts/report.py runs/full/* [--commands]
-
-One row per run folder: task, method, trainable parameters, the task's dev metrics (x100), wall time (from
-wall_seconds.txt when the launching script wrote one, else the Trainer's train_runtime), and the frozen-layers mode.
-With --commands, the exact command of each run (from its run_config.json) is listed below the table.
+"""``peftlab report`` (:mod:`peftlab.lab.commands.report`), under the name the paper's one-liners use:
+Markdown table of finished runs: python scripts/report.py runs/full/* [--commands]
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.glue.tasks import get_task  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+")
-    parser.add_argument("--commands", action="store_true")
-    args = parser.parse_args()
-    print("| task | method | trainable params | dev metrics (x100) | wall time (s) | train examples |")
-    print("| --- | --- | ---: | --- | ---: | ---: |")
-    commands = []
-    for folder in map(Path, args.runs):
-        if not (folder / "all_results.json").is_file():
-            continue
-        results = json.loads((folder / "all_results.json").read_text())
-        config = json.loads((folder / "run_config.json").read_text())
-        task = get_task(config["task"])
-        names = [*task.metrics, *(["combined_score"] if len(task.metrics) > 1 else [])]
-        metrics = ", ".join(f"{n} {100 * results[f'eval_{n}']:.1f}" for n in names if f"eval_{n}" in results)
-        wall_file = folder / "wall_seconds.txt"
-        wall = float(wall_file.read_text()) if wall_file.is_file() else results.get("train_runtime", float("nan"))
-        # Runs made before the methods existed (no peft_args) are full fine-tuning.
-        peft = config.get("peft_args", {})
-        method = peft.get("method", "full")
-        if "adapter" in method:
-            method += f" {peft['adapter_form']} {peft['placement']} r={peft['bottleneck_dim']}"
-        method += f" ({config['model_args'].get('pooling', 'pooler')} pooling)"
-        trainable = results.get("trainable_params")
-        trainable = f"{trainable:,}" if trainable is not None else "all"
-        print(f"| {task.name} | {method} | {trainable} | {metrics} | {wall:.0f} | {results.get('train_samples', '')} |")
-        commands.append(f"{folder}: " + " ".join(shlex.quote(c) for c in config["command"][1:]))
-    if args.commands:
-        print("\nCommands:\n")
-        for command in commands:
-            print(f"- `{command}`")
-
+from peftlab.lab.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["report", *sys.argv[1:]]))

@@ -83,12 +83,12 @@ def tiny_bert_no_dropout(tiny_bert, tmp_path_factory) -> str:
 
 def refuse_model_loading(monkeypatch) -> None:
     """From now on, fail the test if a run gets as far as loading model weights."""
-    from peftlab import run as run_module
+    from peftlab.lab import stages as stages_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was detected")
 
-    monkeypatch.setattr(run_module, "make_model", refuse)
+    monkeypatch.setattr(stages_module, "make_model", refuse)
 
 
 @pytest.fixture

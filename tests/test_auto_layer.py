@@ -11,7 +11,7 @@ import torch
 from conftest import count_training_steps, kill_after_checkpoint, write
 
 from peftlab.errors import ConfigError
-from peftlab.run import main
+from peftlab.lab.run import main
 
 
 @pytest.fixture
@@ -75,16 +75,16 @@ def test_auto_with_the_proxy_alone_trains_no_candidate(tiny_bert, rte_distinct, 
 
 
 def candidate(layer, step, score, loss, predictions, labels):
-    from peftlab.autolayer import Candidate
+    from peftlab.lab.autolayer import Candidate
 
     evaluation = {"step": step, "eval_combined_score": score, "eval_loss": loss}
     return Candidate(layer, evaluations=[evaluation], predictions=(np.asarray(predictions), np.asarray(labels)))
 
 
 def test_the_margin_of_a_choice_is_a_paired_bootstrap_over_the_selection_split():
-    from peftlab.autolayer import margin
     from peftlab.glue.metrics import glue_metrics
     from peftlab.glue.tasks import get_task
+    from peftlab.lab.autolayer import margin
 
     mrpc = get_task("mrpc")  # the combined score: the mean of F1 and accuracy
     labels = np.array([1, 0] * 50)
@@ -129,7 +129,6 @@ def test_bad_auto_requests_fail_before_anything_trains(tiny_bert, rte_distinct, 
 
 
 def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
-    import importlib.util
     import subprocess
     import sys
 
@@ -141,9 +140,8 @@ def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
                           cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    spec = importlib.util.spec_from_file_location("plots", REPO / "scripts" / "plots.py")
-    plots = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plots)
+    from peftlab.lab.commands import plots
+
     record = results["auto_layer"]
     bars, curves = plots.auto_layer_figure(record).axes
     norms = [record["candidates"][layer]["proxy_gradient_norm"] for layer in ("0", "1")]
@@ -161,7 +159,7 @@ def test_plot_of_the_candidates_curves(tiny_bert, rte_distinct, tmp_path):
 
 
 def test_rungs_spend_the_budget_over_a_halving_down_to_one_candidate():
-    from peftlab.autolayer import rung_steps
+    from peftlab.lab.halving import rung_steps
 
     assert rung_steps(6, 48) == [5, 10]  # 6 candidates x 5 steps, then 3 x 5 more: 45 of 48
     assert rung_steps(12, 48) == [2, 4, 8]  # 12 x 2 + 6 x 2 + 3 x 4 = 48
@@ -169,7 +167,7 @@ def test_rungs_spend_the_budget_over_a_halving_down_to_one_candidate():
 
 
 def fake_training(values):
-    """A ``train`` for :func:`peftlab.autolayer.halving` that steps a callback through a training whose
+    """A ``train`` for :func:`peftlab.lab.halving.halving` that steps a callback through a training whose
     selection score at each step is ``values(layer, step)`` (or its (score, loss) pair)."""
     from transformers import TrainerControl, TrainerState
 
@@ -194,7 +192,7 @@ def fake_training(values):
 def test_halving_judges_complete_rungs_and_stops_at_the_last_candidate_left():
     import optuna
 
-    from peftlab.autolayer import Candidate, SynchronousHalving, best_layer, halving
+    from peftlab.lab.halving import Candidate, SynchronousHalving, best_layer, halving
 
     # Layer 0 leads at the first rung; layers 3 and 5 overtake it at the second: an asynchronous pruner with layer 0
     # run first would have let it through every rung unopposed.
@@ -212,7 +210,7 @@ def test_halving_judges_complete_rungs_and_stops_at_the_last_candidate_left():
 def test_equal_scores_are_told_apart_by_the_selection_loss():
     import optuna
 
-    from peftlab.autolayer import Candidate, SynchronousHalving, best_layer, halving
+    from peftlab.lab.halving import Candidate, SynchronousHalving, best_layer, halving
 
     # Every candidate predicts one class (a Matthews correlation of 0) at both rungs; only the loss separates them.
     loss = {0: 0.61, 1: 0.60, 2: 0.59, 3: 0.62, 4: 0.58, 5: 0.63}
@@ -228,7 +226,7 @@ def test_equal_scores_are_told_apart_by_the_selection_loss():
 def test_a_failing_candidate_stops_the_halving_with_its_error():
     import optuna
 
-    from peftlab.autolayer import Candidate, SynchronousHalving, halving
+    from peftlab.lab.halving import Candidate, SynchronousHalving, halving
 
     def values(layer, step):
         if layer == 2 and step == 10:
@@ -245,7 +243,7 @@ def test_turns_keep_each_threads_random_stream_as_if_it_ran_alone():
 
     import torch
 
-    from peftlab.autolayer import Turns
+    from peftlab.lab.halving import Turns
 
     def draws(seed, turns=None, name=None):
         out = []
@@ -398,7 +396,7 @@ def test_a_stopped_auto_run_resumes_its_final_training_with_the_layer_it_chose(
     """--resumable (what sweeps use): the checkpoints of an auto run's final training carry its choice, so the run
     started again resumes there without choosing again (the choice is up to 1.5 runs' worth of training) and ends as
     the run that never stopped. A changed setting of the choice is refused like any other changed argument."""
-    from peftlab import run as run_module
+    from peftlab.lab import stages as stages_module
 
     args = ("--method", "adapter@auto", "--bottleneck_dim", "2", "--resumable", "true")
     whole = run(tiny_bert, rte_distinct, tmp_path / "whole", *args)
@@ -412,7 +410,7 @@ def test_a_stopped_auto_run_resumes_its_final_training_with_the_layer_it_chose(
     def choose_again(*_args, **_kwargs):
         raise AssertionError("the layer was chosen again")
 
-    monkeypatch.setattr(run_module, "choose_layer", choose_again)
+    monkeypatch.setattr(stages_module, "choose_layer", choose_again)
     steps = count_training_steps(monkeypatch)
     (tmp_path / "killed" / "auto_layer_k1ll3d").mkdir()  # the candidates' scratch, left by a start killed in its choice
     resumed = run(tiny_bert, rte_distinct, tmp_path / "killed", *args)
@@ -433,7 +431,7 @@ def test_a_stopped_auto_run_resumes_its_final_training_with_the_layer_it_chose(
 def warm_spies(monkeypatch):
     """(probes, starts): the heads the warm head's probe returns, and each candidate's head when the proxy is
     measured on it (once it is built, before it trains)."""
-    from peftlab import autolayer
+    from peftlab.lab import autolayer
 
     probes, starts = [], []
     real_probe, real_norm = autolayer.probe_head, autolayer.gradient_norm

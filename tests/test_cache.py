@@ -20,9 +20,9 @@ from peftlab.cache import (
     need_of,
 )
 from peftlab.errors import ConfigError
+from peftlab.lab.workspace import tokenize
 from peftlab.methods import PeftArguments
 from peftlab.modeling import HeadConfig, SequenceClassifier, build_classifier
-from peftlab.run import tokenize
 
 SENTENCES = ["a short one", "a somewhat longer sentence with more words in it", "mid length text here", "x"]
 
@@ -38,7 +38,9 @@ def features(tiny_bert):
 
 def model_for(tiny_bert: str, method: str, pooling: str = "mean"):
     torch.manual_seed(0)
-    model = build_classifier(tiny_bert, HeadConfig(num_labels=2, pooling=pooling), PeftArguments(method=method))
+    model = build_classifier(
+        tiny_bert, HeadConfig(num_labels=2, pooling=pooling), PeftArguments(method=method), reads_cache=True
+    )
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -193,7 +195,7 @@ def test_probe_of_a_truncated_model_reads_the_same_cache_as_the_full_model(tiny_
 
 def test_run_glue_with_cache_matches_metrics_without_it(tiny_bert_no_dropout, rte_dir, tmp_path):
     """With dropout 0 (the cache computes frozen layers without dropout), a whole run gives the same metrics."""
-    from peftlab.run import main
+    from peftlab.lab.run import main
 
     def run(out, *extra):
         return main(["--model_name_or_path", tiny_bert_no_dropout, "--task_name", "rte", "--glue_dir", str(rte_dir),
@@ -267,7 +269,7 @@ def test_cache_is_exact_on_every_architecture(arch, method, side, bundled_tokeni
     tokenizer = copy.deepcopy(bundled_tokenizer)
     tokenizer.padding_side = side
     data = random_features()
-    model = make(arch, method, pooling="last", bottleneck_dim=3, prefix_length=2, prefix_hidden=8)
+    model = make(arch, method, pooling="last", reads_cache=True, bottleneck_dim=3, prefix_length=2, prefix_hidden=8)
     assert not [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]  # the tiny configs have none
     with torch.no_grad():
         for p in model.parameters():
@@ -315,3 +317,11 @@ def test_an_architecture_that_cannot_run_from_layer_k_refuses_the_cache():
     with pytest.raises(ConfigError, match=r"--cache_frozen_prefix is not available for this deberta-v2: its conv"):
         need_of(model)
     assert frozen_prefix_depth(model.backbone) == 0
+
+
+def test_a_model_not_built_to_read_the_cache_is_refused(tiny_bert, features, tmp_path):
+    tokenizer, data = features
+    model = build_classifier(tiny_bert, HeadConfig(num_labels=2, pooling="mean"), PeftArguments(method="adapter@1"))
+    assert model.frozen_prefix == 0
+    with pytest.raises(ValueError, match="reads_cache=True"):
+        cache_datasets(model, {"train": data}, tokenizer, FrozenPrefixCache(model.backbone, tmp_path))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab import run as run_module
 from peftlab.errors import ConfigError
-from peftlab.run import main
+from peftlab.lab import stages as stages_module
+from peftlab.lab.run import main
 
 STEPS = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--disable_tqdm", "True",
          "--seed", "3", "--bottleneck_dim", "4", "--prefix_length", "2", "--prefix_hidden", "8", "--lora_rank", "2"]  # fmt: skip
@@ -123,7 +123,7 @@ def test_what_a_decoder_cannot_do_is_refused_before_loading_it(
     decoder, rte_dir, tmp_path, monkeypatch, arch, method, extra, message
 ):
     path = decoder(arch)
-    monkeypatch.setattr(run_module, "make_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(stages_module, "make_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=message):
         run(path, rte_dir, tmp_path / "out", method, *extra)
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO, count_training_steps, kill_after_checkpoint, refuse_model_loading, write
 
 from peftlab.errors import ConfigError, DataError
-from peftlab.run import main as run_main
-from peftlab.run import output_lock
+from peftlab.io import output_lock
+from peftlab.lab.run import main as run_main
 from peftlab.trainer import GlueTrainer
 
 FAST = ["--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
@@ -125,7 +125,7 @@ def test_wrong_typed_json_values_name_the_key_the_file_and_the_type(tiny_bert, r
 
 
 def test_a_number_where_a_string_is_expected_is_read_as_on_the_command_line(tiny_bert, rte_dir, tmp_path):
-    from peftlab.run import parse_args
+    from peftlab.lab.parsing import parse_args
 
     spec = parse_args(
         [str(write(tmp_path / "a.json", json.dumps({"task_name": "rte", "target_layers": 1, "output_dir": "o"})))]

@@ -11,8 +11,9 @@ import pytest
 from conftest import write
 
 from peftlab.errors import DataError
-from peftlab.glue.data import load_run_data, read_glue_tsv, read_split_file, read_user_file, resolve_split_file
+from peftlab.glue.data import load_run_data, read_glue_tsv, read_split_file, resolve_split_file
 from peftlab.glue.tasks import AX, get_task
+from peftlab.glue.userfiles import read_user_file
 
 
 def test_headerless_cola_tsv_takes_label_from_column_two(tmp_path):

@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
-from peftlab.run import Workspace, main, make_model, parse_args, prepare, run_many
+from peftlab.lab.checks import prepare
+from peftlab.lab.parsing import parse_args
+from peftlab.lab.run import main, run_many
+from peftlab.lab.workspace import Workspace, make_model
 
 
 def args(model: str, glue, out, method: str, seed: int, **extra) -> list[str]:

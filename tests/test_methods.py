@@ -84,8 +84,19 @@ def every(count: int) -> dict[str, int]:
     return dict.fromkeys((ENC, LLAMA, QWEN2, GPT2), count)
 
 
+def no_qkv(method: str) -> Refused:
+    return Refused(rf"{method} would touch nothing at qkv in layers \[1\]: \S+ has no such role")
+
+
+def fused_qkv(method: str, roles: str) -> Refused:
+    return Refused(
+        rf"{method} would touch nothing at {roles} in layers \[1\]: gpt2 has no such role .* name the role 'qkv'"
+    )
+
+
 NO_BIAS = Refused(r"bitfit would train nothing at .* in layers \[1\]: \S+ has no bias there")
-NO_QKV = Refused(r"lora would touch nothing at qkv in layers \[1\]: \S+ has no such role")
+NO_QKV = no_qkv("lora")
+R = 4  # VeRA's rank in the cases below
 PRE_NORM = Refused(r"--adapter_residual_norm needs a norm closing the ffn block .* is pre-norm")
 # method string, extra options, closed-form count of method parameters (layer 1 only) per family, or the refusal
 CASES = {
@@ -116,8 +127,18 @@ CASES = {
                 GPT2: D * FF + FF + FF * D + D + 2 * D}),
     "attn": ("attn@1", {}, {ENC: 4 * (D * D + D), LLAMA: D * D + 2 * D * KVW + D * D,
                             QWEN2: D * D + 2 * D * KVW + D * D + D + 2 * KVW, GPT2: D * 3 * D + 3 * D + D * D + D}),
+    # (IA)^3: a vector per key and value output, and one over ffn_out's input (the FFN's inner width)
+    "ia3": ("ia3@1", {}, {ENC: 2 * D + FF, LLAMA: 2 * KVW + FF, QWEN2: 2 * KVW + FF, GPT2: fused_qkv("ia3", "key, value")}),
+    "ia3_qkv": ("ia3@1", {"ia3_targets": "qkv,ffn_out"},
+                {ENC: no_qkv("ia3"), LLAMA: no_qkv("ia3"), QWEN2: no_qkv("ia3"), GPT2: 3 * D + FF}),
+    # VeRA: d (rank) and b (output width) per adapted layer; the shared frozen A and B are buffers, not counted
+    "vera": ("vera@1", {"vera_rank": R}, {ENC: 2 * (R + D), LLAMA: (R + D) + (R + KVW), QWEN2: (R + D) + (R + KVW),
+                                          GPT2: fused_qkv("vera", "query, value")}),
+    "vera_qkv": ("vera@1", {"vera_rank": R, "vera_targets": "qkv,ffn_out"},
+                 {ENC: no_qkv("vera"), LLAMA: no_qkv("vera"), QWEN2: no_qkv("vera"), GPT2: (R + 3 * D) + (R + D)}),
 }  # fmt: skip
-ZERO_INIT = {"probe", "lora", "lora_ffn", "lora_qkv", "adapter_ffn_seq", "adapter_attn_par"}
+ZERO_INIT = {"probe", "lora", "lora_ffn", "lora_qkv", "adapter_ffn_seq", "adapter_attn_par", "ia3", "ia3_qkv", "vera",
+             "vera_qkv"}  # fmt: skip
 PREFIX_CASES = {"prefix", "prefix_mlp"}
 HEAD = 3 * D + 3  # the linear head of make(): 3 labels
 
@@ -136,13 +157,16 @@ def test_every_registered_method_has_a_case():
     assert {method.split("@")[0] for method, _, _ in CASES.values()} | {"full"} == set(METHODS)
 
 
-def make(arch: str, method: str = "probe", pooling: str | None = None, **options) -> SequenceClassifier:
+def make(
+    arch: str, method: str = "probe", pooling: str | None = None, reads_cache: bool = False, **options
+) -> SequenceClassifier:
     torch.manual_seed(0)
     backbone = AutoModel.from_config(TINY_CONFIGS[arch]())
     pooling = pooling or ("last" if arch in DECODERS else "mean")
     return SequenceClassifier(
-        backbone, HeadConfig(num_labels=3, pooling=pooling), peft_args=PeftArguments(method=method, **options)
-    )
+        backbone, HeadConfig(num_labels=3, pooling=pooling), peft_args=PeftArguments(method=method, **options),
+        reads_cache=reads_cache,
+    )  # fmt: skip
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -238,7 +262,7 @@ def _layer_state(model: SequenceClassifier, layer: int) -> dict[str, torch.Tenso
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert", "deberta-v2"])
-@pytest.mark.parametrize("case", ["bitfit", "lora", "adapter_ffn_seq", "ffn", "attn"])
+@pytest.mark.parametrize("case", ["bitfit", "lora", "adapter_ffn_seq", "ffn", "attn", "ia3", "vera"])
 def test_target_layer_k_touches_only_layer_k(arch, case):
     method, options, _ = CASES[case]
     model = make(arch, method.replace("@1", "@-1"), **options)  # -1: the top layer, counted from the end
@@ -277,7 +301,10 @@ def test_ffn_method_never_trains_the_attention_output_projection(arch):
             assert all(p.requires_grad for p in layer.get_submodule(spec.roles[role]).parameters()), role
 
 
-@pytest.mark.parametrize("arch,case", pairs(["lora", "lora_qkv", "adapter_attn_par", "prefix_mlp", "bitfit", "ffn"]))
+@pytest.mark.parametrize(
+    "arch,case",
+    pairs(["lora", "lora_qkv", "adapter_attn_par", "prefix_mlp", "bitfit", "ffn", "ia3", "vera", "vera_qkv"]),
+)
 def test_saved_trainable_weights_reload_to_identical_logits(arch, case):
     method, options, _ = CASES[case]
     model = make(arch, method, **options)

@@ -11,10 +11,10 @@ import torch
 
 from peftlab.cache import CachedCollator, FrozenPrefixCache, cache_datasets, need_of
 from peftlab.errors import ConfigError
+from peftlab.lab.run import main
 from peftlab.methods import PeftArguments
 from peftlab.methods.lora import LoraLinear, lora_merged
 from peftlab.modeling import HeadConfig, build_classifier
-from peftlab.run import main
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -134,13 +134,13 @@ def test_cached_inputs_and_prefix_masks_follow_the_model_to_the_gpu(tiny_bert, t
     import datasets
     from transformers import AutoTokenizer
 
-    from peftlab.run import tokenize
+    from peftlab.lab.workspace import tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     data = tokenize(datasets.Dataset.from_dict({"sentence": ["a b c", "d e"], "label": [0, 1], "idx": [0, 1]}),
                     ("sentence",), tokenizer, 16, False)  # fmt: skip
     for method in ("prefix@1", "probe"):
-        model = build_classifier(tiny_bert, HeadConfig(2, pooling="mean"), PeftArguments(method=method)).cuda()
+        model = build_classifier(tiny_bert, HeadConfig(2, pooling="mean"), PeftArguments(method=method), True).cuda()
         wrapped = cache_datasets(model, {"train": data}, tokenizer, FrozenPrefixCache(model.backbone, tmp_path))
         batch = {k: v.cuda() for k, v in CachedCollator(tokenizer)([wrapped["train"][0], wrapped["train"][1]]).items()}
         assert model(**batch).logits.device.type == "cuda"

@@ -3,6 +3,7 @@ the GPU sweep files reproduce the paper's runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,27 +11,89 @@ import pytest
 from conftest import REPO
 
 from peftlab.errors import ConfigError
-from peftlab.protocols import apply_protocol
-from peftlab.run import main
-from peftlab.sweep import effective_args, expand, load_sweep
+from peftlab.lab.protocols import PAPER_METHOD_OPTIONS, apply_protocol, describe
+from peftlab.lab.run import main
+from peftlab.lab.sweep import load_sweep
+from peftlab.lab.sweepfile import effective_args, expand
+from peftlab.methods import METHODS, Method, PeftArguments
 
-# The paper's table, written out here independently of peftlab/protocols.py (docs/paper_protocol.md cites each).
+# The paper's values, written out here independently of the method classes (docs/paper_protocol.md cites each):
+# the learning rate of the method and the head (None: a script argument there, ours below) and method options.
+PAPER_RATE = {"full": 2e-5, "adapter": 2e-3, "lora": 2e-3, "prefix": 2e-4, "bitfit": 2e-4, "ffn": None, "probe": None}
+PAPER_OPTIONS = {
+    "adapter": {"bottleneck_dim": 2, "adapter_activation": "tanh", "adapter_init": "model",
+                "adapter_residual_norm": True, "adapter_layernorm_affine": True, "adapter_scaling": 1.0,
+                "adapter_layernorm": False},
+    "lora": {"lora_rank": 1, "lora_alpha": 1.0, "lora_targets": "query,key", "lora_init": "normal", "lora_dropout": 0.0},
+    "prefix": {"prefix_length": 2, "prefix_reparam": False},
+    "bitfit": {"bitfit_targets": "query,ffn_in", "bitfit_offset": True},
+    "ffn": {"train_extra_roles": "attn_out,attn_norm,ffn_norm"},
+}  # fmt: skip
+# Ours: the rates the paper's scripts leave to the command line, and the methods the paper does not have. A
+# method's class must mark these as ours (paper_ours names "learning_rate" and/or "options").
+OUR_RATE = {"probe": 2e-3, "ffn": 2e-4, "attn": 2e-4, "ia3": 3e-3, "vera": 4e-3}
+OUR_OPTIONS = {
+    "ia3": {"ia3_targets": "key,value,ffn_out"},
+    "vera": {"vera_rank": 1024, "vera_targets": "query,value", "vera_d_init": 0.1},
+}
+
+
+def schedule(method: str) -> tuple[int, int, int, str]:
+    """Epochs on RTE and on MRPC, early-stopping patience and pooling: the paper's rule for full fine-tuning
+    (finetune_glue.sh) and for every frozen-backbone method (its PEFT, FFN and probe scripts)."""
+    return (3, 3, 10, "cls") if method == "full" else (10, 5, 5, "mean")
+
+
+# method: (learning rate, epochs on RTE / on MRPC, early-stopping patience, pooling, method options)
+ROWS = {
+    m: (PAPER_RATE.get(m) or OUR_RATE[m], *schedule(m), PAPER_OPTIONS.get(m) or OUR_OPTIONS.get(m, {}))
+    for m in {**PAPER_RATE, **OUR_RATE}
+}
 SHARED = {
     "per_device_train_batch_size": 16, "per_device_eval_batch_size": 8, "warmup_steps": 0.06, "weight_decay": 0.1,
     "eval_strategy": "epoch", "greater_is_better": True,
 }  # fmt: skip
-ROWS = {
-    # method: (learning rate, epochs on RTE / on MRPC, early-stopping patience, pooling, method options)
-    "full": (2e-5, 3, 3, 10, "cls", {}),
-    "probe": (2e-3, 10, 5, 5, "mean", {}),
-    "adapter": (2e-3, 10, 5, 5, "mean", {"bottleneck_dim": 2, "adapter_activation": "tanh", "adapter_init": "model",
-                                          "adapter_residual_norm": True, "adapter_scaling": 1.0}),
-    "lora": (2e-3, 10, 5, 5, "mean", {"lora_rank": 1, "lora_alpha": 1.0, "lora_targets": "query,key",
-                                       "lora_init": "normal", "lora_dropout": 0.0}),
-    "prefix": (2e-4, 10, 5, 5, "mean", {"prefix_length": 2, "prefix_reparam": False}),
-    "bitfit": (2e-4, 10, 5, 5, "mean", {"bitfit_targets": "query,ffn_in", "bitfit_offset": True}),
-    "ffn": (2e-4, 10, 5, 5, "mean", {"train_extra_roles": "attn_out,attn_norm,ffn_norm"}),
-}  # fmt: skip
+
+
+def test_every_registered_method_has_a_paper_preset_that_says_which_values_are_ours():
+    assert set(ROWS) == set(METHODS)
+    for name, cls in METHODS.items():
+        ours = tuple(value for value, table in (("learning_rate", OUR_RATE), ("options", OUR_OPTIONS)) if name in table)
+        assert tuple(cls.paper_ours) == ours, name
+        values, _ = apply_protocol({"protocol": "paper", "task_name": "rte", "method": name})
+        lr, epochs, _, patience, pooling, options = ROWS[name]
+        assert values["learning_rate"] == values["head_learning_rate"] == lr, name
+        assert (values["num_train_epochs"], values["early_stopping_patience"], values["pooling"]) == (
+            epochs, patience, pooling,
+        ), name  # fmt: skip
+        method_options = {k: v for k, v in values.items() if k in dataclasses.asdict(PeftArguments())}
+        assert method_options == {**options, "method": name}, name
+    assert "ia3: " in describe("paper") and "(ours: learning_rate, options)" in describe("paper")
+    assert PAPER_METHOD_OPTIONS["lora"] == PAPER_OPTIONS["lora"] and "probe" not in PAPER_METHOD_OPTIONS  # scripts
+
+
+def test_quick_protocol_rate_follows_whether_the_method_trains_the_backbone():
+    for name in METHODS:
+        values, _ = apply_protocol({"protocol": "quick", "task_name": "rte", "method": f"{name}@1"})
+        assert values["learning_rate"] == values["head_learning_rate"] == (5e-5 if name == "full" else 2e-3), name
+        assert values["num_train_epochs"] == 3 and values["per_device_train_batch_size"] == 32
+
+
+def test_a_method_without_a_paper_preset_is_refused_not_given_a_default(monkeypatch):
+    class Unpreset(Method):
+        """A method whose class sets no paper_learning_rate."""
+
+        name = "unpreset"
+
+    monkeypatch.setitem(METHODS, "unpreset", Unpreset)
+    with pytest.raises(ConfigError, match=r"--protocol paper has no preset for --method 'unpreset' .*; methods with "
+                                          r"one: adapter, bitfit"):  # fmt: skip
+        apply_protocol({"protocol": "paper", "task_name": "rte", "method": "unpreset@1"})
+    values, _ = apply_protocol({"protocol": "quick", "task_name": "rte", "method": "unpreset"})
+    assert values["learning_rate"] == 2e-3  # quick's rule: it trains no backbone weight
+    assert "unpreset: no paper preset" in describe("paper")
+    with pytest.raises(ConfigError, match=r"Unknown method 'nomethod'. Valid methods: adapter"):
+        apply_protocol({"protocol": "paper", "task_name": "rte", "method": "nomethod"})
 
 
 @pytest.mark.parametrize("method", list(ROWS))

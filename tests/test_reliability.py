@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peftlab.errors import ConfigError
-from peftlab.run import main as run_main
-from peftlab.run import output_lock, parse_args
-from peftlab.sweep import expand, run_sweep
-from peftlab.sweepfile import SweepFile, check_sweep
+from peftlab.io import output_lock
+from peftlab.lab.parsing import parse_args
+from peftlab.lab.run import main as run_main
+from peftlab.lab.sweep import run_sweep
+from peftlab.lab.sweepfile import SweepFile, check_sweep, expand
 
 FAST = ["--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
 
@@ -150,9 +151,9 @@ def test_the_driver_prints_why_a_run_failed(tiny_bert, rte_dir, tmp_path):
 
 
 def test_a_run_locked_by_another_driver_is_left_to_it_not_failed(tiny_bert, rte_dir, tmp_path):
-    from peftlab import job
-    from peftlab.run import is_locked
-    from peftlab.sweep import plan_jobs, write_job_file
+    from peftlab.io import is_locked
+    from peftlab.lab import job
+    from peftlab.lab.sweep import plan_jobs, write_job_file
 
     runs = expand(small_sweep(tiny_bert, rte_dir, a={"method": "probe"}), tmp_path)
     (chunk,) = plan_jobs(runs, workers=1)
@@ -280,7 +281,7 @@ def test_the_cache_key_covers_the_models_config(tiny_bert, rte_dir, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     from peftlab.cache import FrozenPrefixCache, Need
-    from peftlab.run import tokenize
+    from peftlab.lab.workspace import tokenize
 
     backbone = AutoModel.from_pretrained(tiny_bert).eval()
     other = copy.deepcopy(backbone)
@@ -450,7 +451,7 @@ def test_a_cache_that_cannot_be_written_stays_in_memory(tiny_bert, rte_dir, tmp_
     def full(path, key, tensors):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache, "_write", full)
+    monkeypatch.setattr(cache, "write_tensors", full)
     args = [*base(tiny_bert, rte_dir, tmp_path / "o"), "--method", "adapter@1", "--cache_frozen_prefix",
             "--frozen_cache_dir", str(tmp_path / "c"), "--num_train_epochs", "1", *FAST]  # fmt: skip
     results = main(args)

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, SHARED_GLUE, requires_shared_glue, write
 
 from peftlab.errors import ConfigError, DataError
-from peftlab.run import main
+from peftlab.lab.run import main
 
 FAST = ["--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
 
@@ -191,7 +191,7 @@ def test_every_method_trains_saves_only_what_trained_and_reloads(tiny_bert, rte_
 
 
 def test_head_learning_rate_gets_its_own_parameter_groups(tiny_bert):
-    from peftlab.args import GlueTrainingArguments
+    from peftlab.lab.args import GlueTrainingArguments
     from peftlab.methods import PeftArguments
     from peftlab.modeling import HeadConfig, build_classifier
     from peftlab.trainer import GlueTrainer

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, write
 
 from peftlab.errors import ConfigError
-from peftlab.run import main
+from peftlab.lab.run import main
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -68,7 +68,7 @@ def test_ray_tune_pbt_search_runs_two_trials_locally(tiny_bert, rte_dir, tmp_pat
     out = tmp_path / "ray"
     space = write(tmp_path / "space.json", json.dumps({"learning_rate": SPACE["learning_rate"]}))
     code = (
-        "import signal, sys; from peftlab.run import main; before = signal.getsignal(signal.SIGINT); "
+        "import signal, sys; from peftlab.lab.run import main; before = signal.getsignal(signal.SIGINT); "
         f"r = main({[*base_args(tiny_bert, str(rte_dir), str(out)), '--eval_strategy', 'epoch', '--save_strategy', 'epoch', '--hp_search', 'ray', '--hp_space', str(space), '--hp_trials', '2']!r}); "
         "print('BEST', r['hp_search_best']['value']); "
         "print('SIGINT as before:', signal.getsignal(signal.SIGINT) is before)"
@@ -107,7 +107,7 @@ def test_a_search_leaves_the_ctrl_c_handler_as_it_found_it():
     # when a SIGINT comes; the search puts it back itself
     import signal
 
-    from peftlab.search import keeps_interrupt_handler
+    from peftlab.lab.search import keeps_interrupt_handler
 
     before = signal.getsignal(signal.SIGINT)
     with keeps_interrupt_handler():

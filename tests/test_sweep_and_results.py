@@ -9,8 +9,9 @@ import sys
 import pytest
 from conftest import REPO, RTE_ROWS
 
-from peftlab.results import axis_table, collect, format_axis_table, format_table, read_csv, table1, write_csv
-from peftlab.sweep import expand, workload
+from peftlab.lab.costmodel import workload
+from peftlab.lab.results import axis_table, collect, format_axis_table, format_table, read_csv, table1, write_csv
+from peftlab.lab.sweepfile import expand
 
 SWEEP = {
     "name": "t",
@@ -244,6 +245,6 @@ def test_collect_keeps_rows_of_sweeps_whose_runs_are_gone_and_reads_best_and_las
         2,
         7,
     )
-    from peftlab.results import select_score
+    from peftlab.lab.results import select_score
 
     assert [r["score"] for r in select_score([rows["s"]], "last")] == [0.25]

@@ -16,17 +16,9 @@ import pytest
 from conftest import REPO, SHARED_GLUE, requires_shared_glue, write
 
 from peftlab.io import write_json
-from peftlab.sweep import (
-    AUTO_SELECTION,
-    Workload,
-    expand,
-    fingerprint,
-    plan_jobs,
-    run_args,
-    run_cost,
-    run_sweep,
-    run_terms,
-)
+from peftlab.lab.costmodel import AUTO_SELECTION, Workload, run_cost, run_terms
+from peftlab.lab.sweep import fingerprint, plan_jobs, run_sweep
+from peftlab.lab.sweepfile import expand, run_args
 
 
 def small_sweep(model: str, glue: Path, name: str = "s") -> dict:
@@ -157,14 +149,14 @@ def test_the_estimate_leaves_out_the_epochs_a_stopped_run_has_in_its_checkpoint(
 
 
 def jobs_of(folder: Path) -> list[int]:
-    """The live job processes (``python -m peftlab.job``) whose job file lies under ``folder``: this test's own."""
+    """The live job processes (``python -m peftlab.lab.job``) whose job file lies under ``folder``: this test's own."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             command = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"peftlab.job" in command and any(str(folder).encode() in part for part in command):
+        if b"peftlab.lab.job" in command and any(str(folder).encode() in part for part in command):
             found.append(int(proc.name))
     return found
 
@@ -205,7 +197,7 @@ def test_ray_backend_gives_the_same_results_as_the_local_pool(tiny_bert, rte_dir
 
 
 def test_a_job_file_a_worker_cannot_see_is_a_clear_error(tmp_path):
-    from peftlab.sweep import run_job_process
+    from peftlab.lab.sweep import run_job_process
 
     with pytest.raises(FileNotFoundError, match="every worker must see the sweep's --root"):
         run_job_process(tmp_path / "missing.json", dict(os.environ))
@@ -264,7 +256,7 @@ def test_a_fill_ending_after_the_driver_stopped_starts_no_chunk(tmp_path, monkey
     import threading
     import types
 
-    from peftlab import sweep
+    from peftlab.lab import sweep
 
     started, fill_runs, fill_ends = [], threading.Event(), threading.Event()
 

@@ -7,16 +7,12 @@ here, before any model is loaded, and name the file, the line and the valid valu
 
 from __future__ import annotations
 
-import codecs
 import csv
 import glob
 import hashlib
-import io
 import json
 import logging
-import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,73 +22,14 @@ import datasets
 import pyarrow.parquet as pq
 
 from peftlab.errors import DataError
+from peftlab.glue.reading import INDEX, read_rows, read_text
 from peftlab.glue.tasks import AX, HUB_DATASET, GlueTask
+from peftlab.glue.userfiles import read_user_file, records_to_dataset, user_task
 
 logger = logging.getLogger(__name__)
 
 # GLUE rows can be long (MNLI parse trees); the csv module refuses fields over 128 KiB by default.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Text of a data file
-# --------------------------------------------------------------------------------------------------------------
-_NEWLINE = re.compile(r"\r\n|\r|\n")
-_INDEX = re.compile(r"[0-9]{1,18}")
-
-
-def line_at(text: str, index: int) -> int:
-    """The line (from 1) holding ``text[index]``, counting ``\\n``, ``\\r\\n`` and ``\\r`` as line ends, as the
-    csv module reads them (``newline=""``)."""
-    return 1 + len(_NEWLINE.findall(text, 0, index))
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """The text of a data file, UTF-8 with or without a BOM. A byte that is not UTF-8, or a NUL byte (a binary or
-    UTF-16 file), is a :class:`DataError` naming the file and the line, never a traceback."""
-    data = Path(path).read_bytes()
-    for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
-                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):  # fmt: skip
-        if data.startswith(bom):
-            raise DataError(f"{path}, line 1: the file is {encoding} (it starts with a {encoding} byte-order mark); "
-                            "save it as UTF-8.")  # fmt: skip
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    nul = data.find(b"\0")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if not 0 <= nul < err.start:
-            raise DataError(
-                f"{path}, line {_byte_line(data, err.start)}: byte 0x{data[err.start]:02x} is not UTF-8; save the "
-                "file as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
-            ) from None
-    if nul >= 0:
-        raise DataError(
-            f"{path}, line {_byte_line(data, nul)}: a NUL byte, which no text file holds (UTF-16 or binary?); save "
-            "the file as UTF-8 text."
-        )
-    return text
-
-
-def _byte_line(data: bytes, index: int) -> int:
-    """:func:`line_at` for the bytes of a file (line ends are single bytes in UTF-8)."""
-    return 1 + len(re.findall(rb"\r\n|\r|\n", data[:index]))
-
-
-def read_rows(path: str | os.PathLike, text: str, **dialect: Any) -> list[tuple[int, list[str]]]:
-    """Parse delimited ``text`` into ``(line, fields)`` pairs, ``line`` being where the row starts; malformed quoting
-    (a quote never closed, text after a closing quote) is a :class:`DataError` naming the file and line."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True, **dialect)
-    rows: list[tuple[int, list[str]]] = []
-    start = 1
-    try:
-        for row in reader:
-            rows.append((start, row))
-            start = reader.line_num + 1
-    except csv.Error as err:
-        raise DataError(f"{path}, line {start}: malformed row ({err}); close every quote that opens a field.") from None
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,7 +112,7 @@ def read_glue_tsv(task: GlueTask, path: str | os.PathLike) -> datasets.Dataset:
             columns[name].append(row[pos])
         if label_pos is not None:
             labels.append(_label_from_text(task, row[label_pos], f"{path}, line {line}"))
-        ids.append(int(row[index_pos]) if index_pos is not None and _INDEX.fullmatch(row[index_pos]) else offset)
+        ids.append(int(row[index_pos]) if index_pos is not None and INDEX.fullmatch(row[index_pos]) else offset)
     if label_pos is not None:
         columns["label"] = labels
     columns["idx"] = ids
@@ -238,292 +175,6 @@ def load_hub_split(task: GlueTask, split: str) -> datasets.Dataset:
     if "label" in data.column_names and all(label == -1 for label in data["label"][:100]):
         data = data.remove_columns("label")
     return data
-
-
-# --------------------------------------------------------------------------------------------------------------
-# User files: csv, tsv, json or jsonl
-# --------------------------------------------------------------------------------------------------------------
-USER_FILE_TYPES = (".csv", ".tsv", ".json", ".jsonl")
-LABEL_TYPES = ("auto", "classification", "regression")
-
-
-@dataclass
-class UserFile:
-    """The records of a user's data file and the line each starts on (for messages that name the line)."""
-
-    path: str
-    records: list[dict[str, Any]]
-    lines: list[int]
-    columns: list[str]
-    """The header of a csv/tsv file; for json, the keys of the first record."""
-
-    def where(self, row: int) -> str:
-        return f"{self.path}, line {self.lines[row]}"
-
-
-def read_user_file(path: str | os.PathLike) -> UserFile:
-    """Read a csv/tsv (with header) or json/jsonl file into records, checking the header and every row's width.
-
-    Blank lines of a csv/tsv file are skipped; everything else that is malformed (a byte that is not UTF-8, an
-    unclosed quote, a row with too many or too few fields, a nameless or repeated column, invalid JSON, a file
-    without rows) is a :class:`DataError` naming the file and the line.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in USER_FILE_TYPES:
-        raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(USER_FILE_TYPES)}.")
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    text = read_text(path)
-    if suffix in (".csv", ".tsv"):
-        rows = [(line, row) for line, row in read_rows(path, text, delimiter="\t" if suffix == ".tsv" else ",") if row]
-        if not rows:
-            raise DataError(f"{path} is empty; expected a header line and rows.")
-        (header_line, header), rows = rows[0], rows[1:]
-        for position, name in enumerate(header, start=1):
-            if not name.strip():
-                raise DataError(
-                    f"{path}, line {header_line}: column {position} of the header has no name; name every column "
-                    "(a pandas index column? write the file with index=False)."
-                )
-            if header.index(name) != position - 1:
-                raise DataError(f"{path}, line {header_line}: column {name!r} appears twice in the header.")
-        records, lines = [], []
-        for line, row in rows:
-            if len(row) != len(header):
-                raise DataError(f"{path}, line {line}: {len(row)} fields, expected {len(header)} ({header}).")
-            records.append(dict(zip(header, row)))
-            lines.append(line)
-        columns = list(header)
-    else:
-        if suffix == ".json" and text.lstrip().startswith("["):
-            records, lines = _json_array(path, text)
-        else:
-            records, lines = [], []
-            for line, raw in enumerate(_NEWLINE.split(text), start=1):
-                if raw.strip():
-                    try:
-                        records.append(json.loads(raw))
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}, line {line}: not valid JSON ({err.msg}).") from None
-                    lines.append(line)
-        for record, line in zip(records, lines):
-            if not isinstance(record, dict):
-                raise DataError(f"{path}, line {line}: expected a JSON object, got {type(record).__name__}.")
-        columns = list(records[0]) if records else []
-    if not records:
-        raise DataError(f"{path} has no rows: it holds no examples.")
-    return UserFile(str(path), records, lines, columns)
-
-
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _json_array(path: Path, text: str) -> tuple[list[Any], list[int]]:
-    """The items of a JSON array and the line each starts on (``json.loads`` keeps no positions)."""
-    decoder = json.JSONDecoder()
-    items, lines = [], []
-    pos = _JSON_SPACE.match(text, text.index("[") + 1).end()
-    if text.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            try:
-                item, end = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {line_at(text, err.pos)}: not valid JSON ({err.msg}).") from None
-            items.append(item)
-            lines.append(line_at(text, pos))
-            pos = _JSON_SPACE.match(text, end).end()
-            if text.startswith(",", pos):
-                pos = _JSON_SPACE.match(text, pos + 1).end()
-            elif text.startswith("]", pos):
-                pos += 1
-                break
-            else:
-                raise DataError(f"{path}, line {line_at(text, pos)}: not valid JSON (expected ',' or ']').")
-    pos = _JSON_SPACE.match(text, pos).end()
-    if pos < len(text):
-        raise DataError(f"{path}, line {line_at(text, pos)}: not valid JSON (extra data after the array).")
-    return items, lines
-
-
-def text_fields_of(columns: list[str], path: str = "") -> tuple[str, ...]:
-    """Choose the text columns of a user file as HuggingFace's run_glue does."""
-    candidates = [c for c in columns if c not in ("label", "idx")]
-    if "sentence1" in columns and "sentence2" in columns:
-        return ("sentence1", "sentence2")
-    if len(candidates) >= 2:
-        return tuple(candidates[:2])
-    if len(candidates) == 1:
-        return (candidates[0],)
-    raise DataError(
-        f"{path + ': ' if path else ''}no text column among {columns}; a file needs one or two text columns and "
-        "'label'."
-    )
-
-
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity)", re.IGNORECASE)
-_MISSING = ("nan", "null", "none", "n/a", "na")
-
-
-def _label_value(value: Any, where: str) -> str | float:
-    """A user's label as a class name (``str``) or a number (``float``). A missing label (empty, null, NaN) is an
-    error: it is not a class of its own, and not a score."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        raise DataError(f"{where}: the label is missing (null); every row of a labelled file needs a label.")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.copysign(math.inf, value)
-    if not isinstance(value, str):
-        raise DataError(
-            f"{where}: the label is a JSON {type(value).__name__}; a label is a class name, a class id or a score."
-        )
-    text = _text(value, "the label", where).strip()
-    if not text or text.lower() in _MISSING:
-        raise DataError(f"{where}: the label is missing ({value!r}); every row of a labelled file needs a label.")
-    return float(text) if _NUMBER.fullmatch(text) else text
-
-
-def _text(value: str, what: str, where: str) -> str:
-    """``value`` when it is text that can be stored: JSON's ``\\ud800`` escapes give strings that are not."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise DataError(
-            f"{where}: {what} holds {value[err.start]!r}, half of a UTF-16 pair, which is no text."
-        ) from None
-    return value
-
-
-def _written_as_integer(value: Any) -> bool:
-    return isinstance(value, int) or (isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) is not None)
-
-
-def _class_name(number: float, where: str) -> str:
-    if not math.isfinite(number) or number != int(number):
-        raise DataError(
-            f"{where}: label {number:g} is not a whole number, so it is no class id; class labels are whole numbers "
-            "or names (pass --label_type regression to fit the labels as scores)."
-        )
-    return str(int(number))
-
-
-def user_task(data: UserFile, label_type: str = "auto") -> GlueTask:
-    """The task of a user's training file, from its columns and labels.
-
-    ``label_type`` ``auto`` decides from the labels: names, or whole numbers (``1``, ``1.0``), make a
-    classification task whose classes are the distinct values; numbers with a fraction make a regression task
-    (pearson, spearmanr). ``classification`` and ``regression`` force the choice. Names and numbers mixed in one
-    file, a missing label, or fewer than two classes are errors.
-    """
-    if label_type not in LABEL_TYPES:
-        raise DataError(f"--label_type {label_type!r} is not valid; choose one of {', '.join(LABEL_TYPES)}.")
-    if "label" not in data.columns:
-        raise DataError(f"{data.path}: no 'label' column; found {data.columns}.")
-    fields = text_fields_of(data.columns, data.path)
-    raw = [record.get("label") for record in data.records]
-    values = [_label_value(value, data.where(row)) for row, value in enumerate(raw)]
-    numbers = [row for row, value in enumerate(values) if isinstance(value, float)]
-    names = [row for row, value in enumerate(values) if isinstance(value, str)]
-    if numbers and names:
-        number, name = numbers[0], names[0]
-        raise DataError(
-            f"{data.path}: labels mix numbers and names ({raw[number]!r} on line {data.lines[number]}, "
-            f"{raw[name]!r} on line {data.lines[name]}); write every label one way: all class names, or all "
-            "numbers (class ids or scores)."
-        )
-    whole = all(math.isfinite(values[row]) and values[row] == int(values[row]) for row in numbers)
-    regression = label_type == "regression" or (label_type == "auto" and bool(numbers) and not whole)
-    if regression:
-        for row in range(len(values)):
-            _score(values[row], data.where(row))
-        label_names = None
-        why = "--label_type regression" if label_type == "regression" else "labels with fractions"
-        logger.info("%s: %s: a regression task (MSE loss; pearson, spearmanr).", data.path, why)
-    else:
-        classes = {_class_name(values[row], data.where(row)) for row in numbers} | {values[row] for row in names}
-        label_names = tuple(sorted(classes, key=_label_sort_key))
-        if len(label_names) < 2:
-            raise DataError(
-                f"{data.path}: every label is {label_names[0]!r}; classification needs at least two classes "
-                "(pass --label_type regression if the labels are scores)."
-            )
-        if numbers and label_type == "auto":
-            floats = [row for row in numbers if not _written_as_integer(raw[row])]
-            if floats:
-                logger.warning(
-                    "%s: labels are whole numbers written as floats (%r on line %d): read as the classes %s of a "
-                    "classification task. Pass --label_type regression to fit them as scores instead.",
-                    data.path, raw[floats[0]], data.lines[floats[0]], list(label_names),
-                )  # fmt: skip
-    return GlueTask(
-        name="custom",
-        dirname="",
-        text_fields=fields,
-        tsv_text_columns=fields,
-        tsv_label_column="label",
-        label_names=label_names,
-        metrics=("pearson", "spearmanr") if regression else ("accuracy",),
-        tsv_labels_are_names=True,
-        splits={"train": (), "validation": (), "test": ()},
-        submission_files={"test": "predictions.tsv"},
-        submit_label_names=True,
-    )
-
-
-def _score(value: str | float, where: str) -> float:
-    if isinstance(value, str):
-        raise DataError(f"{where}: label {value!r} is not a number; the labels of a regression task are scores.")
-    if not math.isfinite(value):
-        raise DataError(f"{where}: label {value} is not a finite number; a score is any finite number.")
-    return value
-
-
-def _label_sort_key(value: str) -> tuple[int, float | str]:
-    return (0, float(value)) if _NUMBER.fullmatch(value) else (1, value)
-
-
-def user_label(task: GlueTask, value: Any, where: str) -> int | float:
-    """A user file's label as the task's class id or score, with the same reading as :func:`user_task`."""
-    parsed = _label_value(value, where)
-    if task.is_regression:
-        return _score(parsed, where)
-    assert task.label_names is not None
-    name = _class_name(parsed, where) if isinstance(parsed, float) else parsed
-    if name not in task.label_names:
-        raise DataError(f"{where}: label {value!r} is not one of {list(task.label_names)} (the training file's).")
-    return task.label_names.index(name)
-
-
-def records_to_dataset(task: GlueTask, data: UserFile, *, labelled: bool | None = None) -> datasets.Dataset:
-    """Turn user records into a dataset with the task's fields and, when the file has labels, ``label``.
-
-    ``labelled``: ``True`` requires a label on every row (training and evaluation files); ``None`` (test files)
-    keeps the labels when the file has any and drops a label column that is empty throughout."""
-    columns: dict[str, list[Any]] = {name: [] for name in task.text_fields}
-    has_label = "label" in data.columns or any("label" in record for record in data.records)
-    if labelled is None and has_label:
-        raw = [record.get("label") for record in data.records]
-        has_label = any(v is not None and not (isinstance(v, str) and not v.strip()) for v in raw)
-    if labelled and not has_label:
-        raise DataError(f"{data.path} has no 'label' column; it cannot be trained or evaluated on.")
-    labels: list[Any] = []
-    for row, record in enumerate(data.records):
-        for name in task.text_fields:
-            if name not in record:
-                raise DataError(f"{data.where(row)}: missing column {name!r}; found {list(record)}.")
-            text = record[name]
-            if isinstance(text, (dict, list)):
-                raise DataError(f"{data.where(row)}: column {name!r} holds a JSON {type(text).__name__}, not a text.")
-            columns[name].append("" if text is None else _text(str(text), f"column {name!r}", data.where(row)))
-        if has_label:
-            labels.append(user_label(task, record.get("label"), data.where(row)))
-    if has_label:
-        columns["label"] = labels
-    columns["idx"] = list(range(len(data.records)))
-    return datasets.Dataset.from_dict(columns)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -643,49 +294,19 @@ def load_run_data(
             train_file, validation_file, test_file, do_train, do_eval, do_predict,
             split_dev, split_seed, max_train_samples, max_eval_samples, max_predict_samples, label_type,
         )  # fmt: skip
-    source = f"glue_dir={glue_dir}" if glue_dir else f"hub:{HUB_DATASET}/{task.name}"
-
-    def load(t: GlueTask, split: str) -> datasets.Dataset:
-        return load_glue_split(t, glue_dir, split) if glue_dir else load_hub_split(t, split)
-
     if train_split not in task.splits or train_split.startswith("test"):
         valid = [s for s in task.splits if not s.startswith("test")]
         raise DataError(f"--train_split {train_split!r} is not a labelled split of {task.name}; valid: {valid}.")
     if split_dev is not None and not 0.0 < split_dev < 1.0:
         raise DataError(f"--split_dev {split_dev} must be a fraction strictly between 0 and 1, e.g. 0.25.")
+    source = f"glue_dir={glue_dir}" if glue_dir else f"hub:{HUB_DATASET}/{task.name}"
     run = RunData(task=task, protocol={"source": source, "train_split": None, "eval_splits": {}, "test_splits": []})
     if glue_dir:
         check_task_folder(task, glue_dir)
-    need_train_split = do_train or split_dev is not None
-    if need_train_split:
-        if glue_dir and resolve_split_file(task, glue_dir, train_split) is None:
-            if train_split == "train":
-                raise DataError(_missing_train_message(task, glue_dir))
-            load(task, train_split)  # raises the "no such file" error
-        data = load(task, train_split)
-        if "label" not in data.column_names:
-            raise DataError(f"The {train_split} split of {task.name} has no labels; it cannot be trained on.")
-        if split_dev is not None:
-            run.train, run.eval["validation"] = _split_off(data, split_dev, split_seed, f"{task.name} {train_split}")
-            run.protocol["train_split"] = f"{train_split} minus held-out {split_dev:g} (seed {split_seed})"
-            run.protocol["eval_splits"]["validation"] = f"held-out {split_dev:g} of {train_split} (seed {split_seed})"
-        else:
-            run.train = data
-            run.protocol["train_split"] = train_split
+    if do_train or split_dev is not None:
+        _load_train(run, glue_dir, train_split, split_dev, split_seed)
     if do_eval and split_dev is None:
-        for split in task.eval_splits:
-            if need_train_split and split == train_split:
-                continue
-            run.eval[split] = load(task, split)
-            run.protocol["eval_splits"][split] = split
-        if not run.eval:
-            raise DataError(
-                f"Nothing left to evaluate on: {task.name} is trained on {train_split}, its only labelled "
-                f"evaluation split. Add --split_dev 0.25 to hold out part of it for evaluation."
-            )
-        skipped = [s for s in task.eval_splits if s not in run.eval]
-        if skipped:
-            run.protocol["not_evaluated"] = {s: f"used for training (--train_split {train_split})" for s in skipped}
+        _load_eval(run, glue_dir, train_split if run.train is not None else None)
     if not do_eval:
         run.eval.clear()
         run.protocol["eval_splits"] = {}
@@ -696,21 +317,66 @@ def load_run_data(
     if run.train is not None:
         run.train = _take(run.train, max_train_samples)
     if do_predict:
-        for split in task.test_splits:
-            run.test[split] = (task, _take(load(task, split), max_predict_samples))
-        if task.name == "mnli":
-            ax_ok = glue_dir is None or resolve_split_file(AX, glue_dir, "test") is not None
-            if ax_ok:
-                run.test["ax"] = (AX, _take(load(AX, "test"), max_predict_samples))
-            else:
-                logger.warning("No AX diagnostic file under %s/diagnostic: AX.tsv will not be written.", glue_dir)
-        run.protocol["test_splits"] = list(run.test)
+        _load_test(run, glue_dir, max_predict_samples)
     run.protocol["sizes"] = {
         **({"train": len(run.train)} if run.train is not None else {}),
         **{f"eval:{k}": len(v) for k, v in run.eval.items()},
         **{f"test:{k}": len(v) for k, (_, v) in run.test.items()},
     }
     return run
+
+
+def _load(task: GlueTask, glue_dir: str | None, split: str) -> datasets.Dataset:
+    return load_glue_split(task, glue_dir, split) if glue_dir else load_hub_split(task, split)
+
+
+def _load_train(run: RunData, glue_dir: str | None, train_split: str, split_dev: float | None, seed: int) -> None:
+    """The training split into ``run`` (less a held-out ``split_dev`` share, then its evaluation split)."""
+    task = run.task
+    if glue_dir and resolve_split_file(task, glue_dir, train_split) is None:
+        if train_split == "train":
+            raise DataError(_missing_train_message(task, glue_dir))
+        _load(task, glue_dir, train_split)  # raises the "no such file" error
+    data = _load(task, glue_dir, train_split)
+    if "label" not in data.column_names:
+        raise DataError(f"The {train_split} split of {task.name} has no labels; it cannot be trained on.")
+    if split_dev is None:
+        run.train = data
+        run.protocol["train_split"] = train_split
+        return
+    run.train, run.eval["validation"] = _split_off(data, split_dev, seed, f"{task.name} {train_split}")
+    run.protocol["train_split"] = f"{train_split} minus held-out {split_dev:g} (seed {seed})"
+    run.protocol["eval_splits"]["validation"] = f"held-out {split_dev:g} of {train_split} (seed {seed})"
+
+
+def _load_eval(run: RunData, glue_dir: str | None, trained_on: str | None) -> None:
+    """The task's evaluation splits into ``run``, less the one it trains on (``trained_on``)."""
+    task = run.task
+    for split in task.eval_splits:
+        if split != trained_on:
+            run.eval[split] = _load(task, glue_dir, split)
+            run.protocol["eval_splits"][split] = split
+    if not run.eval:
+        raise DataError(
+            f"Nothing left to evaluate on: {task.name} is trained on {trained_on}, its only labelled "
+            f"evaluation split. Add --split_dev 0.25 to hold out part of it for evaluation."
+        )
+    skipped = [s for s in task.eval_splits if s not in run.eval]
+    if skipped:
+        run.protocol["not_evaluated"] = {s: f"used for training (--train_split {trained_on})" for s in skipped}
+
+
+def _load_test(run: RunData, glue_dir: str | None, limit: int | None) -> None:
+    """The test splits into ``run`` (MNLI's with the AX diagnostic, where its file is there)."""
+    task = run.task
+    for split in task.test_splits:
+        run.test[split] = (task, _take(_load(task, glue_dir, split), limit))
+    if task.name == "mnli":
+        if glue_dir is None or resolve_split_file(AX, glue_dir, "test") is not None:
+            run.test["ax"] = (AX, _take(_load(AX, glue_dir, "test"), limit))
+        else:
+            logger.warning("No AX diagnostic file under %s/diagnostic: AX.tsv will not be written.", glue_dir)
+    run.protocol["test_splits"] = list(run.test)
 
 
 def data_digest(run: RunData) -> str:

@@ -33,6 +33,7 @@ with whatever its ``identity_init`` says (transformers re-initialises the new mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -200,6 +201,16 @@ class ResidualNormAdapterLayer(TunerLayer):
 class Adapter(Method):
     name = "adapter"
     options_class = AdapterOptions
+    paper_learning_rate = 2e-3  # adapter_hyper.sh:30,47,60,61
+    paper_options = MappingProxyType({
+        "bottleneck_dim": 2,  # adapter_hyper.sh:15,62
+        "adapter_activation": "tanh",  # models/adapter.py:7-18
+        "adapter_init": "model",  # N(0, 0.02) whatever identity_init says: docs/paper_protocol.md section 5
+        "adapter_residual_norm": True,  # its own residual, dropout and LayerNorm: models/adapter.py:7-18
+        "adapter_layernorm_affine": True,  # adapter_hyper.sh:68; adapter_arguments.py:198-199
+        "adapter_scaling": 1.0,  # models/adapter.py:7-18 (no scale)
+        "adapter_layernorm": False,  # no LayerNorm on the adapter's input: models/adapter.py:7-18
+    })  # fmt: skip
 
     def input_role(self, arch: Architecture) -> str:
         return next(

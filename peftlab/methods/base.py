@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from torch import nn
@@ -79,6 +80,14 @@ def check_positive(options: Any, *names: str) -> None:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(options, name)}.")
 
 
+def innermost_linear(module: nn.Module) -> nn.Module:
+    """The layer inside the wrappers of methods applied before (the chain of ``base_layer``): what a method that
+    may wrap another one's wrapper (VeRA and (IA)^3 around LoRA's) reads the shape of."""
+    while isinstance(getattr(module, "base_layer", None), nn.Module):
+        module = module.base_layer
+    return module
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -113,8 +122,15 @@ class Method:
        are found by type); wrap or swap modules with :meth:`replace`; return the existing parameters to
        unfreeze, recording their modules with :meth:`adapted`. ``self.targeted_modules`` is what the run
        reports as adapted.
-    5. Optional hooks: :meth:`merged_for_eval` (fold the method into the base weights while evaluating, as LoRA
-       does) and :meth:`export` (write the trained method in another library's format).
+    5. **Protocol presets**: ``paper_learning_rate`` and ``paper_options`` are what ``--protocol paper`` gives the
+       method, with the file and line of the paper's code beside each value (``docs/paper_protocol.md``); name
+       in ``paper_ours`` the ones that are this project's choice instead (a value the paper's scripts leave to
+       the command line, or a method the paper does not have). A method without ``paper_learning_rate`` is
+       refused by that protocol. ``--protocol quick`` needs nothing: it follows ``trains_backbone``.
+    6. Optional hooks: :meth:`merged_for_eval` (fold the method into the base weights while evaluating, as LoRA
+       does), :meth:`export` (write the trained method in another library's format), and :meth:`extra_state` /
+       :meth:`load_extra_state` for what a reloaded run needs beyond its options and trained parameters (VeRA:
+       the seed of its frozen random projections).
     """
 
     name: ClassVar[str]
@@ -126,6 +142,13 @@ class Method:
     """False for a method that adds and trains nothing in the layers (``probe``: the head alone trains)."""
     order: ClassVar[int] = 10
     """Application order: methods that wrap a base ``nn.Linear`` (LoRA) must come before those that wrap anything."""
+    paper_learning_rate: ClassVar[float | None] = None
+    """Learning rate of the method and the head under ``--protocol paper``; ``None``: that protocol refuses it."""
+    paper_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """The method's options under ``--protocol paper`` (those not named keep their defaults)."""
+    paper_ours: ClassVar[tuple[str, ...]] = ()
+    """Which of ``learning_rate`` and ``options`` in the paper preset are this project's choice, not the paper's
+    code's (recorded so that a reader of the protocol can tell them apart)."""
 
     def __init__(self, options: Any, layers: list[int]) -> None:
         self.options = options
@@ -148,6 +171,20 @@ class Method:
     def export(self, model: nn.Module, output_dir: Path) -> Path | None:
         """Write the trained method in another library's format under ``output_dir``; the path, or ``None``."""
         return None
+
+    def extra_state(self) -> dict[str, Any]:
+        """What rebuilding this method exactly needs beyond its options and its trained parameters, as a
+        JSON-serialisable dict (default: nothing). A saved run records it in ``peftlab_model.json`` (under
+        ``extra_state``, by method name) because frozen tensors are not saved: a method whose frozen tensors are
+        drawn at random records how to draw them again, and what it drew, so a reload can prove it got the same."""
+        return {}
+
+    def load_extra_state(self, backbone: nn.Module, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` recorded, on a freshly applied method before its trained parameters
+        are loaded; raise :class:`ConfigError` where it cannot be restored exactly (the reloaded run would compute
+        something else). Called only for a method the saved run recorded state for."""
+        if state:
+            raise ConfigError(f"{self.name} keeps no extra state, but the saved run records {sorted(state)} for it.")
 
     # -- helpers ------------------------------------------------------------------------------------------
     def path(self, arch: Architecture, layer: int, role: str) -> str:

@@ -12,6 +12,7 @@ pretrained value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -60,6 +61,11 @@ class BiasOffset(TunerLayer):
 class BitFit(Method):
     name = "bitfit"
     options_class = BitFitOptions
+    paper_learning_rate = 2e-4  # bitfit_hyper.sh:24,41,54,55
+    paper_options = MappingProxyType({
+        "bitfit_targets": "query,ffn_in",  # bitfit_arguments.py:190-191
+        "bitfit_offset": True,  # a zero offset on the frozen bias: models/bitfit.py:58-68
+    })  # fmt: skip
 
     def targets(self, backbone: nn.Module, arch: Architecture) -> list[tuple[int, str]]:
         """(layer, role) of every bias to train. A role named explicitly must exist and have a bias in every

@@ -9,6 +9,7 @@ to the attention block (whose query/key/value may be one fused layer, as GPT-2's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar
 
 from torch import nn
@@ -40,6 +41,10 @@ class BlockFineTune(Method):
     roles: ClassVar[tuple[str, ...]]
     norm_role: ClassVar[str]
     options_class = BlockOptions
+    # The paper's FFN-only rate is a script argument (ffn_hyper.sh:28-29,46, $2, no default): ours is the rate the
+    # paper gives BitFit, the other method that trains pretrained parameters.
+    paper_learning_rate = 2e-4
+    paper_ours = ("learning_rate",)
 
     def targets(self, backbone: nn.Module, arch: Architecture) -> list[tuple[int, str]]:
         """The block's roles that the architecture has, its norm with ``--train_layernorm``, and the extra roles
@@ -67,6 +72,9 @@ class FfnFineTune(BlockFineTune):
     name = "ffn"
     roles = FFN_ROLES
     norm_role = "ffn_norm"
+    # The paper's name rule ("intermediate" or "output" in a layer's parameter names, run_glue.py:259-272) also
+    # trains the attention output projection and both LayerNorms.
+    paper_options = MappingProxyType({"train_extra_roles": "attn_out,attn_norm,ffn_norm"})
 
 
 @register

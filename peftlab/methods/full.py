@@ -12,6 +12,7 @@ from peftlab.methods.base import Method, register
 class Full(Method):
     name = "full"
     trains_backbone = True
+    paper_learning_rate = 2e-5  # finetune_glue.sh:24
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
         for name, child in backbone.named_children():

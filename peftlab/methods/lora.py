@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from safetensors.torch import save_file
@@ -135,6 +136,14 @@ class Lora(Method):
     name = "lora"
     options_class = LoraOptions
     order = 0  # wraps the plain nn.Linear, before adapters wrap whatever is there
+    paper_learning_rate = 2e-3  # lora_hyper.sh:24,41,54,55
+    paper_options = MappingProxyType({
+        "lora_rank": 1,  # lora_hyper.sh:56
+        "lora_alpha": 1.0,  # no alpha / r scaling: models/lora.py:22-23,29-31
+        "lora_targets": "query,key",  # modeling_lora_roberta.py:167-171
+        "lora_init": "normal",  # lora_down ~ N(0, 1): models/lora.py:25-28
+        "lora_dropout": 0.0,  # none: models/lora.py:22-23
+    })  # fmt: skip
 
     def targets(self, backbone: nn.Module, arch: Architecture) -> list[tuple[int, str]]:
         explicit = self.options.lora_targets.strip() != "all"

@@ -19,6 +19,7 @@ governs the real keys (where the model left the mask out, meaning plain causal a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -101,6 +102,11 @@ class PrefixEncoder(TunerLayer):
 class Prefix(Method):
     name = "prefix"
     options_class = PrefixOptions
+    paper_learning_rate = 2e-4  # prompt_hyper.sh:24,41,54,55
+    paper_options = MappingProxyType({
+        "prefix_length": 2,  # prompt_hyper.sh:56
+        "prefix_reparam": False,  # raw key/value vectors, no MLP: modeling_prompt_roberta.py:146-160
+    })  # fmt: skip
 
     def check(self, backbone: nn.Module, arch: Architecture) -> None:
         config = backbone.config

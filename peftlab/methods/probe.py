@@ -16,6 +16,10 @@ from peftlab.methods.base import Method, register
 class Probe(Method):
     name = "probe"
     trains_layers = False
+    # The paper's rate is a script argument (freeze_glue.sh:26,43, $2, no default): ours is the head's rate in the
+    # paper's adapter and LoRA runs.
+    paper_learning_rate = 2e-3
+    paper_ours = ("learning_rate",)
 
     def apply(self, backbone: nn.Module, arch: Architecture) -> list[nn.Parameter]:
         return []

@@ -22,14 +22,14 @@ variants with ``per_bottleneck``) x pooling (``poolings``, variants with ``per_p
 one row per pooling, named ``<variant>_<pooling>``). A variant's ``method`` gets ``@<layer>`` when it is per layer;
 ``{layer}`` and ``{next_layer}`` inside any string option are filled in (for strategies such as
 ``adapter@{layer},{next_layer}``). Arguments are merged in the order: :data:`DEFAULTS` and the sweep's
-``protocol`` (a ``--protocol`` preset, see :mod:`peftlab.protocols`, applied by each run), the task's offline
+``protocol`` (a ``--protocol`` preset, see :mod:`peftlab.lab.protocols`, applied by each run), the task's offline
 protocol (unless the sweep says ``"offline": false``), ``common``, ``task_args``, the variant, the grid values.
 
 How a sweep runs (:func:`run_sweep`). The driver alone decides what runs: it skips finished runs, copies the
 results of identical finished runs (:func:`fingerprint`), and cuts the rest into jobs. Runs that read the same
 data (task and data options) form a *group*. With one worker a group is one job: ONE process that loads data and
 model once, fills every frozen-prefix cache its runs read in one pass per split (:mod:`peftlab.cache`) and trains
-the runs one after another (:func:`peftlab.run.run_many`). With several, a fill job computes the caches first,
+the runs one after another (:func:`peftlab.lab.run.run_many`). With several, a fill job computes the caches first,
 then the group's runs go in chunks (one per seed, split further to keep every worker busy, into chunks of about
 equal estimated cost where the data is local: :func:`balance`), one process each.
 Jobs go to a local thread pool that starts one process per job (``--backend local``) or to Ray tasks with declared
@@ -44,7 +44,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
-import itertools
 import json
 import logging
 import math
@@ -64,127 +63,30 @@ from typing import Any
 
 from peftlab.errors import ConfigError
 from peftlab.io import write_json
-from peftlab.sweepfile import PER_AXIS, check_paths, check_runs, check_sweep
+from peftlab.lab.costmodel import run_cost
+from peftlab.lab.sweepfile import (
+    RESULTS,
+    Run,
+    as_flags,
+    check_runs,
+    check_sweep,
+    effective_args,
+    run_args,
+)
 
 logger = logging.getLogger("peftlab")
 
-DEFAULTS: dict[str, Any] = {
-    "logging_steps": 50,
-    "disable_tqdm": True,
-    "do_train": True,
-    "do_eval": True,
-    "overwrite_output_dir": True,
-    "save_model": False,
-    "resumable": True,
-}
-"""What every sweep run has besides its protocol: scores only (no weights written), progress in the log, and a
-checkpoint at every evaluation and every ``--resumable_minutes``, so that a run stopped with its sweep resumes from
-its last checkpoint."""
 NOT_IN_FINGERPRINT = ("output_dir", "resumable", "resumable_minutes")
 """Arguments that do not change a run's results: where it writes, whether and how often it writes a checkpoint to
 resume from (a resumed run ends as if never stopped; runs finished before sweeps set ``resumable`` are the same
 runs)."""
-OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
-    "mnli": {"train_split": "validation_mismatched"},
-    "qqp": {"train_split": "validation", "split_dev": 0.25},
-    "qnli": {"train_split": "validation", "split_dev": 0.25},
-}
-"""Training protocols for the tasks whose train file is not available offline (see the README)."""
 DATA_KEYS = ("task_name", "train_split", "split_dev", "split_seed", "max_train_samples", "max_eval_samples",
              "max_seq_length", "model_name_or_path", "glue_dir")  # fmt: skip
 """The arguments that decide a run's data and frozen backbone: runs equal in all of them form one group."""
 
-RESULTS = "all_results.json"
 REUSED = "reused_from.txt"
 COPIED_WHEN_REUSED = (RESULTS, "run_config.json", "trainer_state.json")
 JOBS = ".jobs"
-
-
-def run_args(task: str, method: str, seed: int = 42, protocol: str | None = "quick", offline: bool = True) -> dict:
-    """The arguments of one run before the sweep's own: :data:`DEFAULTS`, the protocol preset's name (each run
-    applies it) and, with ``offline``, the task's offline protocol. Sweeps and ``scripts/glue.sh`` start here."""
-    args = {**DEFAULTS, **({"protocol": protocol} if protocol else {})}
-    args.update(OFFLINE_PROTOCOL.get(task, {}) if offline else {})
-    return {**args, "task_name": task, "method": method, "seed": seed}
-
-
-def effective_args(args: dict[str, Any]) -> dict[str, Any]:
-    """``args`` with its protocol preset filled in under it (the values the run will have)."""
-    from peftlab.protocols import apply_protocol
-
-    return apply_protocol(args)[0]
-
-
-def as_flags(args: dict[str, Any]) -> list[str]:
-    """``run_glue.py`` command-line flags for ``args`` (booleans spelt out: some flags require a value)."""
-    return [part for key, value in args.items() if value is not None for part in (f"--{key}", str(value))]
-
-
-@dataclass
-class Run:
-    name: str
-    point: dict[str, Any]
-    args: dict[str, Any]
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.args["output_dir"])
-
-    @property
-    def finished(self) -> bool:
-        return (self.output_dir / RESULTS).is_file()
-
-
-def _fill(value: Any, layer: int | None) -> Any:
-    """Put the grid's layer into ``{layer}``/``{next_layer}`` (a bare placeholder becomes an int)."""
-    if not isinstance(value, str) or layer is None:
-        return value
-    if value in ("{layer}", "{next_layer}"):
-        return layer if value == "{layer}" else layer + 1
-    return value.replace("{layer}", str(layer)).replace("{next_layer}", str(layer + 1))
-
-
-def expand(sweep: dict[str, Any], root: str | os.PathLike, source: str = "Sweep file") -> list[Run]:
-    """All runs of ``sweep`` under ``root/<name>``, in a fixed order: seed outermost, so that a sweep stopped
-    part-way has whole tables for its first seeds rather than many seeds of its first tasks. The file is checked
-    whole first (:func:`peftlab.sweepfile.check_sweep`): a bad key, type, name or repeated point is refused here."""
-    s = check_sweep(sweep, source)
-    runs = []
-    for seed, task, (variant, spec) in itertools.product(s.seeds, s.tasks, s.variants.items()):
-        layers = s.layers if spec.get("per_layer") else [None]
-        dims = s.bottleneck_dims if spec.get("per_bottleneck") else [None]
-        poolings = s.poolings if spec.get("per_pooling") else [None]
-        for layer, dim, pooling in itertools.product(layers, dims, poolings):
-            method = spec["method"]
-            if layer is not None and "@" not in method:
-                method = f"{method}@{layer}"
-            method = _fill(method, layer)
-            options = {k: _fill(v, layer) for k, v in spec.items() if k != "method" and k not in PER_AXIS}
-            args = run_args(task, method, seed, s.protocol, s.offline)  # offline false: every task's own train split
-            args.update(s.common)
-            args.update(s.task_args.get(task, {}))
-            args.update(options)
-            if dim is not None:
-                args["bottleneck_dim"] = dim
-            if pooling is not None:
-                args["pooling"] = pooling
-            label = variant if pooling is None else f"{variant}_{pooling}"  # one table row per pooling
-            parts = (
-                [task, label] + ([f"L{layer}"] if layer is not None else []) + ([f"bn{dim}"] if dim is not None else [])
-            )
-            name = "/".join([*parts, f"seed{seed}"])
-            args["output_dir"] = str(Path(root) / s.name / name)
-            point = {
-                "sweep": s.name,
-                "task": task,
-                "variant": label,
-                "layer": layer,
-                "bottleneck_dim": dim,
-                "seed": seed,
-            }
-            runs.append(Run(name=name, point=point, args=args))
-    check_paths(runs, Path(root) / s.name, source)
-    return runs
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -192,7 +94,7 @@ def expand(sweep: dict[str, Any], root: str | os.PathLike, source: str = "Sweep 
 # --------------------------------------------------------------------------------------------------------------
 @functools.cache
 def _argument_defaults() -> dict[str, Any]:
-    from peftlab.run import ARGUMENT_CLASSES  # imports transformers: only when needed
+    from peftlab.lab.parsing import ARGUMENT_CLASSES  # imports transformers: only when needed
 
     defaults: dict[str, Any] = {}
     for cls in ARGUMENT_CLASSES:
@@ -235,7 +137,7 @@ def finished_runs(root: str | os.PathLike) -> dict[str, Path]:
 
 def reuse(run: Run, source: Path) -> None:
     """Fill ``run`` with the results of the identical finished run ``source`` (no weights), and say so."""
-    from peftlab.run import output_lock
+    from peftlab.io import output_lock
 
     with output_lock(run.output_dir):
         write_json(run.output_dir / "args.json", run.args)
@@ -320,19 +222,6 @@ def balance(runs: list[Run], costs: list[float], parts: int) -> list[list[Run]]:
     return [[runs[i] for i in sorted(members[k])] for k in ranked if members[k]]
 
 
-def run_cost(run: Run) -> float | None:
-    """The estimated core-seconds of ``run`` (:func:`run_terms` at :data:`COST`) from its data in its
-    ``glue_dir``; ``None`` when it reads no local GLUE folder (the data is not loaded from the hub only to plan)."""
-    glue_dir = run.args.get("glue_dir")
-    if not glue_dir or not Path(glue_dir).is_dir():
-        return None
-    try:
-        return seconds_of(run_terms(run, workload(run, glue_dir)))
-    except Exception as err:  # an estimate must never stop a sweep; the run itself reports a bad input
-        logger.warning("No cost estimate for %s (%s): its chunk is cut by length.", run.name, err)
-        return None
-
-
 def write_job_file(job: Job, root: Path) -> Path:
     path = job.file(root)
     path.with_suffix(".result.json").unlink(missing_ok=True)  # an earlier start's: never read as this one's
@@ -353,7 +242,7 @@ _CHILDREN: set[subprocess.Popen] = set()
 
 
 def run_job_process(job_file: str | os.PathLike, env: dict[str, str], python: str = sys.executable) -> int:
-    """Run one job file in a child process (``python -m peftlab.job``) that dies with this one; its output goes
+    """Run one job file in a child process (``python -m peftlab.lab.job``) that dies with this one; its output goes
     to the job's log beside the file. Returns its exit code."""
     job_file = Path(job_file)
     if not job_file.is_file():
@@ -361,11 +250,11 @@ def run_job_process(job_file: str | os.PathLike, env: dict[str, str], python: st
             f"{job_file} is not visible on {socket.gethostname()}: every worker must see the sweep's --root "
             "(a shared filesystem) for its runs to land where the driver looks for them."
         )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))}
     with open(job_file.with_suffix(".log"), "a") as log:
         proc = subprocess.Popen(
-            [python, "-m", "peftlab.job", str(job_file)], stdout=log, stderr=subprocess.STDOUT, env=env,
+            [python, "-m", "peftlab.lab.job", str(job_file)], stdout=log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )  # fmt: skip
         _CHILDREN.add(proc)
@@ -499,7 +388,7 @@ def run_sweep(
     **ray_options: Any,
 ) -> list[Run]:  # fmt: skip
     """Run the unfinished runs of one sweep (all under ``root``); returns those not finished at the end. Every
-    run's arguments are parsed first (:func:`peftlab.sweepfile.check_runs`): a bad option stops the sweep before
+    run's arguments are parsed first (:func:`peftlab.lab.sweepfile.check_runs`): a bad option stops the sweep before
     its first job, in a line naming ``source``, the variant and the key.
 
     With ``reuse_root``, a run whose arguments equal those of a run already finished anywhere under that folder is
@@ -536,7 +425,7 @@ def run_sweep(
 
 
 def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON object of a sweep file, checked whole (:func:`peftlab.sweepfile.check_sweep`)."""
+    """The JSON object of a sweep file, checked whole (:func:`peftlab.lab.sweepfile.check_sweep`)."""
     try:
         sweep = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -545,222 +434,7 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
     return sweep
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The cost model of --dry_run
-# --------------------------------------------------------------------------------------------------------------
-# In CPU core-seconds (a job on one core for 10 s costs 10; on two cores for 6 s, 12). "startup" is per job
-# process (imports, data, tokenizing, model load); "run" per run (model copy, trainer, results); the others are per
-# example at REFERENCE_TOKENS tokens: "forward" one no-grad pass of the whole backbone (a cache fill, or an
-# evaluation without the cache), "read" one example served from the cache, "full" one training pass with
-# everything trainable, "frozen" one training pass through the layers above the cache (scaled by their share of
-# the backbone). Fitted by least squares to measured jobs and runs of the bundled MiniLM:
-#     python scripts/estimate_check.py runs/sweeps --fit
-COST = {"startup": 8.0, "run": 0.5, "forward": 0.0299, "read": 0.000321, "full": 0.0561, "frozen": 0.0344}
-REFERENCE_TOKENS = 60
-TOKENS_PER_WORD = 1.2
-"""Word-piece tokens per whitespace word in GLUE text (measured with the bundled tokenizer: 1.15 to 1.25)."""
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What a run's CPU time depends on in its data: examples trained on and evaluated, and tokens per example."""
-
-    train: int
-    eval: int
-    tokens: float
-
-
-def workload(run: Run, glue_dir: str | os.PathLike) -> Workload:
-    """The :class:`Workload` of ``run``, read from its data (token counts estimated from word counts)."""
-    args = effective_args(run.args)
-    return _workload(
-        args["task_name"], str(glue_dir), args.get("train_split", "train"), args.get("split_dev"),
-        args.get("max_train_samples"), args.get("max_eval_samples"), int(args.get("max_seq_length", 128)),
-    )  # fmt: skip
-
-
-@functools.cache
-def _workload(task, glue_dir, train_split, split_dev, max_train, max_eval, max_seq_length) -> Workload:
-    from peftlab.glue.data import load_run_data
-    from peftlab.glue.tasks import get_task
-
-    data = load_run_data(
-        get_task(task), glue_dir=glue_dir, do_train=True, do_eval=True, do_predict=False, train_split=train_split,
-        split_dev=split_dev, max_train_samples=max_train, max_eval_samples=max_eval,
-    )  # fmt: skip
-    fields = data.task.text_fields
-    words = sum(len(str(text).split()) for name in fields for text in data.train[name]) / max(len(data.train), 1)
-    tokens = min(TOKENS_PER_WORD * words + len(fields) + 1, max_seq_length)  # + [CLS] and one [SEP] per text
-    return Workload(len(data.train), sum(len(split) for split in data.eval.values()), tokens)
-
-
-def cache_depth(run: Run, num_layers: int = 6) -> int | None:
-    """The lowest trained layer of ``run`` when it reads the frozen-prefix cache (``num_layers`` for a probe), else
-    ``None``."""
-    from peftlab.architectures import parse_layers  # import torch: only when estimating
-    from peftlab.methods.base import METHODS, parse_method_string
-
-    args = effective_args(run.args)
-    methods = parse_method_string(args["method"])
-    if not args.get("cache_frozen_prefix") or any(METHODS[name].trains_backbone for name, _ in methods):
-        return None
-
-    def layers_of(spec: str) -> list[int]:  # an automatic layer is estimated at the middle one
-        return [num_layers // 2] if spec == "auto" else parse_layers(spec, num_layers)
-
-    trained = [
-        layer
-        for name, layers in methods
-        if METHODS[name].trains_layers
-        for layer in layers_of(layers or args.get("target_layers", "all"))
-    ]
-    return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
-
-
-AUTO_SELECTION = 0.6
-"""The layer choice of a ``--target_layers auto`` run, in units of its final training (peftlab/autolayer.py)."""
-EPOCH_SHARE = 1.0
-"""The share of its epochs a run with early stopping is expected to train (fitted with the cost model; runs
-without early stopping train them all)."""
-
-
-def trains_backbone(run: Run) -> bool:
-    """Whether ``run`` trains the whole backbone (full fine-tuning), from its method's class."""
-    return _method_class(effective_args(run.args)["method"]).trains_backbone
-
-
-def resumable_progress(run: Run) -> tuple[float, bool]:
-    """What an unfinished ``--resumable`` run has behind it: the epochs in its latest checkpoint (0 without one)
-    and whether that checkpoint holds its layer choice (a ``--target_layers auto`` run does not choose again)."""
-    from peftlab.checkpoints import complete_checkpoints, kept_choice
-
-    found = complete_checkpoints(run.output_dir, resumable_only=True)
-    if not found:
-        return 0.0, False
-    latest = found[max(found)]
-    epoch = json.loads((latest / "trainer_state.json").read_text()).get("epoch") or 0.0
-    return float(epoch), kept_choice(latest) is not None
-
-
-def run_terms(run: Run, load: Workload, num_layers: int = 6, epochs: float | None = None) -> dict[str, float]:
-    """How many of each :data:`COST` unit ``run`` spends inside its job (its share of start-up and fill aside):
-    every epoch it trains (``epochs``; by default its epochs, times :data:`EPOCH_SHARE` where it stops early, less
-    those a resumable run has in its checkpoint) and, with per-epoch evaluation, evaluates; an automatic layer's
-    choice first (unless a resumable run's checkpoint holds it), as :data:`AUTO_SELECTION` of the whole training."""
-    from peftlab.autolayer import wants_auto  # (import torch: only when estimating)
-
-    args = effective_args(run.args)
-    length = load.tokens / REFERENCE_TOKENS
-    done, chosen = 0.0, False
-    if epochs is None:
-        epochs = float(args.get("num_train_epochs", 3))
-        if args.get("early_stopping_patience"):
-            epochs *= EPOCH_SHARE
-        done, chosen = resumable_progress(run)
-    whole, epochs = epochs, max(epochs - done, 0.0)
-    evals = 1 + (epochs if str(args.get("eval_strategy", "no")) == "epoch" else 0)
-    terms = dict.fromkeys(COST, 0.0)
-    terms["run"] = 1.0
-    depth = cache_depth(run, num_layers)
-    if wants_auto(args["method"], args.get("target_layers") or "") and not chosen:
-        epochs += AUTO_SELECTION * whole  # choosing the layer first
-    if depth is None:
-        terms["full" if _method_class(args["method"]).trains_backbone else "frozen"] = load.train * epochs * length
-        terms["forward"] = evals * load.eval * length
-        return terms
-    above = (num_layers - depth) / num_layers  # only the layers from the lowest trained one up run
-    terms["frozen"] = above * load.train * epochs * length
-    terms["forward"] = above * evals * load.eval * length
-    terms["read"] = (load.train * epochs + load.eval * evals) * length
-    return terms
-
-
-def _method_class(method: str):
-    """The registered class of the first method of a ``--method`` string (its attributes answer for it)."""
-    from peftlab.methods.base import METHODS, parse_method_string  # import torch: only when estimating
-
-    return METHODS[parse_method_string(method)[0][0]]
-
-
-def fill_terms(runs: list[Run], load: Workload, num_layers: int = 6) -> dict[str, float]:
-    """The units of one fill job: one pass over train and eval up to the deepest layer its runs read."""
-    depths = [d for d in (cache_depth(run, num_layers) for run in runs) if d is not None]
-    terms = dict.fromkeys(COST, 0.0)
-    terms["startup"] = 1.0
-    terms["forward"] = (
-        (max(depths) / num_layers if depths else 0) * (load.train + load.eval) * load.tokens / REFERENCE_TOKENS
-    )
-    return terms
-
-
-def job_terms(job: Job, glue_dir: str | os.PathLike, num_layers: int = 6, fill_done: bool = False) -> dict[str, float]:
-    """The units of ``job``: start-up plus its runs' (a chunk), or its one pass (a fill; nothing once done)."""
-    load = workload(job.runs[0], glue_dir)
-    if job.fill:
-        return dict.fromkeys(COST, 0.0) if fill_done else fill_terms(job.runs, load, num_layers)
-    terms = dict.fromkeys(COST, 0.0)
-    terms["startup"] = 1.0
-    for run in job.runs:
-        for unit, n in run_terms(run, workload(run, glue_dir), num_layers).items():
-            terms[unit] += n
-    return terms
-
-
-GLUE_SIZES = {
-    "cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb": (5749, 1500), "qqp": (363846, 40430),
-    "mnli": (392702, 19647), "qnli": (104743, 5463), "rte": (2490, 277), "wnli": (635, 71),
-}  # fmt: skip
-"""Official GLUE (train, dev) sizes (MNLI dev: matched + mismatched), for estimates without the data at hand."""
-ENCODER_SHAPES = {"roberta-base": (12, 768, 3072), "bert-base-uncased": (12, 768, 3072)}
-"""(layers, hidden, FFN width) of the hub models the GPU sweep files name; others are read from their config."""
-
-
-def encoder_shape(model: str | None) -> tuple[int, int, int]:
-    if model in ENCODER_SHAPES:
-        return ENCODER_SHAPES[model]
-    from transformers import AutoConfig  # a local folder or a cached hub model
-
-    from peftlab.modeling import resolve_model_path
-
-    config = AutoConfig.from_pretrained(resolve_model_path(model))
-    return config.num_hidden_layers, config.hidden_size, config.intermediate_size
-
-
-def gpu_seconds(run: Run, tflops: float, tokens: int = 128) -> float:
-    """A FLOP-count estimate of ``run`` on one GPU achieving ``tflops`` TFLOP/s: every example padded to
-    ``tokens`` (the paper's ``pad_to_max_length``), the official split sizes, all epochs (no early stopping), one
-    dev evaluation per epoch, no frozen-prefix cache. Forward = 2 x linear parameters + attention per token; the
-    backward pass costs twice the forward through trained layers (input and weight gradients) and once through
-    frozen layers above the lowest trained one (input gradients only)."""
-    args = effective_args(run.args)
-    layers, hidden, width = encoder_shape(args.get("model_name_or_path"))
-    kept = int(args.get("num_hidden_layers") or layers)
-    per_layer = 2 * (4 * hidden * hidden + 2 * hidden * width) + 4 * tokens * hidden
-    forward = kept * per_layer * tokens
-    method = _method_class(args["method"])
-    if method.trains_backbone:
-        backward = 2 * forward
-    elif not method.trains_layers:
-        backward = 0
-    else:
-        from peftlab.architectures import parse_layers
-        from peftlab.methods.base import parse_method_string
-
-        lowest = min(
-            layer for _, spec in parse_method_string(args["method"]) for layer in parse_layers(spec or "all", kept)
-        )
-        backward = (kept - lowest) * per_layer * tokens
-    train, dev = GLUE_SIZES[args["task_name"]]
-    epochs = float(args.get("num_train_epochs", 3))
-    return (epochs * train * (forward + backward) + epochs * dev * forward) / (tflops * 1e12)
-
-
-def seconds_of(terms: dict[str, float], cost: dict[str, float] | None = None) -> float:
-    cost = cost or COST
-    return sum(n * cost[unit] for unit, n in terms.items())
-
-
-if __name__ == "__main__":  # python -m peftlab.sweep TASK METHOD [--protocol P] [--no_offline]: one flag a line
+if __name__ == "__main__":  # python -m peftlab.lab.sweep TASK METHOD [--protocol P] [--no_offline]: one flag a line
     import argparse
 
     parser = argparse.ArgumentParser(description="Print run_glue.py's default flags for one run (scripts/glue.sh).")

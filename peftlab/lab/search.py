@@ -43,7 +43,8 @@ class SearchArguments:
         default=None, metadata={"help": "Search backend: optuna (local, SQLite-backed, resumable) or ray (PBT)."}
     )
     hp_space: str | None = field(
-        default=None, metadata={"help": "Search space: a JSON file or an inline JSON object (see peftlab/search.py)."}
+        default=None,
+        metadata={"help": "Search space: a JSON file or an inline JSON object (see peftlab/lab/search.py)."},
     )
     hp_trials: int = field(default=12, metadata={"help": "Number of trials (optuna: in total, counting resumed ones)."})
     hp_storage: str | None = field(
@@ -236,56 +237,10 @@ def run_search(
             trial.set_user_attr("metrics", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return metrics[objective_key]
 
-    kwargs: dict[str, Any] = {}
-    n_trials = search_args.hp_trials
     if search_args.hp_search == "optuna":
-        import optuna
-
-        storage = storage_of(search_args, output_dir)
-        study = optuna.create_study(
-            storage=storage, study_name=search_args.hp_study_name, direction="maximize", load_if_exists=True
-        )
-        if STUDY_KEY not in study.user_attrs:
-            study.set_user_attr(STUDY_KEY, key)
-        done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-        n_trials = max(search_args.hp_trials - done, 0)
-        logger.info(
-            "Optuna study %s in %s: %d trials done, %d to go", search_args.hp_study_name, storage, done, n_trials
-        )
-        kwargs = {
-            "storage": storage,
-            "study_name": search_args.hp_study_name,
-            "load_if_exists": True,
-            "sampler": optuna.samplers.TPESampler(seed=search_args.hp_seed),
-        }
-        hp_space = optuna_space(space)
+        n_trials, hp_space, kwargs = optuna_backend(search_args, space, output_dir, key)
     else:
-        import ray
-        from ray.tune.schedulers import PopulationBasedTraining
-
-        if not ray.is_initialized():
-            # One thread per trial: Ray gives each trial one CPU (or one GPU), and torch would otherwise start as
-            # many threads as the machine has cores in every trial.
-            ray.init(
-                address=search_args.ray_address,
-                include_dashboard=False,
-                log_to_driver=False,
-                ignore_reinit_error=True,
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
-            )
-        kwargs = {
-            "scheduler": PopulationBasedTraining(
-                time_attr="training_iteration",
-                metric="objective",
-                mode="max",
-                perturbation_interval=search_args.ray_perturbation_interval,
-                hyperparam_mutations=ray_space(space),
-            ),
-            "resources_per_trial": {"cpu": 1, "gpu": 1 if trainer.args.device.type == "cuda" else 0},
-            "storage_path": str(Path(output_dir).resolve() / "ray"),
-            "name": search_args.hp_study_name,
-        }
-        hp_space = lambda _trial: ray_space(space)  # noqa: E731
+        n_trials, hp_space, kwargs = ray_backend(trainer, search_args, space, output_dir)
     best = None
     if n_trials > 0:
         with keeps_interrupt_handler():  # Ray Tune installs its own Ctrl-C handler and leaves it behind
@@ -294,28 +249,68 @@ def run_search(
                 backend=search_args.hp_search, **kwargs,
             )  # fmt: skip
     summary: dict[str, Any] = {
-        "backend": search_args.hp_search,
-        "objective": objective_key,
-        "direction": "maximize",
-        "space": space,
-    }
+        "backend": search_args.hp_search, "objective": objective_key, "direction": "maximize", "space": space,
+    }  # fmt: skip
     if search_args.hp_search == "optuna":
-        study = optuna.load_study(study_name=search_args.hp_study_name, storage=kwargs["storage"])
-        summary["trials"] = [
-            {
-                "number": t.number,
-                "value": t.value,
-                "params": t.params,
-                "state": t.state.name,
-                "metrics": t.user_attrs.get("metrics"),
-            }
-            for t in study.trials
-        ]
-        summary["best"] = {
-            "value": study.best_value,
-            "hyperparameters": study.best_params,
-            "trial": study.best_trial.number,
-        }
+        summary.update(optuna_summary(search_args, kwargs["storage"]))
     else:
         summary["best"] = {"value": best.objective, "hyperparameters": best.hyperparameters, "trial": best.run_id}
     return summary
+
+
+def optuna_backend(search_args: SearchArguments, space: dict, output_dir: str, key: str):
+    """The trials still to run in the run's Optuna study (made, or continued), its space and the search's options."""
+    import optuna
+
+    storage = storage_of(search_args, output_dir)
+    study = optuna.create_study(
+        storage=storage, study_name=search_args.hp_study_name, direction="maximize", load_if_exists=True
+    )
+    if STUDY_KEY not in study.user_attrs:
+        study.set_user_attr(STUDY_KEY, key)
+    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    n_trials = max(search_args.hp_trials - done, 0)
+    logger.info("Optuna study %s in %s: %d trials done, %d to go", search_args.hp_study_name, storage, done, n_trials)
+    kwargs = {
+        "storage": storage, "study_name": search_args.hp_study_name, "load_if_exists": True,
+        "sampler": optuna.samplers.TPESampler(seed=search_args.hp_seed),
+    }  # fmt: skip
+    return n_trials, optuna_space(space), kwargs
+
+
+def optuna_summary(search_args: SearchArguments, storage: str) -> dict[str, Any]:
+    """Every trial of the study and the best one."""
+    import optuna
+
+    study = optuna.load_study(study_name=search_args.hp_study_name, storage=storage)
+    trials = [
+        {"number": t.number, "value": t.value, "params": t.params, "state": t.state.name,
+         "metrics": t.user_attrs.get("metrics")}
+        for t in study.trials
+    ]  # fmt: skip
+    best = {"value": study.best_value, "hyperparameters": study.best_params, "trial": study.best_trial.number}
+    return {"trials": trials, "best": best}
+
+
+def ray_backend(trainer, search_args: SearchArguments, space: dict, output_dir: str):
+    """Ray Tune's population-based training: the trials, its space and the search's options."""
+    import ray
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    if not ray.is_initialized():
+        # One thread per trial: Ray gives each trial one CPU (or one GPU), and torch would otherwise start as
+        # many threads as the machine has cores in every trial.
+        ray.init(
+            address=search_args.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        )  # fmt: skip
+    kwargs = {
+        "scheduler": PopulationBasedTraining(
+            time_attr="training_iteration", metric="objective", mode="max",
+            perturbation_interval=search_args.ray_perturbation_interval, hyperparam_mutations=ray_space(space),
+        ),
+        "resources_per_trial": {"cpu": 1, "gpu": 1 if trainer.args.device.type == "cuda" else 0},
+        "storage_path": str(Path(output_dir).resolve() / "ray"),
+        "name": search_args.hp_study_name,
+    }  # fmt: skip
+    return search_args.hp_trials, lambda _trial: ray_space(space), kwargs

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from peftlab.glue.data import LABEL_TYPES
+from peftlab.glue.userfiles import LABEL_TYPES
 from peftlab.modeling import BUNDLED_MODEL, HEADS, MODEL_DTYPES, POOLINGS
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,15 @@ class ModelArguments:
             "the checkpoint was saved in; bfloat16/float16 halve a frozen backbone's memory (a large decoder) and "
             "need --bf16/--fp16 (autocast) and a method that adds its own float32 parameters (adapter, lora, prefix, "
             "probe). A trained run reloads for evaluation in float32."
+        },
+    )
+
+    fast_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "On the CPU, draw dropout masks four to a 64-bit random number (peftlab/fastdropout.py) instead of "
+            "torch's one per element, which is a large share of a bf16 step; the same dropout rates, other random "
+            "masks (another run than without it). No effect on a GPU."
         },
     )
 
@@ -292,6 +301,14 @@ class GlueTrainingArguments(TrainingArguments):
             )
         self.select_best_in_memory = False
         """Set when the best evaluation is kept in memory (the Trainer's own load_best_model_at_end is then off)."""
+        self.resolve_checkpointing()
+        if not torch.cuda.is_available():
+            self.resolve_cpu()
+        super().__post_init__()
+
+    def resolve_checkpointing(self) -> None:
+        """How the best evaluation is kept (in memory, or the Trainer's checkpoints) and a ``--resumable`` run's
+        checkpoint at every evaluation."""
         if self.load_best_model_at_end:
             if self.metric_for_best_model is None:
                 self.metric_for_best_model = "main"
@@ -310,15 +327,16 @@ class GlueTrainingArguments(TrainingArguments):
                     self.save_steps = self.eval_steps if self.eval_steps is not None else self.logging_steps
                 self.save_total_limit = 1
             self.restore_callback_states_from_checkpoint = True  # the early-stopping counter
-        if not torch.cuda.is_available():
-            if self.bf16 and not self.use_cpu:
-                self.use_cpu = True  # bf16 autocast on the CPU (the Trainer asks for use_cpu to allow it)
-            self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
-            if self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                # Under torchrun on CPUs, transformers would otherwise run N independent single-process
-                # trainings (each on all the data, all writing the same output folder).
-                self.ddp_backend = "gloo"
-        super().__post_init__()
+
+    def resolve_cpu(self) -> None:
+        """What training without a CUDA GPU needs."""
+        if self.bf16 and not self.use_cpu:
+            self.use_cpu = True  # bf16 autocast on the CPU (the Trainer asks for use_cpu to allow it)
+        self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
+        if self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under torchrun on CPUs, transformers would otherwise run N independent single-process
+            # trainings (each on all the data, all writing the same output folder).
+            self.ddp_backend = "gloo"
 
     def check_values(self) -> None:
         """Values that would fail deep inside training (a traceback after the data is loaded) or, worse, train

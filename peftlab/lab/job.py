@@ -1,8 +1,8 @@
-"""``python -m peftlab.job JOB.json``: the runs of one sweep job, in this process (see :mod:`peftlab.sweep`).
+"""``python -m peftlab.lab.job JOB.json``: the runs of one sweep job, in this process (see :mod:`peftlab.lab.sweep`).
 
 A job file holds ``{"fill": bool, "runs": [{"args": {...}, "point": {...}}, ...]}``. A fill job computes every
 frozen-prefix cache its runs read (one pass per split) and trains nothing; any other job trains its runs one after
-another, sharing data, model and caches (:func:`peftlab.run.run_many`), each writing ``args.json`` and
+another, sharing data, model and caches (:func:`peftlab.lab.run.run_many`), each writing ``args.json`` and
 ``sweep_point.json`` into its own folder. A run found finished when its folder's lock is taken (another process
 finished it meanwhile) is left as it is; one whose folder another process holds is left to it (``locked``, not a
 failure: two drivers on one root share the work). The job's summary (wall time, threads, outcome of each run) is written
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from peftlab.io import write_json
-from peftlab.run import OutputLocked, fill_caches, run_many
+from peftlab.io import OutputLocked, write_json
+from peftlab.lab.run import fill_caches, run_many
 
 LOCKED = "locked by another process"
 

@@ -2,7 +2,9 @@
 protocol fixes, for the run's task and method; every value given explicitly (flag or JSON key) overrides it.
 
 - ``paper``: the paper's own protocol and module configurations, as its public code sets them
-  (github.com/PKU-TANGENT/Efficiency; every value is cited file by file in ``docs/paper_protocol.md``).
+  (github.com/PKU-TANGENT/Efficiency; every value is cited file by file in ``docs/paper_protocol.md``). The
+  per-method values live on each method's class (``paper_learning_rate``, ``paper_options``, and ``paper_ours``
+  naming those that are this project's choice, as for the methods the paper does not have: ia3, vera).
 - ``quick``: this project's faster protocol (3 epochs, batch 32, the last epoch's score, one learning rate for
   every frozen-backbone method), used for the first Table 1 in ``docs/results.md``. Not the paper's.
 
@@ -40,45 +42,47 @@ class ProtocolArguments:
             raise ConfigError(f"--protocol {self.protocol!r} is not valid; choose one of {', '.join(PROTOCOLS)}.")
 
 
-FROZEN_METHODS = ("probe", "bitfit", "lora", "adapter", "prefix", "ffn", "attn")
+QUICK_LEARNING_RATE = {True: 5e-5, False: 2e-3}
+"""``--protocol quick``'s rule, by whether the method trains the backbone (``Method.trains_backbone``): full
+fine-tuning at 5e-5, every frozen-backbone method (module and head) at 2e-3."""
+
+
+def method_class(name: str) -> type:
+    """The registered class of the method named ``name``: the protocols read their per-method values from it."""
+    methods = _methods()
+    if name not in methods:
+        raise ConfigError(f"Unknown method {name!r}. Valid methods: {', '.join(methods)}.")
+    return methods[name]
 
 
 def quick(task: str | None, method: str) -> dict[str, Any]:
     """3 epochs, batch 32, warm-up 0.06, weight decay 0.1, lr 5e-5 for full fine-tuning and 2e-3 (module and head)
     for every frozen-backbone method; the last epoch's model is scored."""
-    lr = 5e-5 if method == "full" else 2e-3
+    lr = QUICK_LEARNING_RATE[method_class(method).trains_backbone]
     return {
         "num_train_epochs": 3, "per_device_train_batch_size": 32, "warmup_ratio": 0.06, "weight_decay": 0.1,
         "max_seq_length": 128, "learning_rate": lr, "head_learning_rate": lr,
     }  # fmt: skip
 
 
-# The paper's values; docs/paper_protocol.md gives the file and line of each. The learning rates of FFN-only
-# fine-tuning and of the frozen probe are a script argument there ($2, no default): ours are marked below.
-PAPER_LEARNING_RATE = {
-    "full": 2e-5, "adapter": 2e-3, "lora": 2e-3, "prefix": 2e-4, "bitfit": 2e-4,
-    "ffn": 2e-4, "attn": 2e-4,  # our choice: the rate the paper gives BitFit, the other method training pretrained parameters
-    "probe": 2e-3,  # our choice: the head's rate in the paper's adapter and LoRA runs
-}  # fmt: skip
 PAPER_SELECTION_METRIC = {"cola": "matthews_correlation", "stsb": "spearmanr"}
 """The dev metric whose best epoch is kept (run_glue.py:67-77,406 there); accuracy for every other task."""
-PAPER_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "adapter": {
-        "bottleneck_dim": 2, "adapter_activation": "tanh", "adapter_init": "model", "adapter_residual_norm": True,
-        "adapter_layernorm_affine": True, "adapter_scaling": 1.0, "adapter_layernorm": False,
-    },
-    "lora": {"lora_rank": 1, "lora_alpha": 1.0, "lora_targets": "query,key", "lora_init": "normal", "lora_dropout": 0.0},
-    "prefix": {"prefix_length": 2, "prefix_reparam": False},
-    "bitfit": {"bitfit_targets": "query,ffn_in", "bitfit_offset": True},
-    "ffn": {"train_extra_roles": "attn_out,attn_norm,ffn_norm"},  # its name rule: "intermediate" or "output"
-}  # fmt: skip
 
 
 def paper(task: str | None, method: str) -> dict[str, Any]:
     """The paper's scripts: best epoch of 10 (MRPC 5) with early stopping, batch 16, per-method learning rates and
     module sizes, mean pooling and an MLP head; full fine-tuning 3 epochs at 2e-5 with CLS pooling (the default
-    of finetune_glue.sh's model class)."""
-    lr = PAPER_LEARNING_RATE.get(method, 2e-3)
+    of finetune_glue.sh's model class). Each method's learning rate and module options are its class's
+    ``paper_learning_rate`` and ``paper_options`` (the file and line of the paper's code beside each value, the
+    project's own choices named in ``paper_ours``); a method without them is refused."""
+    cls = method_class(method)
+    if cls.paper_learning_rate is None:
+        with_preset = [name for name, c in _methods().items() if c.paper_learning_rate is not None]
+        raise ConfigError(
+            f"--protocol paper has no preset for --method {method!r} (its class sets no paper_learning_rate); "
+            f"methods with one: {', '.join(with_preset)}."
+        )
+    lr = cls.paper_learning_rate
     values: dict[str, Any] = {
         "per_device_train_batch_size": 16, "per_device_eval_batch_size": 8, "warmup_ratio": 0.06,
         "weight_decay": 0.1, "max_seq_length": 128, "eval_strategy": "epoch", "load_best_model_at_end": True,
@@ -87,12 +91,30 @@ def paper(task: str | None, method: str) -> dict[str, Any]:
     }  # fmt: skip
     if task is None:  # the user's own data: select on the task's main metric
         values["metric_for_best_model"] = "main"
-    if method == "full":
+    if cls.trains_backbone:
         values.update({"num_train_epochs": 3, "early_stopping_patience": 10, "pooling": "cls"})
     else:
         values.update({"num_train_epochs": 5 if task == "mrpc" else 10, "early_stopping_patience": 5})
-    values.update(PAPER_METHOD_OPTIONS.get(method, {}))
+    values.update(cls.paper_options)
     return values
+
+
+def _methods() -> dict[str, type]:
+    """The registry (imported here, not at the top: a sweep expands its runs without loading torch unless one of
+    them names a protocol)."""
+    from peftlab.methods import METHODS
+
+    return METHODS
+
+
+def __getattr__(name: str) -> Any:
+    """``PAPER_LEARNING_RATE`` and ``PAPER_METHOD_OPTIONS``: the method classes' paper presets as tables, for
+    scripts that read them (derived on each access, so they cannot drift from the classes)."""
+    if name == "PAPER_LEARNING_RATE":
+        return {n: c.paper_learning_rate for n, c in _methods().items() if c.paper_learning_rate is not None}
+    if name == "PAPER_METHOD_OPTIONS":
+        return {n: dict(c.paper_options) for n, c in _methods().items() if c.paper_options}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 PROTOCOLS = {"paper": paper, "quick": quick}
@@ -137,7 +159,7 @@ def not_applied(preset_values: dict[str, Any], given: dict[str, Any]) -> dict[st
     ``warmup_ratio``, ``--evaluation_strategy`` for ``eval_strategy``), or through an option it would override
     (``--learning_rate``, which the head's rate defaults to; ``--eval_strategy no`` or ``--load_best_model_at_end
     false``, which the preset's best-epoch selection and early stopping would turn back on)."""
-    from peftlab.args import ALIAS_OF
+    from peftlab.lab.args import ALIAS_OF
 
     reasons: dict[str, str] = {}
     for key in preset_values:
@@ -197,5 +219,13 @@ def apply_protocol(values: list[str] | dict[str, Any]) -> tuple[list[str] | dict
 
 
 def describe(protocol: str) -> str:
-    """One line per method of what ``protocol`` sets (for the README and docs)."""
-    return "\n".join(f"{m}: {json.dumps(preset(protocol, 'rte', m))}" for m in ("full", *FROZEN_METHODS))
+    """One line per registered method of what ``protocol`` sets on RTE (for the README and docs); in the paper's
+    protocol, the values that are this project's choice are named after the line."""
+    lines = []
+    for name, cls in _methods().items():
+        if protocol == "paper" and cls.paper_learning_rate is None:
+            lines.append(f"{name}: no paper preset")
+            continue
+        ours = f"  (ours: {', '.join(cls.paper_ours)})" if protocol == "paper" and cls.paper_ours else ""
+        lines.append(f"{name}: {json.dumps(preset(protocol, 'rte', name))}{ours}")
+    return "\n".join(lines)

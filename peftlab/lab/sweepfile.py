@@ -1,6 +1,6 @@
 """The schema of a sweep file, checked whole before anything runs.
 
-A sweep file (see :mod:`peftlab.sweep` for what each key does) is refused, with a line naming the file, the key and
+A sweep file (see :mod:`peftlab.lab.sweep` for what each key does) is refused, with a line naming the file, the key and
 what is valid, when it has a key the schema does not know, a value of the wrong type, a name that is not one plain
 folder name (a sweep's runs are written under ``--root/<name>/<task>/<variant>/...`` and nowhere else), an axis
 that repeats a value, a ``per_*`` variant without its axis, or a key that the sweep itself sets on every run.
@@ -11,6 +11,8 @@ What a variant's options mean is checked by parsing every run's arguments with `
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +28,30 @@ PER_AXIS = {"per_layer": "layers", "per_bottleneck": "bottleneck_dims", "per_poo
 """A variant's flags that put it on one of the sweep's axes, and the axis each needs."""
 SET_BY_THE_SWEEP = ("output_dir", "task_name", "seed")
 """Run arguments the sweep gives every run itself (from ``--root``, ``tasks`` and ``seeds``)."""
+RESULTS = "all_results.json"
+"""A run's results; its presence marks the run finished."""
+
+
+@dataclass
+class Run:
+    name: str
+    point: dict[str, Any]
+    args: dict[str, Any]
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args["output_dir"])
+
+    @property
+    def finished(self) -> bool:
+        return (self.output_dir / RESULTS).is_file()
+
+
+def effective_args(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with its protocol preset filled in under it (the values the run will have)."""
+    from peftlab.lab.protocols import apply_protocol
+
+    return apply_protocol(args)[0]
 
 
 @dataclass(frozen=True)
@@ -155,7 +181,7 @@ def check_paths(runs: list, root: str | Path, source: str = "Sweep file") -> Non
 def check_runs(runs: list, source: str = "Sweep file") -> None:
     """Parse every run's arguments with ``run_glue.py``'s parser (no data or model is loaded): a bad option in a
     variant is one line naming the file, the variant and the key, before the first job starts."""
-    from peftlab.run import parse_args
+    from peftlab.lab.parsing import parse_args
 
     for run in runs:
         try:
@@ -165,3 +191,88 @@ def check_runs(runs: list, source: str = "Sweep file") -> None:
             raise ConfigError(
                 f"{source}, variant {run.point['variant']!r} (run {run.name}, task {run.point['task']}): {message}"
             ) from None
+
+
+DEFAULTS: dict[str, Any] = {
+    "logging_steps": 50,
+    "disable_tqdm": True,
+    "do_train": True,
+    "do_eval": True,
+    "overwrite_output_dir": True,
+    "save_model": False,
+    "resumable": True,
+}
+"""What every sweep run has besides its protocol: scores only (no weights written), progress in the log, and a
+checkpoint at every evaluation and every ``--resumable_minutes``, so that a run stopped with its sweep resumes from
+its last checkpoint."""
+OFFLINE_PROTOCOL: dict[str, dict[str, Any]] = {
+    "mnli": {"train_split": "validation_mismatched"},
+    "qqp": {"train_split": "validation", "split_dev": 0.25},
+    "qnli": {"train_split": "validation", "split_dev": 0.25},
+}
+"""Training protocols for the tasks whose train file is not available offline (see the README)."""
+
+
+def run_args(task: str, method: str, seed: int = 42, protocol: str | None = "quick", offline: bool = True) -> dict:
+    """The arguments of one run before the sweep's own: :data:`DEFAULTS`, the protocol preset's name (each run
+    applies it) and, with ``offline``, the task's offline protocol. Sweeps and ``scripts/glue.sh`` start here."""
+    args = {**DEFAULTS, **({"protocol": protocol} if protocol else {})}
+    args.update(OFFLINE_PROTOCOL.get(task, {}) if offline else {})
+    return {**args, "task_name": task, "method": method, "seed": seed}
+
+
+def as_flags(args: dict[str, Any]) -> list[str]:
+    """``run_glue.py`` command-line flags for ``args`` (booleans spelt out: some flags require a value)."""
+    return [part for key, value in args.items() if value is not None for part in (f"--{key}", str(value))]
+
+
+def _fill(value: Any, layer: int | None) -> Any:
+    """Put the grid's layer into ``{layer}``/``{next_layer}`` (a bare placeholder becomes an int)."""
+    if not isinstance(value, str) or layer is None:
+        return value
+    if value in ("{layer}", "{next_layer}"):
+        return layer if value == "{layer}" else layer + 1
+    return value.replace("{layer}", str(layer)).replace("{next_layer}", str(layer + 1))
+
+
+def expand(sweep: dict[str, Any], root: str | os.PathLike, source: str = "Sweep file") -> list[Run]:
+    """All runs of ``sweep`` under ``root/<name>``, in a fixed order: seed outermost, so that a sweep stopped
+    part-way has whole tables for its first seeds rather than many seeds of its first tasks. The file is checked
+    whole first (:func:`peftlab.lab.sweepfile.check_sweep`): a bad key, type, name or repeated point is refused here."""
+    s = check_sweep(sweep, source)
+    runs = []
+    for seed, task, (variant, spec) in itertools.product(s.seeds, s.tasks, s.variants.items()):
+        layers = s.layers if spec.get("per_layer") else [None]
+        dims = s.bottleneck_dims if spec.get("per_bottleneck") else [None]
+        poolings = s.poolings if spec.get("per_pooling") else [None]
+        for layer, dim, pooling in itertools.product(layers, dims, poolings):
+            method = spec["method"]
+            if layer is not None and "@" not in method:
+                method = f"{method}@{layer}"
+            method = _fill(method, layer)
+            options = {k: _fill(v, layer) for k, v in spec.items() if k != "method" and k not in PER_AXIS}
+            args = run_args(task, method, seed, s.protocol, s.offline)  # offline false: every task's own train split
+            args.update(s.common)
+            args.update(s.task_args.get(task, {}))
+            args.update(options)
+            if dim is not None:
+                args["bottleneck_dim"] = dim
+            if pooling is not None:
+                args["pooling"] = pooling
+            label = variant if pooling is None else f"{variant}_{pooling}"  # one table row per pooling
+            parts = (
+                [task, label] + ([f"L{layer}"] if layer is not None else []) + ([f"bn{dim}"] if dim is not None else [])
+            )
+            name = "/".join([*parts, f"seed{seed}"])
+            args["output_dir"] = str(Path(root) / s.name / name)
+            point = {
+                "sweep": s.name,
+                "task": task,
+                "variant": label,
+                "layer": layer,
+                "bottleneck_dim": dim,
+                "seed": seed,
+            }
+            runs.append(Run(name=name, point=point, args=args))
+    check_paths(runs, Path(root) / s.name, source)
+    return runs

@@ -1,0 +1,281 @@
+"""The checks of one run that need no model weights, and :func:`prepare`, which runs them all: a bad value fails
+there, with one line naming it, before anything is loaded or written."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import (
+    PreTrainedTokenizerBase,
+)
+
+from peftlab.cache import default_cache_dir, need_of
+from peftlab.checkpoints import (
+    DATA_DIGEST,
+    check_checkpoint_fits,
+    complete_checkpoints,
+    names_checkpoint,
+    resolve_checkpoint,
+    resume_arguments,
+)
+from peftlab.errors import ConfigError
+from peftlab.glue.tasks import get_task
+from peftlab.io import LOCK_NAME, check_writable, nearest_existing
+from peftlab.lab.args import DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.lab.autolayer import at_layer, check_auto, wants_auto
+from peftlab.lab.parsing import RunSpec
+from peftlab.lab.search import (
+    check_study,
+    parse_space,
+    search_key,
+)
+from peftlab.lab.workspace import Workspace, base_model_of, head_config
+from peftlab.methods import PeftArguments
+from peftlab.modeling import (
+    BUNDLED_MODEL,
+    check_buildable,
+    check_model_path,
+    is_trained_run,
+    read_model_config,
+    resolve_model_path,
+)
+
+logger = logging.getLogger("peftlab")
+
+
+def resolve_glue_dir(data_args: DataArguments) -> str | None:
+    """``--glue_dir``, else ``$GLUE_DIR``, else ``None`` (the hub); a given folder must exist."""
+    glue_dir = data_args.glue_dir or os.environ.get("GLUE_DIR") or None
+    if data_args.task_name is None or glue_dir is None:
+        return None
+    if not Path(glue_dir).is_dir():
+        origin = "--glue_dir" if data_args.glue_dir else "GLUE_DIR"
+        raise ConfigError(f"{origin} {glue_dir!r} is not a folder. Point it at a GLUE folder such as ../shared/glue.")
+    return glue_dir
+
+
+def check_output_dir(training_args: GlueTrainingArguments, model_args: ModelArguments) -> None:
+    """Refuse to write into a non-empty output folder unless asked to. Evaluating a trained run in its own folder
+    is refused too: its results would replace those of the training run."""
+    out = Path(training_args.output_dir)
+    if model_args.model_name_or_path and out.resolve() == Path(model_args.model_name_or_path).resolve():
+        raise ConfigError(
+            f"--output_dir {str(out)!r} is the trained run given as --model_name_or_path: its all_results.json and "
+            "run_config.json would be replaced. Choose another --output_dir for this evaluation."
+        )
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()) or training_args.overwrite_output_dir:
+        return
+    if training_args.resumable and training_args.do_train and complete_checkpoints(out, resumable_only=True):
+        return  # a --resumable run started again on its own folder
+    raise ConfigError(
+        f"--output_dir {str(out)!r} exists and is not empty. Pass --overwrite_output_dir to write into it, "
+        "or choose another folder."
+        + (
+            " (--resume_from_checkpoint also needs --overwrite_output_dir)"
+            if training_args.resume_from_checkpoint
+            else ""
+        )
+    )
+
+
+def check_cache_dir(training_args: GlueTrainingArguments) -> None:
+    """The frozen-prefix cache's folder must be a folder (or not exist yet). One that cannot be written is no error:
+    the cache is an optimisation and then stays in memory (:class:`peftlab.cache.FrozenPrefixCache`)."""
+    directory = Path(training_args.frozen_cache_dir or default_cache_dir())
+    origin = "--frozen_cache_dir" if training_args.frozen_cache_dir else "PEFTLAB_CACHE" if os.environ.get("PEFTLAB_CACHE") else "the default cache folder"  # fmt: skip
+    existing = nearest_existing(directory)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(
+            f"The frozen-prefix cache folder {str(directory)!r} ({origin}) cannot be made: {str(existing)!r} is a "
+            "file. Point it at a folder, or drop --cache_frozen_prefix."
+        )
+
+
+def check_trained_run_options(spec: RunSpec) -> None:
+    """A trained run given as ``--model_name_or_path`` is loaded as it was saved (its method, layers, options and
+    head); an option given that asks for another is refused, not silently ignored."""
+    path = spec.model_args.model_name_or_path
+    if not is_trained_run(path):
+        return
+    saved = read_model_config(path)
+    parsed = {**asdict(spec.peft_args), "pooling": spec.model_args.pooling, "head": spec.model_args.head,
+              "head_dropout": spec.model_args.head_dropout}  # fmt: skip
+    there = {
+        **saved.get("peft", {}),
+        **{("head_dropout" if k == "dropout" else k): v for k, v in saved["head"].items()},
+    }
+    differ = [k for k in spec.given if k in parsed and k in there and parsed[k] != there[k]]
+    if differ:
+        asked = ", ".join(f"--{k} {parsed[k]}" for k in differ)
+        saved_as = ", ".join(f"{k} {there[k]}" for k in differ)
+        raise ConfigError(
+            f"--model_name_or_path {path!r} is a trained run ({saved_as}); {asked} asks for another model, and a "
+            f"trained run is {'trained further' if spec.training_args.do_train else 'evaluated'} as it was saved. "
+            f"Drop {', '.join('--' + k for k in differ)}, or start from its base model {saved['base_model']!r}."
+        )
+
+
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def check_model_dtype(model_args: ModelArguments, training_args: GlueTrainingArguments) -> None:
+    """A half-precision backbone computes under the matching autocast, which also keeps the trained float32
+    parameters' products in that precision (without it, float32 modules would meet half-precision activations)."""
+    flag = None if model_args.model_dtype == "float32" else SHORT_DTYPES[model_args.model_dtype]
+    if flag and not getattr(training_args, flag):
+        raise ConfigError(
+            f"--model_dtype {model_args.model_dtype} needs --{flag} (autocast in the same precision); add --{flag}, "
+            "or drop --model_dtype to load the backbone in float32."
+        )
+    if flag and is_trained_run(model_args.model_name_or_path):
+        raise ConfigError(
+            f"--model_dtype {model_args.model_dtype}: {model_args.model_name_or_path!r} is a trained run, which "
+            "reloads in float32; drop --model_dtype."
+        )
+
+
+def check_devices(training_args: GlueTrainingArguments) -> None:
+    if training_args.fp16 and not torch.cuda.is_available():
+        raise ConfigError("--fp16 needs a CUDA GPU and none is visible. Drop --fp16 to train in fp32 on the CPU.")
+    if training_args.bf16 and not torch.cuda.is_available() and not cpu_has_bf16():
+        logger.warning("--bf16 on a CPU without bf16 instructions (avx512_bf16, amx_bf16): bf16 matrix products "
+                       "are emulated there and usually slower than fp32.")  # fmt: skip
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (Linux: its flags in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def max_length_of(tokenizer: PreTrainedTokenizerBase, config: transformers.PretrainedConfig) -> int:
+    """The longest input the model accepts (RoBERTa-style position offsets are in the tokenizer's limit)."""
+    limits = [getattr(config, "max_position_embeddings", None)]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    limits = [limit for limit in limits if limit]
+    return min(limits) if limits else 512
+
+
+def prepare(ws: Workspace, spec: RunSpec) -> None:
+    """Every check of one run that needs no model weights: a bad value fails here, before anything is loaded or
+    written. Loads (into ``ws``) the run's data, config and tokenizer, which the checks need anyway."""
+    check_options(spec)
+    spec.task = ws.run_data(spec).task
+    config = resolve_model(ws, spec)
+    metas = check_methods(spec, config)
+    check_search(spec)
+    plan_resume(ws, spec, metas)
+
+
+def check_options(spec: RunSpec) -> None:
+    """The checks of the arguments alone and of the folders they name (nothing is loaded)."""
+    model_args, _, data_args, training_args = spec.parsed
+    if data_args.task_name:
+        get_task(data_args.task_name)  # an unknown name fails here
+    elif data_args.train_file is None:
+        raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
+    spec.glue_dir = resolve_glue_dir(data_args)
+    check_output_dir(training_args, model_args)
+    check_writable(spec.output_dir, "--output_dir")
+    check_devices(training_args)
+    check_model_dtype(model_args, training_args)
+    try:
+        check_model_path(model_args.model_name_or_path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_trained_run_options(spec)
+    if training_args.cache_frozen_prefix:
+        check_cache_dir(training_args)
+
+
+def resolve_model(ws: Workspace, spec: RunSpec):
+    """The run's model and tokenizer paths (into ``spec``); loads their config and tokenizer and returns the config."""
+    model_args, data_args = spec.model_args, spec.data_args
+    spec.model_path = resolve_model_path(base_model_of(model_args))
+    spec.tokenizer_path = model_args.tokenizer_name or (
+        model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else spec.model_path
+    )
+    try:
+        config = ws.config(spec.model_path, model_args)
+        tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
+    except OSError as err:  # not a folder on disk, and not a model the hub (or its offline cache) has
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"--model_name_or_path {spec.model_path!r}: cannot load it ({first}). Give a local model folder, a "
+            "trained run's --output_dir, or a hub name (offline, only models already in the hub cache load)."
+        ) from None
+    limit = max_length_of(tokenizer, config)
+    if data_args.max_seq_length > limit:
+        raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
+    return config
+
+
+def check_methods(spec: RunSpec, config) -> list:
+    """Build the run's model (every candidate of an ``auto`` run) without weights, so that every method, layer and
+    head check runs; sets the cache's need. Returns the weightless models (none for a trained run, loaded as is)."""
+    model_args, peft_args, _, training_args = spec.parsed
+    if is_trained_run(model_args.model_name_or_path):
+        return []
+    checked = [peft_args]
+    if wants_auto(peft_args.method, peft_args.target_layers):
+        if not training_args.do_train:
+            raise ConfigError("--target_layers auto chooses a layer by training: add --do_train.")
+        layers = peft_args.num_hidden_layers or config.num_hidden_layers
+        spec.auto_candidates = check_auto(peft_args.method, peft_args.target_layers, spec.auto_args.auto_layers, layers)
+        checked = [dataclasses.replace(peft_args, method=at_layer(peft_args.method, k)) for k in spec.auto_candidates]
+    try:
+        head = head_config(model_args, spec.task.num_labels)
+        metas = [check_buildable(config, head, p, model_args.model_dtype) for p in checked]
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if training_args.cache_frozen_prefix and spec.auto_candidates is None:
+        spec.cache_need = need_of(metas[0])
+    return metas
+
+
+def check_search(spec: RunSpec) -> None:
+    """The search space of a ``--hp_search`` run, parsed against the arguments it may set."""
+    training_args = spec.training_args
+    if search := spec.search_args.hp_search:
+        model_fields = {f.name for f in dataclasses.fields(PeftArguments)} | {"head_dropout"}
+        training_fields = {f.name for f in dataclasses.fields(GlueTrainingArguments)}
+        spec.space = parse_space(spec.search_args.hp_space, training_fields, model_fields)
+        if not training_args.do_eval:
+            raise ConfigError(f"--hp_search {search} optimises the evaluation metric: add --do_eval.")
+    if training_args.metric_for_best_model == "main":
+        training_args.metric_for_best_model = spec.task.main_metric
+    if training_args.resumable and spec.space is not None:
+        raise ConfigError("--resumable resumes one training run; a --hp_search has many (drop --resumable).")
+
+
+def plan_resume(ws: Workspace, spec: RunSpec, metas: list) -> None:
+    """What a checkpoint of the run must share with it, and the checkpoint it resumes from (checked to fit)."""
+    training_args = spec.training_args
+    auto_args = [spec.auto_args] if spec.auto_candidates is not None else []  # its choice's settings too
+    spec.resume_args = resume_arguments(*spec.parsed, *auto_args)
+    if training_args.do_train and (training_args.resumable or names_checkpoint(training_args.resume_from_checkpoint)):
+        spec.resume_args[DATA_DIGEST] = ws.data_digest(spec)  # a resumed run must train and evaluate on the same data
+    if spec.space is not None:
+        spec.search_key = search_key(spec.space, spec.resume_args)
+        check_study(spec.search_args, spec.output_dir, spec.search_key)
+    spec.resume_named = names_checkpoint(training_args.resume_from_checkpoint)
+    training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
+    if training_args.resume_from_checkpoint and metas and spec.auto_candidates is None:
+        check_checkpoint_fits(
+            training_args.resume_from_checkpoint, metas[0], spec.model_args.model_name_or_path or BUNDLED_MODEL
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------

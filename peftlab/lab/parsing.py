@@ -1,0 +1,174 @@
+"""A run's arguments parsed into a :class:`RunSpec`: from the command line, one JSON argument file or a dict (a sweep
+job's run), ``--protocol`` presets applied under every value given, and a JSON file's values checked against the
+arguments' types (``HfArgumentParser.parse_dict`` does not)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    HfArgumentParser,
+)
+
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.glue.tasks import GlueTask
+from peftlab.jsontypes import did_you_mean, fits, type_name
+from peftlab.lab.args import DataArguments, GlueTrainingArguments, ModelArguments
+from peftlab.lab.autolayer import AutoLayerArguments
+from peftlab.lab.protocols import ProtocolArguments, given_values, resolve_protocol, says
+from peftlab.lab.search import (
+    SearchArguments,
+)
+from peftlab.methods import PeftArguments
+
+logger = logging.getLogger("peftlab")
+
+
+ARGUMENT_CLASSES = (
+    ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments, ProtocolArguments,
+    AutoLayerArguments,
+)  # fmt: skip
+
+
+@dataclass
+class RunSpec:
+    """One run: its parsed arguments and what the checks resolved from them."""
+
+    model_args: ModelArguments
+    peft_args: PeftArguments
+    data_args: DataArguments
+    training_args: GlueTrainingArguments
+    search_args: SearchArguments
+    protocol_args: ProtocolArguments
+    auto_args: AutoLayerArguments
+    argv: list[str]
+    given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the user gave, as given (flags as typed, or the argument file's values), before any preset."""
+    task: GlueTask | None = None
+    glue_dir: str | None = None
+    model_path: str = ""
+    tokenizer_path: str = ""
+    space: dict | None = None
+    search_key: str = ""
+    """What the run's search is (:func:`peftlab.lab.search.search_key`): an Optuna study continues only the same one."""
+    cache_need: Any = None
+    auto_candidates: list[int] | None = None
+    """The candidate layers of a ``--target_layers auto`` run (None: the run's layers are given)."""
+    resume_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What a checkpoint of this run records and a resumed run must share
+    (:func:`peftlab.checkpoints.resume_arguments`)."""
+    resume_named: bool = False
+    """``--resume_from_checkpoint`` names the checkpoint; otherwise a ``--resumable`` run looks for its own again
+    when it starts, holding its folder's lock."""
+    frozen_layers_mode: str = "train (dropout active in frozen layers, as in the paper's code)"
+
+    @property
+    def parsed(self) -> tuple:
+        return (self.model_args, self.peft_args, self.data_args, self.training_args)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training_args.output_dir)
+
+
+def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
+    """Parse the command line, a single ``.json`` file holding the same names, or such a dict (a sweep job's run,
+    recorded as the ``args.json`` it writes into its folder); ``--protocol`` presets are applied first, so every
+    value given explicitly overrides them."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    argv = sys.argv[1:] if argv is None else argv
+    given = argv if isinstance(argv, dict) else None
+    if given is not None:
+        argv = [str(Path(str(given.get("output_dir"))) / "args.json")]
+    from_file = len(argv) == 1 and argv[0].endswith(".json")
+    try:
+        if from_file:
+            explicit = dict(given) if given is not None else read_argument_file(argv[0])
+            source = f"Argument file {argv[0]}" if given is None else f"The arguments of run {given.get('output_dir')}"
+            resolved = resolve_protocol(check_argument_types(explicit, source))
+            parsed = parser.parse_dict(resolved.values, allow_extra_keys=False)
+        else:
+            explicit = given_values(argv)
+            resolved = resolve_protocol(argv)
+            parsed = parser.parse_args_into_dataclasses(args=resolved.values)
+        spec = RunSpec(*parsed, argv=list(argv), given=explicit)
+        spec.protocol_args.applied, spec.protocol_args.not_applied = resolved.applied, resolved.not_applied
+        check_given(spec)
+        stages = ("do_train", "do_eval", "do_predict")
+        if not (set(explicit) | set(resolved.applied)).intersection(stages):
+            logger.info("None of --do_train/--do_eval/--do_predict given: training and evaluating.")
+            spec.training_args.do_train = spec.training_args.do_eval = True
+            spec.training_args.check_training_length()
+    except PeftlabError:
+        raise
+    except (ValueError, TypeError) as err:  # raised by the dataclasses' own checks and by parse_dict
+        where = f" (argument file {argv[0]})" if from_file and given is None else ""
+        raise ConfigError(f"{err}{where}") from err
+    return spec
+
+
+def check_given(spec: RunSpec) -> None:
+    """What the user gave that the parsed arguments cannot show: a run writes into a folder the user named, and
+    two of its options must not contradict each other (the parsed values no longer tell a default from a choice)."""
+    if not spec.given.get("output_dir"):  # (the Trainer's own default would be ./trainer_output)
+        raise ConfigError(
+            'No --output_dir (or "output_dir" in the argument file): give the folder the run writes its results '
+            "into, e.g. --output_dir runs/rte."
+        )
+    given = spec.given
+    if "early_stopping_patience" in given and says(given.get("load_best_model_at_end"), "false", "0", "no"):
+        raise ConfigError(
+            "--early_stopping_patience keeps the best evaluation, and --load_best_model_at_end false asks for the "
+            "last one: drop one of them."
+        )
+
+
+@functools.cache
+def argument_types() -> dict[str, Any]:
+    """Every argument's annotation, by name (the dataclasses' fields that are arguments)."""
+    types_: dict[str, Any] = {}
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        types_.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and f.name not in types_})
+    return types_
+
+
+def check_argument_types(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` (a JSON argument file's) checked against the arguments' types, which ``HfArgumentParser.parse_dict``
+    does not do: it passes ``"three"`` on as a number of epochs, to fail (or not) somewhere in training. A number
+    given where a string is expected becomes that string, as on the command line (``"target_layers": 5``)."""
+    checked = dict(values)
+    hints = argument_types()
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown argument {key!r}{did_you_mean(key, hints)}.")
+        if fits(hints[key], value):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and fits(hints[key], str(value)):
+            checked[key] = str(value)
+            continue
+        raise ConfigError(
+            f"{source}: {key!r} is {json.dumps(value)} ({type(value).__name__}), expected {type_name(hints[key])}."
+        )
+    return checked
+
+
+def read_argument_file(path: str) -> dict[str, Any]:
+    """The JSON object of an argument file; a missing or malformed file is a one-line error naming it."""
+    if not Path(path).is_file():
+        raise ConfigError(f"Argument file {path} does not exist.")
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Argument file {path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"Argument file {path} must hold a JSON object of argument names and values.")
+    return values
