@@ -488,12 +488,11 @@ def main() -> None:
                     print(f"- {config.label}: step {by_label[reference] / by_label[config.label]:.2f}x faster than fp32 ({by_label[reference]:.3f} s / {by_label[config.label]:.3f} s)")  # fmt: skip
     for config in chosen:
         if config.fast_dropout:  # against the same configuration with torch's dropout, in fp32 and in its precision
-            for reference in {
-                dataclasses.replace(config, fast_dropout=False),
-                dataclasses.replace(config, precision="fp32", model_dtype="float32", fast_dropout=False),
-            }:
-                if reference.label in by_label:
-                    print(f"- {config.label}: step {by_label[reference.label] / by_label[config.label]:.2f}x faster than {reference.label} ({by_label[reference.label]:.3f} s / {by_label[config.label]:.3f} s)")  # fmt: skip
+            same = dataclasses.replace(config, fast_dropout=False)
+            fp32 = dataclasses.replace(config, precision="fp32", model_dtype="float32", fast_dropout=False)
+            for reference in dict.fromkeys([same.label, fp32.label]):
+                if reference in by_label:
+                    print(f"- {config.label}: step {by_label[reference] / by_label[config.label]:.2f}x faster than {reference} ({by_label[reference]:.3f} s / {by_label[config.label]:.3f} s)")  # fmt: skip
     for config in chosen:
         if config.name.startswith("paper adapter@"):
             model = state[config.label][0]
