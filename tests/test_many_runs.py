@@ -51,21 +51,19 @@ def test_one_runs_num_hidden_layers_does_not_truncate_the_next_runs_model(tiny_b
     whole for the next (before: the second check saw 1 layer and refused --num_hidden_layers 2)."""
     ws = Workspace()
     specs = [parse_args(args(tiny_bert, rte_dir, tmp_path / str(k), "probe", 1, num_hidden_layers=k)) for k in (1, 2)]
-    for spec in specs:
-        prepare(ws, spec)
-    assert ws.config(specs[0].model_path, specs[0].model_args).num_hidden_layers == 2
-    one, two = (make_model(ws, spec) for spec in specs)
+    plans = [prepare(ws, spec) for spec in specs]
+    assert ws.config(plans[0].model_path, plans[0].model_args).num_hidden_layers == 2
+    one, two = (make_model(ws, plan) for plan in plans)
     assert (len(one.backbone.encoder.layer), len(two.backbone.encoder.layer)) == (1, 2)
 
 
 def test_runs_share_the_frozen_backbone_and_never_write_it(tiny_bert, rte_dir, tmp_path):
     ws = Workspace()
     specs = [parse_args(args(tiny_bert, rte_dir, tmp_path / m, m, 1)) for m in ("lora@1", "bitfit@1", "full")]
-    for spec in specs:
-        prepare(ws, spec)
-    pristine = ws.backbone(specs[0])
+    plans = [prepare(ws, spec) for spec in specs]
+    pristine = ws.backbone(plans[0])
     before = {n: p.detach().clone() for n, p in pristine.named_parameters()}
-    lora, bitfit, full = (make_model(ws, spec) for spec in specs)
+    lora, bitfit, full = (make_model(ws, plan) for plan in plans)
     ptrs = {p.data_ptr() for p in pristine.parameters()}
     assert {p.data_ptr() for p in lora.backbone.parameters() if not p.requires_grad} <= ptrs  # shared, not copied
     assert not any(p.data_ptr() in ptrs for m in (lora, bitfit, full) for p in m.parameters() if p.requires_grad)

@@ -9,6 +9,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -30,7 +31,7 @@ from peftlab.glue.tasks import get_task
 from peftlab.io import LOCK_NAME, check_writable, nearest_existing
 from peftlab.lab.args import DataArguments, GlueTrainingArguments, ModelArguments
 from peftlab.lab.autolayer import at_layer, check_auto, wants_auto
-from peftlab.lab.parsing import RunSpec
+from peftlab.lab.parsing import Plan, RunSpec
 from peftlab.lab.search import (
     check_study,
     parse_space,
@@ -168,25 +169,26 @@ def max_length_of(tokenizer: PreTrainedTokenizerBase, config: transformers.Pretr
     return min(limits) if limits else 512
 
 
-def prepare(ws: Workspace, spec: RunSpec) -> None:
+def prepare(ws: Workspace, spec: RunSpec) -> Plan:
     """Every check of one run that needs no model weights: a bad value fails here, before anything is loaded or
-    written. Loads (into ``ws``) the run's data, config and tokenizer, which the checks need anyway."""
-    check_options(spec)
-    spec.task = ws.run_data(spec).task
-    config = resolve_model(ws, spec)
-    metas = check_methods(spec, config)
-    check_search(spec)
-    plan_resume(ws, spec, metas)
+    written. Loads (into ``ws``) the run's data, config and tokenizer, which the checks need anyway. Returns the
+    run's :class:`~peftlab.lab.parsing.Plan`; ``spec`` is left as parsed."""
+    plan = Plan.of(spec).resolved(glue_dir=check_options(spec))
+    plan = plan.resolved(task=ws.run_data(plan).task)
+    plan, config = resolve_model(ws, plan)
+    plan, metas = check_methods(plan, config)
+    plan = check_search(plan)
+    return plan_resume(ws, plan, metas)
 
 
-def check_options(spec: RunSpec) -> None:
-    """The checks of the arguments alone and of the folders they name (nothing is loaded)."""
+def check_options(spec: RunSpec) -> str | None:
+    """The checks of the arguments alone and of the folders they name (nothing is loaded); the GLUE folder."""
     model_args, _, data_args, training_args = spec.parsed
     if data_args.task_name:
         get_task(data_args.task_name)  # an unknown name fails here
     elif data_args.train_file is None:
         raise ConfigError("Pass --task_name (one of the GLUE tasks) or --train_file with your own data.")
-    spec.glue_dir = resolve_glue_dir(data_args)
+    glue_dir = resolve_glue_dir(data_args)
     check_output_dir(training_args, model_args)
     check_writable(spec.output_dir, "--output_dir")
     check_devices(training_args)
@@ -198,84 +200,87 @@ def check_options(spec: RunSpec) -> None:
     check_trained_run_options(spec)
     if training_args.cache_frozen_prefix:
         check_cache_dir(training_args)
+    return glue_dir
 
 
-def resolve_model(ws: Workspace, spec: RunSpec):
-    """The run's model and tokenizer paths (into ``spec``); loads their config and tokenizer and returns the config."""
-    model_args, data_args = spec.model_args, spec.data_args
-    spec.model_path = resolve_model_path(base_model_of(model_args))
-    spec.tokenizer_path = model_args.tokenizer_name or (
-        model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else spec.model_path
+def resolve_model(ws: Workspace, plan: Plan) -> tuple[Plan, Any]:
+    """The run's model and tokenizer paths; loads their config and tokenizer; the plan and the config."""
+    model_args, data_args = plan.model_args, plan.data_args
+    model_path = resolve_model_path(base_model_of(model_args))
+    tokenizer_path = model_args.tokenizer_name or (
+        model_args.model_name_or_path if is_trained_run(model_args.model_name_or_path) else model_path
     )
     try:
-        config = ws.config(spec.model_path, model_args)
-        tokenizer = ws.tokenizer(spec.tokenizer_path, model_args)
+        config = ws.config(model_path, model_args)
+        tokenizer = ws.tokenizer(tokenizer_path, model_args)
     except OSError as err:  # not a folder on disk, and not a model the hub (or its offline cache) has
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"--model_name_or_path {spec.model_path!r}: cannot load it ({first}). Give a local model folder, a "
+            f"--model_name_or_path {model_path!r}: cannot load it ({first}). Give a local model folder, a "
             "trained run's --output_dir, or a hub name (offline, only models already in the hub cache load)."
         ) from None
     limit = max_length_of(tokenizer, config)
     if data_args.max_seq_length > limit:
         raise ConfigError(f"--max_seq_length {data_args.max_seq_length} exceeds the model's limit of {limit} tokens.")
-    return config
+    return plan.resolved(model_path=model_path, tokenizer_path=tokenizer_path), config
 
 
-def check_methods(spec: RunSpec, config) -> list:
+def check_methods(plan: Plan, config) -> tuple[Plan, list]:
     """Build the run's model (every candidate of an ``auto`` run) without weights, so that every method, layer and
-    head check runs; sets the cache's need. Returns the weightless models (none for a trained run, loaded as is)."""
-    model_args, peft_args, _, training_args = spec.parsed
+    head check runs; the cache's need. Returns the plan and the weightless models (none for a trained run)."""
+    model_args, peft_args, _, training_args = plan.parsed
     if is_trained_run(model_args.model_name_or_path):
-        return []
-    checked = [peft_args]
+        return plan, []
+    checked, candidates = [peft_args], None
     if wants_auto(peft_args.method, peft_args.target_layers):
         if not training_args.do_train:
             raise ConfigError("--target_layers auto chooses a layer by training: add --do_train.")
         layers = peft_args.num_hidden_layers or config.num_hidden_layers
-        spec.auto_candidates = check_auto(peft_args.method, peft_args.target_layers, spec.auto_args.auto_layers, layers)
-        checked = [dataclasses.replace(peft_args, method=at_layer(peft_args.method, k)) for k in spec.auto_candidates]
+        candidates = tuple(check_auto(peft_args.method, peft_args.target_layers, plan.auto_args.auto_layers, layers))
+        checked = [dataclasses.replace(peft_args, method=at_layer(peft_args.method, k)) for k in candidates]
     try:
-        head = head_config(model_args, spec.task.num_labels)
+        head = head_config(model_args, plan.task.num_labels)
         metas = [check_buildable(config, head, p, model_args.model_dtype) for p in checked]
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    if training_args.cache_frozen_prefix and spec.auto_candidates is None:
-        spec.cache_need = need_of(metas[0])
-    return metas
+    need = need_of(metas[0]) if training_args.cache_frozen_prefix and candidates is None else None
+    return plan.resolved(auto_candidates=candidates, cache_need=need), metas
 
 
-def check_search(spec: RunSpec) -> None:
-    """The search space of a ``--hp_search`` run, parsed against the arguments it may set."""
-    training_args = spec.training_args
-    if search := spec.search_args.hp_search:
+def check_search(plan: Plan) -> Plan:
+    """The search space of a ``--hp_search`` run, parsed against the arguments it may set; the selection metric
+    ``main`` resolved to the task's."""
+    training_args, space = plan.training_args, None
+    if search := plan.search_args.hp_search:
         model_fields = {f.name for f in dataclasses.fields(PeftArguments)} | {"head_dropout"}
         training_fields = {f.name for f in dataclasses.fields(GlueTrainingArguments)}
-        spec.space = parse_space(spec.search_args.hp_space, training_fields, model_fields)
+        space = parse_space(plan.search_args.hp_space, training_fields, model_fields)
         if not training_args.do_eval:
             raise ConfigError(f"--hp_search {search} optimises the evaluation metric: add --do_eval.")
-    if training_args.metric_for_best_model == "main":
-        training_args.metric_for_best_model = spec.task.main_metric
-    if training_args.resumable and spec.space is not None:
+    if training_args.resumable and space is not None:
         raise ConfigError("--resumable resumes one training run; a --hp_search has many (drop --resumable).")
+    metric = plan.task.main_metric if training_args.metric_for_best_model == "main" else None
+    return plan.resolved({"metric_for_best_model": metric} if metric else None, space=space)
 
 
-def plan_resume(ws: Workspace, spec: RunSpec, metas: list) -> None:
+def plan_resume(ws: Workspace, plan: Plan, metas: list) -> Plan:
     """What a checkpoint of the run must share with it, and the checkpoint it resumes from (checked to fit)."""
-    training_args = spec.training_args
-    auto_args = [spec.auto_args] if spec.auto_candidates is not None else []  # its choice's settings too
-    spec.resume_args = resume_arguments(*spec.parsed, *auto_args)
+    training_args = plan.training_args
+    auto_args = [plan.auto_args] if plan.auto_candidates is not None else []  # its choice's settings too
+    resume_args = resume_arguments(*plan.parsed, *auto_args)
     if training_args.do_train and (training_args.resumable or names_checkpoint(training_args.resume_from_checkpoint)):
-        spec.resume_args[DATA_DIGEST] = ws.data_digest(spec)  # a resumed run must train and evaluate on the same data
-    if spec.space is not None:
-        spec.search_key = search_key(spec.space, spec.resume_args)
-        check_study(spec.search_args, spec.output_dir, spec.search_key)
-    spec.resume_named = names_checkpoint(training_args.resume_from_checkpoint)
-    training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
-    if training_args.resume_from_checkpoint and metas and spec.auto_candidates is None:
-        check_checkpoint_fits(
-            training_args.resume_from_checkpoint, metas[0], spec.model_args.model_name_or_path or BUNDLED_MODEL
-        )
+        resume_args[DATA_DIGEST] = ws.data_digest(plan)  # a resumed run must train and evaluate on the same data
+    key = ""
+    if plan.space is not None:
+        key = search_key(plan.space, resume_args)
+        check_study(plan.search_args, plan.output_dir, key)
+    checkpoint = resolve_checkpoint(training_args, resume_args)
+    if checkpoint and metas and plan.auto_candidates is None:
+        check_checkpoint_fits(checkpoint, metas[0], plan.model_args.model_name_or_path or BUNDLED_MODEL)
+    return plan.resolved(
+        {"resume_from_checkpoint": checkpoint}, resume_args=resume_args, search_key=key,
+        resume_named=names_checkpoint(training_args.resume_from_checkpoint),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------

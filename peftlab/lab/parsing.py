@@ -4,6 +4,7 @@ arguments' types (``HfArgumentParser.parse_dict`` does not)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -38,9 +39,9 @@ ARGUMENT_CLASSES = (
 )  # fmt: skip
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class RunSpec:
-    """One run: its parsed arguments and what the checks resolved from them."""
+    """One run's arguments as parsed (never rewritten afterwards) and what the user gave."""
 
     model_args: ModelArguments
     peft_args: PeftArguments
@@ -52,6 +53,27 @@ class RunSpec:
     argv: list[str]
     given: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What the user gave, as given (flags as typed, or the argument file's values), before any preset."""
+
+    @property
+    def parsed(self) -> tuple:
+        return (self.model_args, self.peft_args, self.data_args, self.training_args)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training_args.output_dir)
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A prepared run (:func:`peftlab.lab.checks.prepare`): its parsed arguments (``spec``, untouched) and what the
+    checks resolved from them. ``training_args`` is a resolved copy of the parsed ones (the task's selection metric
+    for ``main``, the checkpoint to resume from) and ``peft_args`` the run's methods (an ``auto`` run's, at the
+    chosen layer once it is chosen); every other argument group is the parsed one. A stage that resolves more makes
+    a new plan (``dataclasses.replace``)."""
+
+    spec: RunSpec
+    training_args: GlueTrainingArguments
+    peft_args: PeftArguments
     task: GlueTask | None = None
     glue_dir: str | None = None
     model_path: str = ""
@@ -60,7 +82,7 @@ class RunSpec:
     search_key: str = ""
     """What the run's search is (:func:`peftlab.lab.search.search_key`): an Optuna study continues only the same one."""
     cache_need: Any = None
-    auto_candidates: list[int] | None = None
+    auto_candidates: tuple[int, ...] | None = None
     """The candidate layers of a ``--target_layers auto`` run (None: the run's layers are given)."""
     resume_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What a checkpoint of this run records and a resumed run must share
@@ -68,7 +90,28 @@ class RunSpec:
     resume_named: bool = False
     """``--resume_from_checkpoint`` names the checkpoint; otherwise a ``--resumable`` run looks for its own again
     when it starts, holding its folder's lock."""
-    frozen_layers_mode: str = "train (dropout active in frozen layers, as in the paper's code)"
+
+    @classmethod
+    def of(cls, spec: RunSpec) -> Plan:
+        """The plan before any check: the parsed arguments, the training arguments copied to resolve into."""
+        return cls(spec, copy.copy(spec.training_args), spec.peft_args)
+
+    def resolved(self, training: dict[str, Any] | None = None, **changes: Any) -> Plan:
+        """This plan with ``changes``; ``training`` values set on a new copy of its training arguments."""
+        if training:
+            args = copy.copy(self.training_args)
+            for name, value in training.items():
+                setattr(args, name, value)
+            changes["training_args"] = args
+        return dataclasses.replace(self, **changes)
+
+    model_args = property(lambda self: self.spec.model_args)
+    data_args = property(lambda self: self.spec.data_args)
+    search_args = property(lambda self: self.spec.search_args)
+    protocol_args = property(lambda self: self.spec.protocol_args)
+    auto_args = property(lambda self: self.spec.auto_args)
+    argv = property(lambda self: self.spec.argv)
+    given = property(lambda self: self.spec.given)
 
     @property
     def parsed(self) -> tuple:

@@ -21,7 +21,7 @@ import peftlab
 from peftlab.glue.data import RunData
 from peftlab.lab.args import GlueTrainingArguments
 from peftlab.lab.checks import SHORT_DTYPES
-from peftlab.lab.parsing import RunSpec
+from peftlab.lab.parsing import Plan
 from peftlab.lab.workspace import base_model_of
 from peftlab.modeling import (
     BUNDLED_MODEL,
@@ -65,19 +65,19 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_config(spec: RunSpec, run_data: RunData, model: SequenceClassifier) -> dict[str, Any]:
+def run_config(plan: Plan, run_data: RunData, model: SequenceClassifier) -> dict[str, Any]:
     """Everything that determines the run, to be saved beside its results, and the modules its methods adapted."""
-    model_args, _, data_args, training_args = spec.parsed
+    model_args, _, data_args, training_args = plan.parsed
     return {
-        "command": [sys.executable, "run_glue.py", *spec.argv],
+        "command": [sys.executable, "run_glue.py", *plan.argv],
         "protocol": {
-            "name": spec.protocol_args.protocol,
-            "preset": spec.protocol_args.applied,
-            "preset_not_applied": spec.protocol_args.not_applied,
-            "given": sorted(spec.given),
+            "name": plan.protocol_args.protocol,
+            "preset": plan.protocol_args.applied,
+            "preset_not_applied": plan.protocol_args.not_applied,
+            "given": sorted(plan.given),
         },
-        "asked": {k: v for k, v in spec.given.items() if k != "token"},  # as given; the *_args below: as resolved
-        "model": {"base_model": base_model_of(model_args) or BUNDLED_MODEL, "resolved_path": spec.model_path},
+        "asked": {k: v for k, v in plan.given.items() if k != "token"},  # as given; the *_args below: as resolved
+        "model": {"base_model": base_model_of(model_args) or BUNDLED_MODEL, "resolved_path": plan.model_path},
         "task": run_data.task.name,
         "label_names": list(run_data.task.label_names) if run_data.task.label_names else None,
         "data_protocol": run_data.protocol,
@@ -93,11 +93,18 @@ def run_config(spec: RunSpec, run_data: RunData, model: SequenceClassifier) -> d
             if training_args.cache_frozen_prefix
             else None,
         },
-        "frozen_layers_mode": spec.frozen_layers_mode,
+        "frozen_layers_mode": frozen_layers_mode(model),
         "versions": versions(),
         "device": "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def frozen_layers_mode(model: SequenceClassifier) -> str:
+    """How the frozen layers below the trained ones ran, in words."""
+    if model.frozen_prefix:
+        return f"eval (layers below {model.frozen_prefix} are computed once, without dropout, and cached)"
+    return "train (dropout active in frozen layers, as in the paper's code)"
 
 
 def model_selection(training_args: GlueTrainingArguments) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.io import output_lock, run_log, setup_logging, write_history, write_json
 from peftlab.lab.checks import prepare
-from peftlab.lab.parsing import RunSpec, parse_args
+from peftlab.lab.parsing import Plan, RunSpec, parse_args
 from peftlab.lab.record import RESULTS_NAME
 from peftlab.lab.stages import execute
 from peftlab.lab.workspace import Workspace
@@ -30,8 +30,9 @@ logger = logging.getLogger("peftlab")
 
 
 def prepare_all(ws: Workspace, argvs: list[list[str] | dict[str, Any]], keep_going: bool = False) -> list[Any]:
-    """Parse and check every run (nothing loaded but data, configs and tokenizers) and plan the caches they read.
-    With ``keep_going`` a run that fails its checks gives its exception in its place and the others go on."""
+    """Parse and check every run (nothing loaded but data, configs and tokenizers) and plan the caches they read;
+    returns each run's :class:`~peftlab.lab.parsing.Plan`. With ``keep_going`` a run that fails its checks gives
+    its exception in its place and the others go on."""
     specs: list[Any] = []
     for argv in argvs:
         try:
@@ -51,15 +52,16 @@ def prepare_all(ws: Workspace, argvs: list[list[str] | dict[str, Any]], keep_goi
         if not isinstance(spec, RunSpec):
             continue
         try:
-            prepare(ws, spec)
+            plan = prepare(ws, spec)
         except PeftlabError as err:
             if not keep_going:
                 raise
             logger.error("Run %s is refused: %s", spec.output_dir, err)
             specs[index] = err
             continue
-        if spec.cache_need is not None:
-            ws.cache(spec).plan(spec.cache_need)
+        specs[index] = plan
+        if plan.cache_need is not None:
+            ws.cache(plan).plan(plan.cache_need)
     return specs
 
 
@@ -83,7 +85,7 @@ def run_many(
     gc.freeze()  # what is loaded now lives as long as the process: the Trainer's gc.collect() need not walk it
     outcomes: list[Any] = []
     for index, spec in enumerate(specs):  # 2. the runs
-        if not isinstance(spec, RunSpec):  # refused by its checks (keep_going)
+        if not isinstance(spec, Plan):  # refused by its checks (keep_going)
             outcomes.append(spec)
             continue
         if len(specs) > 1:

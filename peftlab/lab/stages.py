@@ -31,7 +31,7 @@ from peftlab.glue.submission import write_submission
 from peftlab.io import check_free_space, write_json
 from peftlab.lab.args import ALIASES, strategy_name
 from peftlab.lab.autolayer import SCRATCH_PREFIX, LayerSearch, at_layer, choose_layer
-from peftlab.lab.parsing import RunSpec
+from peftlab.lab.parsing import Plan
 from peftlab.lab.record import RESULTS_NAME, RUN_CONFIG_NAME, run_config, versions
 from peftlab.lab.search import (
     explicit_arguments,
@@ -63,13 +63,13 @@ def predict(trainer, test_features: dict, test_sets: dict, output_dir: str) -> l
     return written
 
 
-def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
+def hp_search(trainer, plan: Plan) -> dict[str, Any]:
     """Run the search; save its summary (``hp_search.json``) and the best trial as an argument file."""
-    training_args = spec.training_args
+    training_args = plan.training_args
     summary = run_search(
-        trainer, spec.search_args, spec.space, spec.task.main_metric, training_args.output_dir, spec.search_key
+        trainer, plan.search_args, plan.space, plan.task.main_metric, training_args.output_dir, plan.search_key
     )
-    best_args = explicit_arguments(*spec.parsed, spec.protocol_args)
+    best_args = explicit_arguments(*plan.parsed, plan.protocol_args)
     for alias in ALIASES:  # their values are already in the fields they set; kept, they would override a trial's
         best_args.pop(alias, None)
     best_args.update(summary["best"]["hyperparameters"])
@@ -86,59 +86,60 @@ def hp_search(trainer, spec: RunSpec) -> dict[str, Any]:
     return results
 
 
-def auto_layer(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
-    """Choose the layer of an ``auto`` run (:mod:`peftlab.lab.autolayer`) and set it in ``spec``; returns the record.
+def auto_layer(ws: Workspace, plan: Plan) -> tuple[dict[str, Any], Plan]:
+    """Choose the layer of an ``auto`` run (:mod:`peftlab.lab.autolayer`); returns the record and the plan with the
+    method at that layer.
     A run resumed from a checkpoint keeps the choice recorded there (made before it stopped; the checkpoint holds
     the module at that layer) instead of making it again."""
-    if spec.training_args.world_size == 1:  # this process alone holds the folder: these are a killed start's
-        for stale in spec.output_dir.glob(f"{SCRATCH_PREFIX}*"):
+    if plan.training_args.world_size == 1:  # this process alone holds the folder: these are a killed start's
+        for stale in plan.output_dir.glob(f"{SCRATCH_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
-    record = kept_choice(spec.training_args.resume_from_checkpoint)
+    record = kept_choice(plan.training_args.resume_from_checkpoint)
     if record is None:
         search = LayerSearch(
-            train=ws.features(spec).train, task=spec.task, peft_args=spec.peft_args, candidates=spec.auto_candidates,
-            options=spec.auto_args, training=spec.training_args, split_seed=spec.data_args.split_seed,
-            output_dir=spec.output_dir,
+            train=ws.features(plan).train, task=plan.task, peft_args=plan.peft_args, candidates=plan.auto_candidates,
+            options=plan.auto_args, training=plan.training_args, split_seed=plan.data_args.split_seed,
+            output_dir=plan.output_dir,
         )  # fmt: skip
-        record = choose_layer(search, RunCandidates(ws, spec))
+        record = choose_layer(search, RunCandidates(ws, plan))
     else:
         logger.info("Auto layer: layer %d, as chosen before the run stopped (%s); not chosen again.",
-                    record["chosen_layer"], spec.training_args.resume_from_checkpoint)  # fmt: skip
-    spec.peft_args = dataclasses.replace(spec.peft_args, method=at_layer(spec.peft_args.method, record["chosen_layer"]))
-    return record
+                    record["chosen_layer"], plan.training_args.resume_from_checkpoint)  # fmt: skip
+    chosen = dataclasses.replace(plan.peft_args, method=at_layer(plan.peft_args.method, record["chosen_layer"]))
+    return record, plan.resolved(peft_args=chosen)
 
 
 class RunCandidates:
     """The candidates of :func:`peftlab.lab.autolayer.choose_layer`, built as this run's own model and trainer
     would be (a :class:`peftlab.lab.autolayer.CandidateFactory`)."""
 
-    def __init__(self, ws: Workspace, spec: RunSpec) -> None:
-        self.ws, self.spec = ws, spec
+    def __init__(self, ws: Workspace, plan: Plan) -> None:
+        self.ws, self.plan = ws, plan
 
     def trainer(self, peft_args, train, evaluation, training_args, callbacks: list) -> GlueTrainer:
         set_seed(training_args.seed)
-        model = make_model(self.ws, self.spec, peft_args)
-        wrapped, collator = with_cache(self.ws, self.spec, model, {"train": train, "eval": evaluation})
+        model = make_model(self.ws, self.plan, peft_args)
+        wrapped, collator = with_cache(self.ws, self.plan, model, {"train": train, "eval": evaluation})
         sets = RunSets(wrapped["train"], {"selection": wrapped["eval"]}, {}, collator)
-        return build_trainer(self.ws, self.spec, model, sets, args=training_args, callbacks=callbacks)
+        return build_trainer(self.ws, self.plan, model, sets, args=training_args, callbacks=callbacks)
 
     def plan_cache(self, pefts: list, data: list) -> None:
-        spec, ws = self.spec, self.ws
-        if not spec.training_args.cache_frozen_prefix:
+        plan, ws = self.plan, self.ws
+        if not plan.training_args.cache_frozen_prefix:
             return
-        config = ws.config(spec.model_path, spec.model_args)
-        head = head_config(spec.model_args, spec.task.num_labels)
+        config = ws.config(plan.model_path, plan.model_args)
+        head = head_config(plan.model_args, plan.task.num_labels)
         for need in filter(None, (need_of(check_buildable(config, head, peft)) for peft in pefts)):
             for dataset in data:
-                ws.cache(spec).plan(need, dataset)
+                ws.cache(plan).plan(need, dataset)
 
 
 def build_trainer(
-    ws: Workspace, spec: RunSpec, model: SequenceClassifier, sets: RunSets, args=None, callbacks: list | None = None
+    ws: Workspace, plan: Plan, model: SequenceClassifier, sets: RunSets, args=None, callbacks: list | None = None
 ) -> GlueTrainer:
     """The Trainer of the run (with a model factory per trial under ``--hp_search``); ``args`` and ``callbacks``
     replace the run's training arguments and add to its callbacks (the candidates of ``--target_layers auto``)."""
-    model_args, peft_args, _, training_args = spec.parsed
+    model_args, peft_args, _, training_args = plan.parsed
     training_args = args or training_args
     callbacks = list(callbacks or [])
     if training_args.early_stopping_patience is not None:
@@ -146,36 +147,36 @@ def build_trainer(
             EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
         )
     model_init = None
-    if spec.space is not None:
+    if plan.space is not None:
 
         def model_init(trial=None):
             """Every search trial builds its model right after seeding, as an ordinary run does; then seeds again,
             as the Trainer's construction does in an ordinary run, so that the trial draws its data order and
             dropout from the same random state as ``best_run.json`` will (the Trainer seeds once, before this)."""
-            values = trial_values(trial, spec.space)
+            values = trial_values(trial, plan.space)
             peft = dataclasses.replace(peft_args, **{k: v for k, v in values.items() if hasattr(peft_args, k)})
             head = dataclasses.replace(model_args, **{k: v for k, v in values.items() if k == "head_dropout"})
-            built = make_model(ws, spec, peft, head)
+            built = make_model(ws, plan, peft, head)
             set_seed(training_args.seed)
             return built
 
     return GlueTrainer(
-        resume_arguments=spec.resume_args,
+        resume_arguments=plan.resume_args,
         model=None if model_init else model,
         model_init=model_init,
         args=training_args,
         train_dataset=sets.train,
         eval_dataset=next(iter(sets.eval.values()), None),
-        processing_class=ws.tokenizer(spec.tokenizer_path, model_args),
+        processing_class=ws.tokenizer(plan.tokenizer_path, model_args),
         data_collator=sets.collator,
-        compute_metrics=compute_metrics_fn(spec.task),
+        compute_metrics=compute_metrics_fn(plan.task),
         callbacks=callbacks,
     )
 
 
-def train(trainer: GlueTrainer, spec: RunSpec, train_set) -> dict[str, Any]:
+def train(trainer: GlueTrainer, plan: Plan, train_set) -> dict[str, Any]:
     """Train; save what trained (and each method's export, e.g. LoRA in peft's format). Returns its results."""
-    training_args, output_dir = spec.training_args, spec.output_dir
+    training_args, output_dir = plan.training_args, plan.output_dir
     results: dict[str, Any] = {}
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if training_args.save_model:
@@ -198,10 +199,10 @@ def train(trainer: GlueTrainer, spec: RunSpec, train_set) -> dict[str, Any]:
     return results
 
 
-def evaluate(trainer: GlueTrainer, spec: RunSpec, eval_sets: dict[str, Any]) -> dict[str, Any]:
+def evaluate(trainer: GlueTrainer, plan: Plan, eval_sets: dict[str, Any]) -> dict[str, Any]:
     """Metrics on every evaluation set (``eval_<name>``, with the split's suffix: MNLI mismatched ``_mm``)."""
     results: dict[str, Any] = {}
-    known = trainer.evaluation_of_final_model() if spec.training_args.do_train else None
+    known = trainer.evaluation_of_final_model() if plan.training_args.do_train else None
     for index, (split, data) in enumerate(eval_sets.items()):
         if index == 0 and known is not None:  # training already evaluated these very weights on this split
             metrics = dict(known)
@@ -214,59 +215,61 @@ def evaluate(trainer: GlueTrainer, spec: RunSpec, eval_sets: dict[str, Any]) -> 
     return results
 
 
-def execute(ws: Workspace, spec: RunSpec) -> dict[str, Any]:
+def execute(ws: Workspace, plan: Plan) -> dict[str, Any]:
     """Train, evaluate and predict one prepared run; write its results. Returns them.
 
     The stages: build the model (seeded), wrap the data with the frozen-prefix cache, build the Trainer, then
     train, evaluate, predict, and write ``run_config.json`` and ``all_results.json`` (last: it marks the run done).
     """
     started, cpu_started = time.time(), time.process_time()
-    training_args = spec.training_args
-    if training_args.overwrite_output_dir and training_args.process_index == 0:
-        remove_old_outputs(spec.output_dir)
-    if training_args.resumable and not spec.resume_named:
-        training_args.resume_from_checkpoint = None  # look again, now that this process holds the folder's lock
-        training_args.resume_from_checkpoint = resolve_checkpoint(training_args, spec.resume_args)
-    auto = auto_layer(ws, spec) if spec.auto_candidates is not None else None
-    run_data = ws.run_data(spec)
-    logger.info("Task %s, data protocol: %s", spec.task.name, run_data.protocol)
+    if plan.training_args.overwrite_output_dir and plan.training_args.process_index == 0:
+        remove_old_outputs(plan.output_dir)
+    if plan.training_args.resumable and not plan.resume_named:
+        fresh = plan.resolved({"resume_from_checkpoint": None})  # look again, now that this process holds the lock
+        plan = fresh.resolved({"resume_from_checkpoint": resolve_checkpoint(fresh.training_args, plan.resume_args)})
+    auto = None
+    if plan.auto_candidates is not None:
+        auto, plan = auto_layer(ws, plan)
+    training_args = plan.training_args
+    run_data = ws.run_data(plan)
+    logger.info("Task %s, data protocol: %s", plan.task.name, run_data.protocol)
     set_seed(training_args.seed)
-    model = make_model(ws, spec)
+    model = make_model(ws, plan)
     if training_args.resume_from_checkpoint:
         check_checkpoint_fits(
-            training_args.resume_from_checkpoint, model, spec.model_args.model_name_or_path or BUNDLED_MODEL
+            training_args.resume_from_checkpoint, model, plan.model_args.model_name_or_path or BUNDLED_MODEL
         )
     if training_args.process_index == 0:
-        check_free_space(spec.output_dir, bytes_written(spec, model), "--output_dir")
+        check_free_space(plan.output_dir, bytes_written(plan, model), "--output_dir")
     counts = model.parameter_counts()
     logger.info("Methods %s; parameters: %s; adapted: %s", model.injection.methods, counts,
                 model.injection.targeted_modules)  # fmt: skip
-    sets = run_sets(ws, spec, model)
-    trainer = build_trainer(ws, spec, model, sets)
+    sets = run_sets(ws, plan, model)
+    trainer = build_trainer(ws, plan, model, sets)
     trainer.run_clock = (started, cpu_started)
     if auto is not None:
         trainer.resume_extras[AUTO_CHOICE] = auto  # a resumed run keeps this choice
-    if spec.space is not None:
-        return hp_search(trainer, spec)
-    config_record = run_config(spec, run_data, model)
+    if plan.space is not None:
+        return hp_search(trainer, plan)
+    config_record = run_config(plan, run_data, model)
     results: dict[str, Any] = dict(counts)
     if auto is not None:
         results["auto_layer"] = config_record["auto_layer"] = auto
     if training_args.do_train:
-        results.update(train(trainer, spec, sets.train))
+        results.update(train(trainer, plan, sets.train))
         if trainer.resumed is not None:
             results["resumed"] = config_record["resumed"] = trainer.resumed
         if auto is not None:  # the whole run (choice and final training) in units of the final training alone
             runtime = results["train_runtime"]  # the whole run's, a resumed one's too
             auto["cost_in_runs"] = round((auto["selection_seconds"] + runtime) / runtime, 2)
     if training_args.do_eval:
-        results.update(evaluate(trainer, spec, sets.eval))
+        results.update(evaluate(trainer, plan, sets.eval))
     if training_args.do_predict:
-        results["predict_files"] = predict(trainer, ws.features(spec).test, sets.test, training_args.output_dir)
+        results["predict_files"] = predict(trainer, ws.features(plan).test, sets.test, training_args.output_dir)
     results["data_protocol"] = run_data.protocol
     results.update(run_time(trainer, started, cpu_started))
     if trainer.is_world_process_zero():
-        write_results(spec, config_record, results)
+        write_results(plan, config_record, results)
     return results
 
 
@@ -281,14 +284,14 @@ def run_time(trainer: GlueTrainer, started: float, cpu_started: float) -> dict[s
     }
 
 
-def write_results(spec: RunSpec, config_record: dict[str, Any], results: dict[str, Any]) -> None:
+def write_results(plan: Plan, config_record: dict[str, Any], results: dict[str, Any]) -> None:
     """``run_config.json``, then ``all_results.json`` (last: its presence marks the run finished); a resumable
     run's checkpoints go once its results are written."""
     config_record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json(spec.output_dir / RUN_CONFIG_NAME, config_record)
-    write_json(spec.output_dir / RESULTS_NAME, results)
-    if spec.training_args.resumable:
-        remove_checkpoints(spec.output_dir)
+    write_json(plan.output_dir / RUN_CONFIG_NAME, config_record)
+    write_json(plan.output_dir / RESULTS_NAME, results)
+    if plan.training_args.resumable:
+        remove_checkpoints(plan.output_dir)
 
 
 OLD_OUTPUTS = (RESULTS_NAME, RUN_CONFIG_NAME, "hp_search.json", "best_run.json", "trainer_state.json",
@@ -307,10 +310,10 @@ def remove_old_outputs(output_dir: Path) -> None:
             path.unlink()
 
 
-def bytes_written(spec: RunSpec, model: torch.nn.Module) -> int:
+def bytes_written(plan: Plan, model: torch.nn.Module) -> int:
     """About the most a run writes into its folder: the trained weights; a checkpoint (weights, the optimizer's two
     moments, the best evaluation) twice over while the latest replaces the one before; the tokenizer and logs."""
     trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    t = spec.training_args
+    t = plan.training_args
     checkpoints = t.resumable or strategy_name(t.save_strategy) != "no"
     return 64 * 2**20 + (trained if t.save_model else 0) + (2 * 4 * trained if checkpoints else 0)

@@ -24,7 +24,7 @@ from peftlab.fastdropout import use_fast_dropout
 from peftlab.glue.data import RunData, data_digest, load_run_data
 from peftlab.glue.tasks import GlueTask, get_task
 from peftlab.lab.args import ModelArguments
-from peftlab.lab.parsing import RunSpec
+from peftlab.lab.parsing import Plan
 from peftlab.methods import PeftArguments
 from peftlab.modeling import (
     BUNDLED_MODEL,
@@ -87,25 +87,25 @@ class Workspace:
             "trust_remote_code": model_args.trust_remote_code,
         }  # fmt: skip
 
-    def run_data(self, spec: RunSpec) -> RunData:
-        d, t = spec.data_args, spec.training_args
+    def run_data(self, plan: Plan) -> RunData:
+        d, t = plan.data_args, plan.training_args
         task = get_task(d.task_name) if d.task_name else None  # None: the user's files
         key = (
-            "data", d.task_name, spec.glue_dir, d.train_file, d.validation_file,
+            "data", d.task_name, plan.glue_dir, d.train_file, d.validation_file,
             d.test_file, t.do_train, t.do_eval, t.do_predict, d.train_split, d.split_dev, d.split_seed,
             d.max_train_samples, d.max_eval_samples, d.max_predict_samples, d.label_type,
         )  # fmt: skip
         return self._get(key, lambda: load_run_data(
-            task, glue_dir=spec.glue_dir, train_file=d.train_file, validation_file=d.validation_file,
+            task, glue_dir=plan.glue_dir, train_file=d.train_file, validation_file=d.validation_file,
             test_file=d.test_file, do_train=t.do_train, do_eval=t.do_eval, do_predict=t.do_predict,
             train_split=d.train_split, split_dev=d.split_dev, split_seed=d.split_seed,
             max_train_samples=d.max_train_samples, max_eval_samples=d.max_eval_samples,
             max_predict_samples=d.max_predict_samples, label_type=d.label_type,
         ))  # fmt: skip
 
-    def data_digest(self, spec: RunSpec) -> str:
+    def data_digest(self, plan: Plan) -> str:
         """The digest of the run's training and evaluation data (:func:`peftlab.glue.data.data_digest`)."""
-        run_data = self.run_data(spec)
+        run_data = self.run_data(plan)
         return self._get(("digest", id(run_data)), lambda: data_digest(run_data))
 
     def config(self, path: str, model_args: ModelArguments):
@@ -116,10 +116,10 @@ class Workspace:
         hub = self._hub(model_args)
         return self._get(("tokenizer", path, *hub.values()), lambda: AutoTokenizer.from_pretrained(path, **hub))
 
-    def features(self, spec: RunSpec) -> Features:
-        run_data = self.run_data(spec)
-        tokenizer = self.tokenizer(spec.tokenizer_path, spec.model_args)
-        d = spec.data_args
+    def features(self, plan: Plan) -> Features:
+        run_data = self.run_data(plan)
+        tokenizer = self.tokenizer(plan.tokenizer_path, plan.model_args)
+        d = plan.data_args
         key = ("features", id(run_data), id(tokenizer), d.max_seq_length, d.pad_to_max_length)
 
         def make() -> Features:
@@ -135,25 +135,25 @@ class Workspace:
 
         return self._get(key, make)
 
-    def backbone(self, spec: RunSpec) -> torch.nn.Module:
+    def backbone(self, plan: Plan) -> torch.nn.Module:
         """The pretrained backbone as loaded, shared by the runs (each trains a deep copy)."""
-        hub, dtype = self._hub(spec.model_args), spec.model_args.model_dtype
+        hub, dtype = self._hub(plan.model_args), plan.model_args.model_dtype
         return self._get(
-            ("backbone", spec.model_path, *hub.values(), dtype),
-            lambda: load_backbone(spec.model_path, dtype, **hub).eval(),
+            ("backbone", plan.model_path, *hub.values(), dtype),
+            lambda: load_backbone(plan.model_path, dtype, **hub).eval(),
         )
 
     def fill_passes(self) -> int:
         """Passes over a split that this workspace's frozen-prefix caches computed."""
         return sum(item.passes for key, item in self._items.items() if key[0] == "cache")
 
-    def cache(self, spec: RunSpec) -> FrozenPrefixCache:
-        t = spec.training_args
+    def cache(self, plan: Plan) -> FrozenPrefixCache:
+        t = plan.training_args
         directory = str(t.frozen_cache_dir or default_cache_dir())
-        hub = self._hub(spec.model_args)
+        hub = self._hub(plan.model_args)
         return self._get(
-            ("cache", spec.model_path, *hub.values(), spec.model_args.model_dtype, directory, t.cache_dtype),
-            lambda: FrozenPrefixCache(self.backbone(spec), directory, t.cache_dtype),
+            ("cache", plan.model_path, *hub.values(), plan.model_args.model_dtype, directory, t.cache_dtype),
+            lambda: FrozenPrefixCache(self.backbone(plan), directory, t.cache_dtype),
         )
 
 
@@ -170,30 +170,30 @@ def base_model_of(model_args: ModelArguments) -> str | None:
     return model_args.model_name_or_path
 
 
-def make_model(ws: Workspace, spec: RunSpec, peft_args: PeftArguments | None = None, model_args=None):
+def make_model(ws: Workspace, plan: Plan, peft_args: PeftArguments | None = None, model_args=None):
     """A fresh head and the run's methods on a copy of the pretrained backbone, or the classifier saved by an
     earlier run. Seeded by the caller: every random initial value comes from the run's seed."""
-    model_args = model_args or spec.model_args
-    model = _fresh_or_trained(ws, spec, peft_args, model_args)
+    model_args = model_args or plan.model_args
+    model = _fresh_or_trained(ws, plan, peft_args, model_args)
     if model_args.fast_dropout:
         use_fast_dropout(model)
     return model
 
 
-def _fresh_or_trained(ws: Workspace, spec: RunSpec, peft_args: PeftArguments | None, model_args):
-    num_labels = spec.task.num_labels
+def _fresh_or_trained(ws: Workspace, plan: Plan, peft_args: PeftArguments | None, model_args):
+    num_labels = plan.task.num_labels
     if is_trained_run(model_args.model_name_or_path):
-        model = load_classifier(model_args.model_name_or_path, spec.training_args.cache_frozen_prefix)
+        model = load_classifier(model_args.model_name_or_path, plan.training_args.cache_frozen_prefix)
         if model.num_labels != num_labels:
             raise ConfigError(
                 f"{model_args.model_name_or_path} was trained with {model.num_labels} labels; this task has {num_labels}."
             )
         return model
-    pristine = ws.backbone(spec)
+    pristine = ws.backbone(plan)
     backbone = share_frozen_copy(pristine).train()
     base = model_args.model_name_or_path or BUNDLED_MODEL
-    head, reads = head_config(model_args, num_labels), spec.training_args.cache_frozen_prefix
-    model = SequenceClassifier(backbone, head, base, peft_args or spec.peft_args, reads)
+    head, reads = head_config(model_args, num_labels), plan.training_args.cache_frozen_prefix
+    model = SequenceClassifier(backbone, head, base, peft_args or plan.peft_args, reads)
     shared = {p.data_ptr() for p in pristine.parameters()}
     for param in model.parameters():  # what trains gets storage of its own; what stays frozen is shared
         if param.requires_grad and param.data_ptr() in shared:
@@ -211,15 +211,15 @@ def share_frozen_copy(backbone: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(backbone, memo)
 
 
-def with_cache(ws: Workspace, spec: RunSpec, model, named: dict[str, Any]):
+def with_cache(ws: Workspace, plan: Plan, model, named: dict[str, Any]):
     """``named`` datasets served from the frozen-prefix cache for ``model`` (built to read it), and the
     collator that pads them; or the datasets as they are and the plain collator when the run does not cache."""
-    tokenizer = ws.tokenizer(spec.tokenizer_path, spec.model_args)
-    if not spec.training_args.cache_frozen_prefix or need_of(model) is None:
-        if spec.training_args.cache_frozen_prefix:
+    tokenizer = ws.tokenizer(plan.tokenizer_path, plan.model_args)
+    if not plan.training_args.cache_frozen_prefix or need_of(model) is None:
+        if plan.training_args.cache_frozen_prefix:
             logger.warning("--cache_frozen_prefix: layer 0 (or the embeddings) trains, so there is nothing to cache.")
-        return named, None if spec.data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
-    return cache_datasets(model, named, tokenizer, ws.cache(spec)), CachedCollator(tokenizer)
+        return named, None if plan.data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
+    return cache_datasets(model, named, tokenizer, ws.cache(plan)), CachedCollator(tokenizer)
 
 
 @dataclass
@@ -232,19 +232,15 @@ class RunSets:
     collator: Any
 
 
-def run_sets(ws: Workspace, spec: RunSpec, model: SequenceClassifier) -> RunSets:
+def run_sets(ws: Workspace, plan: Plan, model: SequenceClassifier) -> RunSets:
     """The run's tokenized datasets and collator; with a planned cache, each wrapped with what it reads."""
-    features = ws.features(spec)
+    features = ws.features(plan)
     named = {
         **({"train": features.train} if features.train is not None else {}),
         **{f"eval:{k}": v for k, v in features.eval.items()},
         **{f"test:{k}": data for k, (_, data) in features.test.items()},
     }
-    wrapped, collator = with_cache(ws, spec, model, named)
-    if model.frozen_prefix:
-        spec.frozen_layers_mode = (
-            f"eval (layers below {model.frozen_prefix} are computed once, without dropout, and cached)"
-        )
+    wrapped, collator = with_cache(ws, plan, model, named)
     return RunSets(
         wrapped.get("train"),
         {k: wrapped[f"eval:{k}"] for k in features.eval},
