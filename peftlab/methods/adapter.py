@@ -199,6 +199,8 @@ class ResidualNormAdapterLayer(TunerLayer):
 
 @register
 class Adapter(Method):
+    """Adapters (Houlsby et al. 2019; He et al. 2022's parallel form): a bottleneck beside or after the FFN or attention block."""
+
     name = "adapter"
     options_class = AdapterOptions
     paper_learning_rate = 2e-3  # adapter_hyper.sh:30,47,60,61

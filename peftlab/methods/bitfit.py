@@ -59,6 +59,8 @@ class BiasOffset(TunerLayer):
 
 @register
 class BitFit(Method):
+    """BitFit (Ben Zaken et al. 2022): the biases of the chosen roles train, nothing else."""
+
     name = "bitfit"
     options_class = BitFitOptions
     paper_learning_rate = 2e-4  # bitfit_hyper.sh:24,41,54,55

@@ -69,6 +69,8 @@ class BlockFineTune(Method):
 
 @register
 class FfnFineTune(BlockFineTune):
+    """The FFN block's own weights of the chosen layers train (the paper's FFN-only fine-tuning)."""
+
     name = "ffn"
     roles = FFN_ROLES
     norm_role = "ffn_norm"
@@ -79,6 +81,8 @@ class FfnFineTune(BlockFineTune):
 
 @register
 class AttnFineTune(BlockFineTune):
+    """The attention block's own weights of the chosen layers train."""
+
     name = "attn"
     roles = ATTENTION_ROLES
     norm_role = "attn_norm"

@@ -10,6 +10,8 @@ from peftlab.methods.base import Method, register
 
 @register
 class Full(Method):
+    """Full fine-tuning: every backbone weight trains."""
+
     name = "full"
     trains_backbone = True
     paper_learning_rate = 2e-5  # finetune_glue.sh:24

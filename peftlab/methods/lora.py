@@ -133,6 +133,8 @@ class LoraLinear(TunerLayer):
 
 @register
 class Lora(Method):
+    """LoRA (Hu et al. 2022): a trained low-rank update beside the chosen linear layers."""
+
     name = "lora"
     options_class = LoraOptions
     order = 0  # wraps the plain nn.Linear, before adapters wrap whatever is there

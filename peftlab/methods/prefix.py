@@ -100,6 +100,8 @@ class PrefixEncoder(TunerLayer):
 
 @register
 class Prefix(Method):
+    """Prefix tuning (Li and Liang 2021): trained key and value vectors prepended in the chosen layers."""
+
     name = "prefix"
     options_class = PrefixOptions
     paper_learning_rate = 2e-4  # prompt_hyper.sh:24,41,54,55

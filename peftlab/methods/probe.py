@@ -14,6 +14,8 @@ from peftlab.methods.base import Method, register
 
 @register
 class Probe(Method):
+    """A linear probe: the frozen backbone's pooled output, only the head trains."""
+
     name = "probe"
     trains_layers = False
     # The paper's rate is a script argument (freeze_glue.sh:26,43, $2, no default): ours is the head's rate in the

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name, cls in METHODS.items():
         summary = (cls.__doc__ or "").strip().splitlines()[:1]
-        print(f"{name:10s} {describe(cls)}" + "".join(f": {line}" for line in summary))
+        print(f"{name:10s} {summary[0] if summary else describe(cls) + '.'}")
         if args.options and cls.options_class is not None:
             for field in dataclasses.fields(cls.options_class):
                 print(f"    --{field.name} (default {field.default!r}): {field.metadata.get('help', '')}")
