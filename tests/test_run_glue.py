@@ -239,3 +239,27 @@ def test_a_checkpoint_saved_in_half_precision_trains_with_float32_weights(tiny_b
     main(["--model_name_or_path", str(half), "--task_name", "rte", "--glue_dir", str(rte_dir), "--output_dir", str(out),
           "--method", "full", "--pooling", "mean", *FAST])  # fmt: skip
     assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.float32}
+
+
+def test_a_run_ends_with_a_summary_read_from_its_folder(tiny_bert, rte_dir, tmp_path, capsys):
+    from peftlab.lab.summary import summary
+
+    out = tmp_path / "run"
+    main(["--task_name", "rte", "--glue_dir", str(rte_dir), "--model_name_or_path", tiny_bert, "--method",
+          "adapter@1", "--bottleneck_dim", "2", "--eval_strategy", "epoch", "--load_best_model_at_end", "true",
+          "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--output_dir", str(out),
+          "--save_model", "false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    text = summary(out)
+    assert text in printed
+    results = json.loads((out / "all_results.json").read_text())
+    lines = dict(line.split(maxsplit=1) for line in text.splitlines())
+    assert lines["task"] == "rte" and lines["method"] == "adapter@1"
+    assert lines["trainable"].startswith(f"{results['trainable_params']:,} of {results['total_params']:,} (")
+    best, last = results["best_evaluation"], results["last_evaluation"]
+    assert lines["dev"] == (
+        f"accuracy best {100 * best['eval_accuracy']:.1f} (epoch {best['epoch']:g}), "
+        f"last {100 * last['eval_accuracy']:.1f} (epoch 2); reported: the best"
+    )
+    assert f"the method {results['method_params']:,}, the head {results['head_params']:,}" in lines["trainable"]
+    assert "all_results.json" in lines["files"] and str(out) in lines["files"]
