@@ -172,6 +172,7 @@ def test_installed_in_a_fresh_venv_the_command_runs_from_another_folder(tiny_ber
     assert where.stdout.startswith(str(venv)), where.stdout  # the installed copy, not the checkout
     helped = subprocess.run([command, "train", "--help"], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert helped.returncode == 0 and "--cache_frozen_prefix" in helped.stdout, helped.stderr[-2000:]
+    assert helped.stdout.startswith("usage: peftlab train"), helped.stdout[:200]
     run = subprocess.run(
         [command, "train", "--task_name", "rte", "--glue_dir", str(rte_dir), "--model_name_or_path", tiny_bert,
          "--method", "adapter@1", "--protocol", "paper", "--cache_frozen_prefix", "--frozen_cache_dir",

@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
     """Parse the command line, a single ``.json`` file holding the same names, or such a dict (a sweep job's run,
     recorded as the ``args.json`` it writes into its folder); ``--protocol`` presets are applied first, so every
     value given explicitly overrides them."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    prog = "peftlab train" if Path(sys.argv[0]).name == "peftlab" else None  # --help names the command typed
+    parser = HfArgumentParser(ARGUMENT_CLASSES, prog=prog)
     argv = sys.argv[1:] if argv is None else argv
     given = argv if isinstance(argv, dict) else None
     if given is not None:
