@@ -13,9 +13,12 @@ dropout kernels are fast.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 ATTENTION = "peftlab_fast_dropout"
 """The name :func:`attention_forward` is registered under with transformers' ``AttentionInterface``."""
@@ -24,9 +27,7 @@ LEVELS = 1 << 15
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A boolean mask of ``shape``, each element True with probability ``1 - p`` (to within 1/32768)."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_()  # 63 random bits each
     values = words.view(torch.int16)[:count] & (LEVELS - 1)  # four 15-bit values per word
     return (values >= round(p * LEVELS)).view(shape)
@@ -52,8 +53,6 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """Scaled dot-product attention whose probabilities are dropped with :func:`fast_dropout`; everything it does not
     cover (no dropout, a GPU, causal attention without a mask, grouped key/value heads) goes to transformers' SDPA
     attention unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     plain = (
         dropout == 0.0
         or not module.training

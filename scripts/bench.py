@@ -93,7 +93,9 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def configs(top: int) -> list[Config]:
-    from peftlab.lab.protocols import PAPER_METHOD_OPTIONS
+    from peftlab.lab.protocols import paper_method_options
+
+    PAPER_METHOD_OPTIONS = paper_method_options()
 
     lora = {"lora_rank": 8, "lora_alpha": 16, "lora_targets": "query,value"}
     paper_layer = (top + 1) * 5 // 12  # the paper's adapter layer 5 of 12, scaled (2 of 6)
@@ -115,8 +117,10 @@ def configs(top: int) -> list[Config]:
 
 def paper_configs(layers: int) -> list[Config]:
     """Every method at the paper's layers (its 5 and 10 of 12, scaled to ``layers``) and sizes (its scripts'
-    options, :data:`peftlab.lab.protocols.PAPER_METHOD_OPTIONS`), each frozen one with and without the cache."""
-    from peftlab.lab.protocols import PAPER_METHOD_OPTIONS as PAPER
+    options, :func:`peftlab.lab.protocols.paper_method_options`), each frozen one with and without the cache."""
+    from peftlab.lab.protocols import paper_method_options
+
+    PAPER = paper_method_options()
 
     low, high = layers * 5 // 12, layers * 10 // 12
     frozen = [

@@ -69,7 +69,11 @@ def _workload(task, glue_dir, train_split, split_dev, max_train, max_eval, max_s
 def num_layers_of(run: Run) -> int:
     """The layers ``run``'s backbone has: ``--num_hidden_layers`` where it truncates, else its model's own (read from
     the model's config, not assumed)."""
-    args = effective_args(run.args)
+    return layers_in(effective_args(run.args))
+
+
+def layers_in(args: dict) -> int:
+    """:func:`num_layers_of` from a run's effective arguments."""
     return int(args.get("num_hidden_layers") or encoder_shape(args.get("model_name_or_path"))[0])
 
 
@@ -83,7 +87,7 @@ def cache_depth(run: Run, num_layers: int | None = None) -> int | None:
     methods = parse_method_string(args["method"])
     if not args.get("cache_frozen_prefix") or any(METHODS[name].trains_backbone for name, _ in methods):
         return None
-    num_layers = num_layers or num_layers_of(run)
+    num_layers = num_layers or layers_in(args)
 
     def layers_of(spec: str) -> list[int]:  # an automatic layer is estimated at the middle one
         return [num_layers // 2] if spec == "auto" else parse_layers(spec, num_layers)
@@ -141,7 +145,7 @@ def run_terms(run: Run, load: Workload, num_layers: int | None = None, epochs: f
     evals = 1 + (epochs if str(args.get("eval_strategy", "no")) == "epoch" else 0)
     terms = dict.fromkeys(COST, 0.0)
     terms["run"] = 1.0
-    num_layers = num_layers or num_layers_of(run)
+    num_layers = num_layers or layers_in(args)
     depth = cache_depth(run, num_layers)
     if wants_auto(args["method"], args.get("target_layers") or "") and not chosen:
         epochs += AUTO_SELECTION * whole  # choosing the layer first

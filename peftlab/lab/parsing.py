@@ -119,7 +119,7 @@ class Plan:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.training_args.output_dir)
+        return self.spec.output_dir  # never resolved
 
 
 def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:

@@ -107,14 +107,10 @@ def _methods() -> dict[str, type]:
     return METHODS
 
 
-def __getattr__(name: str) -> Any:
-    """``PAPER_LEARNING_RATE`` and ``PAPER_METHOD_OPTIONS``: the method classes' paper presets as tables, for
-    scripts that read them (derived on each access, so they cannot drift from the classes)."""
-    if name == "PAPER_LEARNING_RATE":
-        return {n: c.paper_learning_rate for n, c in _methods().items() if c.paper_learning_rate is not None}
-    if name == "PAPER_METHOD_OPTIONS":
-        return {n: dict(c.paper_options) for n, c in _methods().items() if c.paper_options}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def paper_method_options() -> dict[str, dict[str, Any]]:
+    """Each method's paper module options (:attr:`~peftlab.methods.Method.paper_options`), by name, for scripts
+    that read them as a table; the methods without any are left out."""
+    return {n: dict(c.paper_options) for n, c in _methods().items() if c.paper_options}
 
 
 PROTOCOLS = {"paper": paper, "quick": quick}

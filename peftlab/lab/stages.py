@@ -38,7 +38,7 @@ from peftlab.lab.search import (
     run_search,
     trial_values,
 )
-from peftlab.lab.summary import summary
+from peftlab.lab.summary import summary_of
 from peftlab.lab.workspace import RunSets, Workspace, head_config, make_model, run_sets, with_cache
 from peftlab.modeling import (
     BUNDLED_MODEL,
@@ -271,7 +271,7 @@ def execute(ws: Workspace, plan: Plan) -> dict[str, Any]:
     results.update(run_time(trainer, started, cpu_started))
     if trainer.is_world_process_zero():
         write_results(plan, config_record, results)
-        print("\n" + summary(plan.output_dir) + "\n", flush=True)  # what a person reads at the end of the run
+        print("\n" + summary_of(results, config_record, plan.output_dir) + "\n", flush=True)  # read at a glance
     return results
 
 

@@ -33,10 +33,14 @@ def score_of(evaluation: dict[str, Any] | None, metric: str) -> str:
 
 
 def summary(output_dir: str | Path) -> str:
-    """The summary of the run in ``output_dir``, a few lines."""
+    """The summary of the finished run in ``output_dir``, a few lines."""
     out = Path(output_dir)
     results = json.loads((out / "all_results.json").read_text())
-    config = json.loads((out / "run_config.json").read_text())
+    return summary_of(results, json.loads((out / "run_config.json").read_text()), out)
+
+
+def summary_of(results: dict[str, Any], config: dict[str, Any], out: Path) -> str:
+    """:func:`summary` from the run's results and record as they are written into ``out``."""
     metric = main_metric_of(config["task"], results)
     total, trainable = results.get("total_params"), results.get("trainable_params")
     share = f" of {total:,} ({100 * trainable / total:.3g} %)" if total and trainable is not None else ""
