@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peftlab.lab.costmodel import COST, fill_terms, job_terms, run_terms, seconds_of, workload
+from peftlab.lab.costmodel import COST, fill_terms, job_terms, precision_suffix, run_terms, seconds_of, workload
 from peftlab.lab.sweep import Job
 from peftlab.lab.sweepfile import Run, effective_args
 
@@ -94,15 +94,16 @@ def measurements(roots: list[str], glue_dir: str) -> tuple[list[tuple[str, dict,
 
 
 def fit(rows) -> tuple[dict[str, float], float]:
-    """Least-squares COST (clipped at 0), weighting relative errors equally, and its relative RMS error."""
-    units = list(COST)
-    matrix = np.array([[terms[unit] for unit in units] for _, terms, _, _ in rows])
+    """Least-squares COST (clipped at 0), weighting relative errors equally, and its relative RMS error. A unit no
+    measurement uses (a precision not run yet) keeps its current constant."""
+    used = [unit for unit in COST if any(terms[unit] for _, terms, _, _ in rows)]
+    matrix = np.array([[terms[unit] for unit in used] for _, terms, _, _ in rows])
     seconds = np.array([s for _, _, s, _ in rows])
     weights = 1.0 / np.maximum(seconds, 1.0)
     coef, *_ = np.linalg.lstsq(matrix * weights[:, None], seconds * weights, rcond=None)
     coef = np.clip(coef, 0.0, None)
     error = float(np.sqrt(np.mean(((matrix @ coef - seconds) * weights) ** 2)))
-    return dict(zip(units, coef.tolist())), error
+    return COST | dict(zip(used, coef.tolist())), error
 
 
 def main() -> int:
@@ -120,19 +121,22 @@ def main() -> int:
         print(f"{len(rows)} measurements ({sum(k == 'run' for k, *_ in rows)} runs, {len(jobs)} jobs); "
               f"relative RMS error {error:.2f}")  # fmt: skip
         print("COST = {" + ", ".join(f'"{u}": {c:.3g}' for u, c in cost.items()) + "}")
+        kept = [unit for unit in COST if not any(terms[unit] for _, terms, _, _ in rows)]
+        if kept:
+            print(f"(not measured, kept: {', '.join(kept)})")
         print(f"EPOCH_SHARE = {share:.2f}  # over {len(shares)} runs with early stopping")
         return 0
     ratios: dict[tuple[str, str], list[float]] = defaultdict(list)
     for kind, terms, seconds, run in rows:
         if kind == "run":
-            method = run.args["method"].split("@")[0]
+            method = run.args["method"].split("@")[0] + precision_suffix(effective_args(run.args), training=True)
             ratios[(run.args["task_name"], method)].append(seconds / seconds_of(terms))
         else:
             ratios[("-", kind)].append(seconds / max(seconds_of(terms), 1e-9))
-    print(f"{'task':6s} {'method':10s} {'n':>4s}  measured/estimated: median (min-max)")
+    print(f"{'task':6s} {'method':28s} {'n':>4s}  measured/estimated: median (min-max)")
     for (task, kind), values in sorted(ratios.items()):
         print(
-            f"{task:6s} {kind:10s} {len(values):4d}  {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+            f"{task:6s} {kind:28s} {len(values):4d}  {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
         )
     print(f"\nruns with early stopping trained {share:.0%} of their epochs on average ({len(shares)} runs)")
     runs = [(seconds, seconds_of(terms)) for kind, terms, seconds, _ in rows if kind == "run"]

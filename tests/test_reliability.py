@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peftlab.errors import ConfigError
-from peftlab.io import output_lock
+from peftlab.io import output_lock, write_json
 from peftlab.lab.parsing import parse_args
 from peftlab.lab.run import main as run_main
-from peftlab.lab.sweep import run_sweep
-from peftlab.lab.sweepfile import SweepFile, check_sweep, expand
+from peftlab.lab.sweep import load_sweep, run_sweep
+from peftlab.lab.sweepfile import SweepFile, expand
 
 FAST = ["--per_device_train_batch_size", "4", "--disable_tqdm", "True", "--seed", "7"]
 
@@ -506,4 +506,46 @@ def test_every_private_trainer_method_glue_trainer_overrides_exists_in_transform
 
 def test_check_sweep_accepts_every_sweep_file_of_the_repository():
     for path in sorted((REPO / "scripts" / "sweeps").rglob("*.json")):
-        check_sweep(json.loads(path.read_text()), str(path))
+        load_sweep(path)
+
+
+def test_an_extending_sweep_file_is_its_base_with_its_own_name_and_options(tmp_path):
+    base = {**GOOD, "description": "the base", "seeds": [1, 2], "common": {"bf16": False, "num_train_epochs": 2},
+            "variants": {"a": {"method": "adapter@1"}, "b": {"method": "lora@1"}}}  # fmt: skip
+    write_json(tmp_path / "base.json", base)
+    write_json(tmp_path / "sub" / "x.json", {"extends": "../base.json", "name": "x", "seeds": [3],
+               "common": {"bf16": True}, "variants": {"a": {"adapter_dim": 8}, "c": {"method": "full"}}})  # fmt: skip
+    assert load_sweep(tmp_path / "sub" / "x.json") == {
+        "name": "x", "tasks": ["rte"], "seeds": [3], "common": {"bf16": True, "num_train_epochs": 2},
+        "variants": {"a": {"method": "adapter@1", "adapter_dim": 8}, "b": {"method": "lora@1"}, "c": {"method": "full"}},
+    }  # fmt: skip
+    # the repository's bf16 Table 1 is the float32 one with the bf16 options, run for run
+    paper = {r.name: r.args for r in expand(load_sweep(REPO / "scripts/sweeps/table1_paper.json"), tmp_path)}
+    bf16 = {r.name: r.args for r in expand(load_sweep(REPO / "scripts/sweeps/table1_paper_bf16_fast.json"), tmp_path)}
+    assert paper.keys() == bf16.keys()
+    for name, args in bf16.items():
+        extra = {k: v for k, v in args.items() if paper[name].get(k) != v and k != "output_dir"}
+        frozen = "model_dtype" in extra
+        assert extra == {"bf16": True, "cache_dtype": "bfloat16", "fast_dropout": True} | (
+            {"model_dtype": "bfloat16"} if frozen else {}
+        ), name
+        assert frozen == (args["method"] not in ("full", "bitfit@5")), name
+
+
+@pytest.mark.parametrize(
+    "child,message",
+    [
+        ({"extends": "base.json"}, r"extends the sweep 's' and needs a 'name' of its own .*not None"),
+        ({"extends": "base.json", "name": "s"}, r"needs a 'name' of its own .*not 's'"),
+        ({"extends": "missing.json", "name": "x"}, r"Cannot read sweep file .*missing.json"),
+        ({"extends": 3, "name": "x"}, r"'extends' is 3; give the path of another sweep file"),
+        ({"extends": "child.json", "name": "x"}, r"child.json extends itself"),
+        ({"extends": "base.json", "name": "x", "variants": {"a": {"seed": 3}}}, r"child.json: variant 'a' sets 'seed'"),
+    ],
+)  # fmt: skip
+def test_a_bad_extending_sweep_file_is_refused(tmp_path, child, message):
+    write_json(tmp_path / "base.json", GOOD)
+    write_json(tmp_path / "child.json", child)
+    with pytest.raises(ConfigError, match=message):
+        expand(load_sweep(tmp_path / "child.json"), tmp_path / "root")
+    assert not (tmp_path / "root").exists()

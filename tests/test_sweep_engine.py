@@ -83,6 +83,24 @@ def test_a_runs_cost_is_estimated_from_its_data(tmp_path):
     assert 0 < run_cost(probe) < run_cost(full)
 
 
+def test_a_runs_passes_are_costed_in_its_precision(tmp_path):
+    variants = {
+        "fp32": {"method": "adapter@1"},
+        "bf16": {"method": "adapter@1", "bf16": True},
+        "fast": {"method": "adapter@1", "bf16": True, "fast_dropout": True},
+        "full": {"method": "full", "bf16": True, "fast_dropout": True, "cache_frozen_prefix": False},
+    }
+    fp32, bf16, fast, full = expand({"name": "p", "tasks": ["rte"], "variants": variants}, tmp_path)
+    load = Workload(train=1000, eval=100, tokens=40.0)
+    used = {name: {unit for unit, n in run_terms(run, load).items() if n} for name, run in
+            [("fp32", fp32), ("bf16", bf16), ("fast", fast), ("full", full)]}  # fmt: skip
+    assert used["fp32"] == {"run", "frozen", "forward"}
+    assert used["bf16"] == {"run", "frozen bf16", "forward bf16"}
+    assert used["fast"] == {"run", "frozen bf16 fast_dropout", "forward bf16"}  # no dropout in evaluation
+    assert used["full"] == {"run", "full bf16 fast_dropout", "forward bf16"}
+    assert run_terms(bf16, load)["frozen bf16"] == run_terms(fp32, load)["frozen"]  # the same work, another unit
+
+
 def test_local_sweep_fills_each_cache_once_and_trains_runs_in_shared_processes(tiny_bert, rte_dir, tmp_path):
     runs = expand(small_sweep(tiny_bert, rte_dir), tmp_path / "runs")
     root = tmp_path / "runs" / "s"

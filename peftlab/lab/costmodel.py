@@ -25,9 +25,16 @@ logger = logging.getLogger("peftlab")
 # example at REFERENCE_TOKENS tokens: "forward" one no-grad pass of the whole backbone (a cache fill, or an
 # evaluation without the cache), "read" one example served from the cache, "full" one training pass with
 # everything trainable, "frozen" one training pass through the layers above the cache (scaled by their share of
-# the backbone). Fitted by least squares to measured jobs and runs of the bundled MiniLM:
-#     python scripts/estimate_check.py runs/sweeps --fit
-COST = {"startup": 8.0, "run": 0.5, "forward": 0.0299, "read": 0.000321, "full": 0.0561, "frozen": 0.0344}
+# the backbone). The passes have one unit per precision (:func:`precision_suffix`): float32 (no suffix), bf16
+# autocast (" bf16") and, for training, bf16 with peftlab/fastdropout.py's masks (" bf16 fast_dropout"). Fitted by
+# least squares to measured jobs and runs of the bundled MiniLM:
+#     python scripts/estimate_check.py docs/results/runs runs/sweeps --fit
+COST = {
+    "startup": 0.422, "run": 0.842, "read": 0.000268,
+    "forward": 0.0262, "full": 0.0554, "frozen": 0.0303,
+    "forward bf16": 0.0165, "full bf16": 0.0272, "frozen bf16": 0.0166,
+    "full bf16 fast_dropout": 0.0272, "frozen bf16 fast_dropout": 0.0233,
+}  # fmt: skip
 REFERENCE_TOKENS = 60
 TOKENS_PER_WORD = 1.2
 """Word-piece tokens per whitespace word in GLUE text (measured with the bundled tokenizer: 1.15 to 1.25)."""
@@ -101,6 +108,15 @@ def cache_depth(run: Run, num_layers: int | None = None) -> int | None:
     return min(trained) if trained else int(args.get("num_hidden_layers") or num_layers)
 
 
+def precision_suffix(args: dict, training: bool = False) -> str:
+    """The suffix of a pass's :data:`COST` unit for a run's effective arguments: ``" bf16"`` under ``--bf16``, with
+    ``" fast_dropout"`` after it for a training pass with ``--fast_dropout`` (dropout is off in a no-grad pass);
+    float32 has none. ``--fast_dropout`` in float32 is costed as float32 with torch's dropout (not measured)."""
+    if not args.get("bf16"):
+        return ""
+    return " bf16 fast_dropout" if training and args.get("fast_dropout") else " bf16"
+
+
 AUTO_SELECTION = 0.6
 """The layer choice of a ``--target_layers auto`` run, in units of its final training (peftlab/lab/autolayer.py)."""
 EPOCH_SHARE = 1.0
@@ -149,13 +165,15 @@ def run_terms(run: Run, load: Workload, num_layers: int | None = None, epochs: f
     depth = cache_depth(run, num_layers)
     if wants_auto(args["method"], args.get("target_layers") or "") and not chosen:
         epochs += AUTO_SELECTION * whole  # choosing the layer first
+    train, forward = precision_suffix(args, training=True), "forward" + precision_suffix(args)
     if depth is None:
-        terms["full" if _method_class(args["method"]).trains_backbone else "frozen"] = load.train * epochs * length
-        terms["forward"] = evals * load.eval * length
+        kind = "full" if _method_class(args["method"]).trains_backbone else "frozen"
+        terms[kind + train] = load.train * epochs * length
+        terms[forward] = evals * load.eval * length
         return terms
     above = (num_layers - depth) / num_layers  # only the layers from the lowest trained one up run
-    terms["frozen"] = above * load.train * epochs * length
-    terms["forward"] = above * evals * load.eval * length
+    terms["frozen" + train] = above * load.train * epochs * length
+    terms[forward] = above * evals * load.eval * length
     terms["read"] = (load.train * epochs + load.eval * evals) * length
     return terms
 
@@ -173,7 +191,7 @@ def fill_terms(runs: list[Run], load: Workload, num_layers: int | None = None) -
     depths = [d for d in (cache_depth(run, num_layers) for run in runs) if d is not None]
     terms = dict.fromkeys(COST, 0.0)
     terms["startup"] = 1.0
-    terms["forward"] = (
+    terms["forward" + precision_suffix(effective_args(runs[0].args))] = (
         (max(depths) / num_layers if depths else 0) * (load.train + load.eval) * load.tokens / REFERENCE_TOKENS
     )
     return terms

@@ -24,6 +24,9 @@ one row per pooling, named ``<variant>_<pooling>``). A variant's ``method`` gets
 ``adapter@{layer},{next_layer}``). Arguments are merged in the order: :data:`DEFAULTS` and the sweep's
 ``protocol`` (a ``--protocol`` preset, see :mod:`peftlab.lab.protocols`, applied by each run), the task's offline
 protocol (unless the sweep says ``"offline": false``), ``common``, ``task_args``, the variant, the grid values.
+A file with ``"extends": "other.json"`` and a ``name`` of its own is that sweep with its keys laid over
+(``common``, and each variant's and task's options, gain entries; other keys are replaced): e.g.
+``scripts/sweeps/table1_paper_bf16.json`` is ``table1_paper.json`` in bfloat16 (:func:`load_sweep`).
 
 How a sweep runs (:func:`run_sweep`). The driver alone decides what runs: it skips finished runs, copies the
 results of identical finished runs (:func:`fingerprint`), and cuts the rest into jobs. Runs that read the same
@@ -71,6 +74,7 @@ from peftlab.lab.sweepfile import (
     check_runs,
     check_sweep,
     effective_args,
+    extend_sweep,
     run_args,
 )
 
@@ -424,12 +428,21 @@ def run_sweep(
     return [run for run in todo if not run.finished]
 
 
-def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON object of a sweep file, checked whole (:func:`peftlab.lab.sweepfile.check_sweep`)."""
+def load_sweep(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The JSON object of a sweep file, checked whole (:func:`peftlab.lab.sweepfile.check_sweep`); a file with
+    ``"extends": "<file>"`` (relative to its own folder) is laid over that one first (:func:`extend_sweep`)."""
+    path = Path(path)
     try:
-        sweep = json.loads(Path(path).read_text())
+        sweep = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"Cannot read sweep file {path}: {err}") from None
+    if isinstance(sweep, dict) and "extends" in sweep:
+        base = sweep.pop("extends")
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"Sweep file {path}: 'extends' is {base!r}; give the path of another sweep file.")
+        if path.resolve() in _seen:
+            raise ConfigError(f"Sweep file {path} extends itself through {' -> '.join(map(str, _seen))}.")
+        sweep = extend_sweep(sweep, load_sweep(path.parent / base, (*_seen, path.resolve())), f"Sweep file {path}")
     check_sweep(sweep, f"Sweep file {path}")
     return sweep
 

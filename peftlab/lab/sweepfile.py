@@ -72,6 +72,34 @@ class SweepFile:
     task_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+MERGED = ("common", "task_args", "variants")
+"""The keys an extending sweep file merges into its base's, entry by entry (the others it replaces)."""
+
+
+def extend_sweep(sweep: dict[str, Any], base: dict[str, Any], source: str = "Sweep file") -> dict[str, Any]:
+    """``sweep`` laid over ``base`` (a sweep file with ``"extends"``): its keys replace the base's, except that
+    ``common`` gains its entries, and each of ``variants`` and ``task_args`` gains its options (a variant or task the
+    base lacks is added whole). It must have its own ``name``, so its runs never mix with the base's, and its own
+    ``description`` or none (the base's would describe another sweep)."""
+    if not isinstance(sweep.get("name"), str) or sweep["name"] == base["name"]:
+        raise ConfigError(
+            f"{source} extends the sweep {base['name']!r} and needs a 'name' of its own (its runs go to "
+            f"--root/<name>/, apart from the base's), not {sweep.get('name')!r}."
+        )
+    merged = {key: value for key, value in base.items() if key != "description"}
+    for key, value in sweep.items():
+        if key not in MERGED or not isinstance(value, dict) or not isinstance(base.get(key), dict):
+            merged[key] = value
+        elif key == "common":
+            merged[key] = base[key] | value
+        else:
+            merged[key] = dict(base[key])
+            for name, entry in value.items():
+                known = isinstance(entry, dict) and isinstance(base[key].get(name), dict)
+                merged[key][name] = base[key][name] | entry if known else entry
+    return merged
+
+
 def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(SweepFile)}
 
