@@ -258,8 +258,8 @@ def compute_cache(
 class ByIdentity:
     """Values keyed by an object's identity, for as long as the object lives. A dict keyed by ``id()`` is not
     enough: once an object is freed its id is reused, and a new dataset would be handed the value of a dead one
-    (here: another split's input digest, so the cache key, so another split's tensors; a selection split of 200
-    examples once read the tensors of a freed split in place of its own 800)."""
+    (here: another split's input digest, so the cache key, so another split's tensors: a split would be trained
+    on the cached tensors of another)."""
 
     def __init__(self) -> None:
         self._values: dict[int, tuple[weakref.ref, Any]] = {}

@@ -1,7 +1,7 @@
 """Dropout with masks drawn four to a 64-bit random number, for training on the CPU.
 
-On the CPU, torch's dropout draws one random number per element (``bernoulli_``); in a bf16 step of a small
-encoder that is a fifth of the step (``scripts/bench.py --profile``), more than the matrix products it masks.
+On the CPU, torch's dropout draws one random number per element (``bernoulli_``), a large share of a bf16 step
+of a small encoder (``scripts/bench.py --profile`` shows how large).
 :func:`keep_mask` draws 64-bit integers instead and cuts each into four 15-bit uniform values, so the keep
 probability is ``1 - p`` to within 1/32768 (p = 0.1: 0.1 exactly to 6e-6). It is another random stream than
 torch's dropout: a run with it is another run (same distribution, other masks), deterministic under its seed.

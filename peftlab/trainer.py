@@ -82,7 +82,8 @@ class GlueTrainer(Trainer):
     Best-model selection in memory (``args.select_best_in_memory``): at each evaluation the Trainer decides as
     usual whether the metric improved (``metric_for_best_model``, ``greater_is_better``); if so, a copy of the
     trainable parameters (everything under full fine-tuning) is kept, and it is loaded back when training ends.
-    No checkpoint is written per evaluation: for a frozen backbone that copy is a few thousand numbers.
+    No checkpoint is written per evaluation: for a frozen backbone that copy holds only the method's and the head's
+    parameters.
 
     Checkpoints (``--resumable``, or the Trainer's own) also carry that copy and the run's time so far
     (:mod:`peftlab.checkpoints`): ``run_clock`` is when the run started (wall and process CPU time, set by the
@@ -209,7 +210,7 @@ class GlueTrainer(Trainer):
 
     def _loss_so_far(self) -> float | None:
         """The sum of the training loss over every step so far, this start's and the earlier ones' (``None`` when an
-        earlier start's is not known: a checkpoint written before it was recorded). The Trainer adds each logging
+        earlier start's is not known: a checkpoint that does not record it). The Trainer adds each logging
         interval's sum to ``_total_loss_scalar`` and holds the interval in progress in ``_tr_loss``."""
         if self._loss_before is None:
             return None
@@ -249,7 +250,7 @@ class GlueTrainer(Trainer):
     def _whole_run_loss(self, output):
         """A resumed run's ``train_loss`` over all its steps, as the run never stopped would report it: the Trainer's
         own is the mean over the steps of this start only. Left as the Trainer's when the checkpoint does not record
-        the earlier steps' loss (written before it did)."""
+        the earlier steps' loss."""
         before, steps = self._loss_before, self.state.global_step
         if before is None or steps <= 0:
             logger.warning("The checkpoint records no training loss of the steps before it: train_loss is the mean "

@@ -64,6 +64,67 @@ def test_no_module_over_500_lines_and_no_function_over_60():
     assert not long_modules and not long_functions, (long_modules, long_functions)
 
 
+MONTH = (r"(?:January|February|March|April|May|June|July|August|September|October|November|December"
+         r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)\.?")  # fmt: skip
+DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+YEAR = re.compile(r"(?<![\w./-])(?:19[89]\d|20[0-3]\d)(?![\w]|[./]\d)")
+# A paper's year in its citation is what, not when: "ICLR 2022", "Hu et al. 2022", "Li and Liang 2021".
+CITED = re.compile(r"(?:\b(?:ACL|EACL|NAACL|EMNLP|COLING|TACL|ICLR|ICML|NeurIPS|NIPS|AAAI|IJCAI|JMLR|arXiv)"
+                   r"|\bet al\.|\b[A-Z][a-z]+ and [A-Z][a-z]+),? $")  # fmt: skip
+STORY = [
+    re.compile(rf"\b{MONTH} {DAY}\b|\b{DAY} (?:of )?{MONTH}(?!\w)"),  # a date: "4 December", "December 4th"
+    re.compile(r"\bissues? #?\d+", re.I),  # a tracker's issue
+    re.compile(r"\b(?:last|this) turn\b", re.I),  # a session's history
+]
+
+
+def dated_or_story(text: str) -> list[str]:
+    """The parts of ``text`` that date it or tell its history: a year (not a cited paper's), a day of a month,
+    an issue number, "last turn" or "this turn"."""
+    found = [m.group() for m in YEAR.finditer(text) if not CITED.search(text[max(0, m.start() - 40) : m.start()])]
+    return found + [m.group() for pattern in STORY for m in pattern.finditer(text)]
+
+
+def docstrings(path: Path) -> list[tuple[int, str]]:
+    """``(line, text)`` of every docstring in ``path``: of the module, each class and function, and the bare
+    strings under an assignment that document a constant or a field."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            found.append((node.lineno, node.value.value))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "flagged"),
+    [
+        ("Measured on 4 December 2026: 1.8x faster.", ["2026", "4 December"]),
+        ("As of December 4th, the cache is smaller.", ["December 4th"]),
+        ("Written 2026-12-04.", ["2026"]),
+        ("The bug of issue 36 is gone.", ["issue 36"]),
+        ("What the last turn found.", ["last turn"]),
+        ("Hu et al., ICLR 2022; Houlsby et al. 2019; Li and Liang 2021.", []),
+        ("2**32 seeds, hidden 2048, arxiv.org/abs/2006.12345, 15-bit values, the next turn.", []),
+        ("A run may 2 ways: the 10 s cost of a job on one core.", []),
+    ],
+)
+def test_the_docstring_check_flags_dates_and_stories_only(text, flagged):
+    assert sorted(dated_or_story(text)) == sorted(flagged)
+
+
+def test_docstrings_hold_no_dates_or_stories():
+    """Docstrings say what and why; when something was measured or changed belongs in the manual and the log."""
+    modules = sorted((REPO / "peftlab").rglob("*.py"))
+    assert len(modules) > 30, modules  # the walk found the package
+    offending = [
+        f"{path.relative_to(REPO)}:{line + text[: text.find(hit)].count(chr(10))}: {hit!r}"
+        for path in modules
+        for line, text in docstrings(path)
+        for hit in dated_or_story(text)
+    ]
+    assert not offending, "\n".join(offending)
+
+
 def tiny_backbone() -> torch.nn.Module:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,

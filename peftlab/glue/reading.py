@@ -18,8 +18,6 @@ from peftlab.errors import DataError
 logger = logging.getLogger(__name__)
 
 # GLUE rows can be long (MNLI parse trees); the csv module refuses fields over 128 KiB by default.
-
-# GLUE rows can be long (MNLI parse trees); the csv module refuses fields over 128 KiB by default.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 

@@ -37,7 +37,7 @@ COST = {
 }  # fmt: skip
 REFERENCE_TOKENS = 60
 TOKENS_PER_WORD = 1.2
-"""Word-piece tokens per whitespace word in GLUE text (measured with the bundled tokenizer: 1.15 to 1.25)."""
+"""Word-piece tokens per whitespace word in GLUE text, as the bundled tokenizer splits it."""
 
 
 @dataclass(frozen=True)

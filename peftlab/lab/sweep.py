@@ -82,8 +82,7 @@ logger = logging.getLogger("peftlab")
 
 NOT_IN_FINGERPRINT = ("output_dir", "resumable", "resumable_minutes")
 """Arguments that do not change a run's results: where it writes, whether and how often it writes a checkpoint to
-resume from (a resumed run ends as if never stopped; runs finished before sweeps set ``resumable`` are the same
-runs)."""
+resume from (a resumed run ends as if never stopped, so a run with and without ``resumable`` is the same run)."""
 DATA_KEYS = ("task_name", "train_split", "split_dev", "split_seed", "max_train_samples", "max_eval_samples",
              "max_seq_length", "model_name_or_path", "glue_dir")  # fmt: skip
 """The arguments that decide a run's data and frozen backbone: runs equal in all of them form one group."""
@@ -280,9 +279,8 @@ def stop_children() -> None:
 
 
 def job_env(workers: int, threads: int | None = None) -> dict[str, str]:
-    """The environment of a job: ``threads`` per job (default ``cores // workers``) unless OMP_NUM_THREADS is set.
-    On the 2-core CPU two single-thread jobs side by side train about 20 % more steps per second than one
-    two-thread job (README)."""
+    """The environment of a job: ``threads`` per job (default ``cores // workers``) unless OMP_NUM_THREADS is set,
+    so that jobs side by side share the cores instead of each starting a thread per core."""
     env = dict(os.environ)
     threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
     env.setdefault("OMP_NUM_THREADS", str(threads))

@@ -203,7 +203,7 @@ def _fresh_or_trained(ws: Workspace, plan: Plan, peft_args: PeftArguments | None
 
 def share_frozen_copy(backbone: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``backbone`` whose modules and parameter objects are its own but whose tensors share the
-    original's storage (a copy of the structure only: milliseconds instead of copying every weight). Safe because
+    original's storage (a copy of the structure only, not of every weight). Safe because
     a run never writes a frozen tensor: the optimizer sees only what trains (:func:`make_model` gives that its own
     storage) and LoRA's evaluation-time merge swaps in a new tensor instead of adding in place."""
     memo: dict[int, Any] = {id(t): t for t in backbone.buffers()}

@@ -3,7 +3,7 @@
     peftlab collect docs/results/runs runs/sweeps --keep docs/results/runs.csv --out docs/results/runs.csv
 
 --keep CSV keeps the rows of an earlier CSV whose sweep has no run folder under the roots (sweeps whose run folders
-are gone, such as the quick-protocol sweeps made before runs of record were kept in git)."""
+are not kept, such as the quick-protocol sweeps)."""
 
 from __future__ import annotations
 

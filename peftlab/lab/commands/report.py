@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = ", ".join(f"{n} {100 * results[f'eval_{n}']:.1f}" for n in names if f"eval_{n}" in results)
         wall_file = folder / "wall_seconds.txt"
         wall = float(wall_file.read_text()) if wall_file.is_file() else results.get("train_runtime", float("nan"))
-        # Runs made before the methods existed (no peft_args) are full fine-tuning.
+        # A run_config.json without peft_args is a full fine-tuning run.
         peft = config.get("peft_args", {})
         method = peft.get("method", "full")
         if "adapter" in method:
