@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -245,11 +246,20 @@ def test_a_run_ends_with_a_summary_read_from_its_folder(tiny_bert, rte_dir, tmp_
     from peftlab.lab.summary import summary
 
     out = tmp_path / "run"
-    main(["--task_name", "rte", "--glue_dir", str(rte_dir), "--model_name_or_path", tiny_bert, "--method",
-          "adapter@1", "--bottleneck_dim", "2", "--eval_strategy", "epoch", "--load_best_model_at_end", "true",
-          "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--output_dir", str(out),
-          "--save_model", "false"])  # fmt: skip
+    warned = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)  # transformers' loggers do not propagate to the root
+    try:
+        main(["--task_name", "rte", "--glue_dir", str(rte_dir), "--model_name_or_path", tiny_bert, "--method",
+              "adapter@1", "--bottleneck_dim", "2", "--eval_strategy", "epoch", "--load_best_model_at_end", "true",
+              "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--output_dir", str(out),
+              "--save_model", "false", "--cache_frozen_prefix", "--frozen_cache_dir", str(tmp_path / "cache"),
+              "--early_stopping_patience", "3", "--do_train", "--do_eval", "--do_predict"])  # fmt: skip
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
     printed = capsys.readouterr().out
+    assert not [m for m in warned if "best model will not be loaded" in m]  # it is: from memory
     text = summary(out)
     assert text in printed
     results = json.loads((out / "all_results.json").read_text())
@@ -263,3 +273,5 @@ def test_a_run_ends_with_a_summary_read_from_its_folder(tiny_bert, rte_dir, tmp_
     )
     assert f"the method {results['method_params']:,}, the head {results['head_params']:,}" in lines["trainable"]
     assert "all_results.json" in lines["files"] and str(out) in lines["files"]
+    assert lines["frozen"] == "layers below 1 are computed once, without dropout, and cached"
+    assert lines["predicted"] == str(out / "RTE.tsv") and "precision" not in lines  # float32 goes unsaid

@@ -47,7 +47,7 @@ from peftlab.modeling import (
     SequenceClassifier,
     check_buildable,
 )
-from peftlab.trainer import GlueTrainer
+from peftlab.trainer import TENSORBOARD_DIR, GlueTrainer
 
 logger = logging.getLogger("peftlab")
 
@@ -135,6 +135,26 @@ class RunCandidates:
                 ws.cache(plan).plan(need, dataset)
 
 
+class EarlyStopping(EarlyStoppingCallback):
+    """HF's early stopping, without its warning that the best model will not be loaded when the run keeps the best
+    evaluation's parameters in memory (``select_best_in_memory``), which loads them at the end itself."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if getattr(args, "select_best_in_memory", False):
+            args = _LoadsBest(args)
+        return super().on_train_begin(args, state, control, **kwargs)
+
+
+class _LoadsBest:
+    """Training arguments as :class:`EarlyStopping`'s checks see them: the best model is loaded at the end."""
+
+    def __init__(self, args) -> None:
+        self._args = args
+
+    def __getattr__(self, name: str):
+        return True if name == "load_best_model_at_end" else getattr(self._args, name)
+
+
 def build_trainer(
     ws: Workspace, plan: Plan, model: SequenceClassifier, sets: RunSets, args=None, callbacks: list | None = None
 ) -> GlueTrainer:
@@ -144,9 +164,7 @@ def build_trainer(
     training_args = args or training_args
     callbacks = list(callbacks or [])
     if training_args.early_stopping_patience is not None:
-        callbacks.append(
-            EarlyStoppingCallback(training_args.early_stopping_patience, training_args.early_stopping_threshold)
-        )
+        callbacks.append(EarlyStopping(training_args.early_stopping_patience, training_args.early_stopping_threshold))
     model_init = None
     if plan.space is not None:
 
@@ -297,7 +315,7 @@ def write_results(plan: Plan, config_record: dict[str, Any], results: dict[str, 
 
 
 OLD_OUTPUTS = (RESULTS_NAME, RUN_CONFIG_NAME, "hp_search.json", "best_run.json", "trainer_state.json",
-               WEIGHTS_NAME, MODEL_CONFIG_NAME, "hf_peft")  # fmt: skip
+               WEIGHTS_NAME, MODEL_CONFIG_NAME, "hf_peft", TENSORBOARD_DIR)  # fmt: skip
 """What an earlier run left in a folder that ``--overwrite_output_dir`` writes again, the results first: killed
 part-way, the folder must not hold the old results beside the new run's files and look finished."""
 

@@ -1,5 +1,5 @@
 """The few lines a run ends with: what was trained, how much of the model, the dev score it reports and its last
-one, the time, and where the files are. Read from the run's folder (``all_results.json``, ``run_config.json``), so
+one, how the frozen layers and the precision ran, the time, and where the files are (the predictions too). Read from the run's folder (``all_results.json``, ``run_config.json``), so
 a finished run's summary can be printed again at any time."""
 
 from __future__ import annotations
@@ -63,7 +63,14 @@ def summary_of(results: dict[str, Any], config: dict[str, Any], out: Path) -> st
         f"method     {config['peft_args']['method']}",
         f"trainable  {trainable:,}{share}" if trainable is not None else "trainable  -",
         f"dev        {dev}",
-        f"time       {time_line}",
-        f"files      {out}/ ({', '.join(files)})",
     ]
+    if str(config.get("frozen_layers_mode", "")).startswith("eval"):  # the cache's one contract: no dropout below
+        lines.append(f"frozen     {config['frozen_layers_mode'].removeprefix('eval (').removesuffix(')')}")
+    precision = config.get("precision") or {}
+    if precision.get("training") not in (None, "fp32"):
+        lines.append(f"precision  {precision['training']}")
+    lines.append(f"time       {time_line}")
+    lines.append(f"files      {out}/ ({', '.join(files)})")
+    if results.get("predict_files"):
+        lines.append(f"predicted  {', '.join(str(path) for path in results['predict_files'])}")
     return "\n".join(lines)
