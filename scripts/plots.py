@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """``peftlab plot`` (:mod:`peftlab.lab.commands.plots`), under the name the paper's one-liners use:
-Figures from the collected CSV (matplotlib, PNG):
+Figures from the collected CSV (matplotlib); each is written as PNG, PDF and SVG beside each other.
 """
 
 import sys

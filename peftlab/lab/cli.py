@@ -5,6 +5,7 @@
     peftlab collect docs/results/runs --out docs/results/runs.csv
     peftlab table docs/results/runs.csv --sweep table1_paper --out docs/results/table1_paper
     peftlab plot docs/results/runs.csv --sweep layer_sweep_mrpc_paper --out layer.png
+    peftlab paper table1 docs/results/runs --sweep table1_paper --out paper
     peftlab report runs/*
     peftlab methods
 
@@ -25,6 +26,7 @@ COMMANDS = {
     "collect": ("peftlab.lab.commands.collect", "collect finished sweep runs into one CSV"),
     "table": ("peftlab.lab.commands.tables", "Table 1 or a layer/bottleneck table from the CSV (md, csv, tex)"),
     "plot": ("peftlab.lab.commands.plots", "a figure from the CSV, or an auto-layer run's candidates"),
+    "paper": ("peftlab.lab.commands.paper", "one paper artefact from a sweep root: CSV, tables, figures"),
     "report": ("peftlab.lab.commands.report", "a markdown table of run folders"),
     "methods": ("peftlab.lab.commands.methods", "the methods, their options and what they train"),
 }

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from peftlab.errors import ConfigError
 from peftlab.glue.tasks import TASKS
 from peftlab.io import atomic_write_text
 
@@ -110,13 +111,27 @@ def select_score(rows: list[dict[str, Any]], score: str) -> list[dict[str, Any]]
     return [{**r, "score": r["last_score"] if r.get("last_score") is not None else r["score"]} for r in rows]
 
 
+def sweep_rows(rows: list[dict[str, Any]], sweep: str, where: str) -> list[dict[str, Any]]:
+    """The rows of ``sweep``; none is an error (:class:`ConfigError`) naming the sweeps ``rows`` do have (``where``
+    says where they were read: "in runs.csv", "under ROOT")."""
+    mine = [r for r in rows if r["sweep"] == sweep]
+    if not mine:
+        found = ", ".join(dict.fromkeys(r["sweep"] for r in rows)) or "none"
+        raise ConfigError(f"no runs of sweep {sweep!r} {where}; sweeps found: {found}")
+    return mine
+
+
 def select_variants(rows: list[dict[str, Any]], names: str, where: str) -> list[dict[str, Any]]:
     """The rows of the comma-separated variants ``names``, in that order (``--variants`` of the table and plot
-    scripts); a name with no row is an error naming it and ``where`` the rows came from."""
+    scripts); a name with no row is an error (:class:`ConfigError`) naming it, ``where`` the rows came from and
+    the variants they have."""
     wanted = names.split(",")
-    missing = sorted(set(wanted) - {r["variant"] for r in rows})
+    have = list(dict.fromkeys(r["variant"] for r in rows))
+    missing = sorted(set(wanted) - set(have))
     if missing:
-        raise ValueError(f"--variants {','.join(missing)}: no runs of {where} have that variant")
+        raise ConfigError(
+            f"--variants {','.join(missing)}: no runs of {where} have that variant; its variants: {','.join(have)}"
+        )
     return sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
 
 
@@ -134,7 +149,8 @@ def aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, 
 
 
 def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[str, Any]:
-    """Per (variant, task): mean, std, n; plus relative improvement and gap bridged against the best raw row.
+    """Per (variant, task): mean, std, n; plus relative improvement and gap bridged against the best raw row
+    (``references``: per task, the best raw row's and full fine-tuning's mean).
 
     Only whole seeds count: a seed enters a task's column once every row of the table (every variant in
     ``rows``) has finished it on that task, so that all cells of a column average the same seeds and a column
@@ -149,10 +165,12 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
     tasks = sorted({t for _, t in stats}, key=list(TASKS).index)
     variants = list(dict.fromkeys(v for v, _ in stats))
     derived: dict[tuple[str, str], dict[str, float | None]] = {}
+    references: dict[str, dict[str, float | None]] = {}
     for task in tasks:
         raws = [stats[(r, task)]["mean"] for r in raw if (r, task) in stats]
         best_raw = max(raws) if raws else None
         full_score = stats.get((full, task), {}).get("mean")
+        references[task] = {"best_raw": best_raw, "full": full_score}
         for variant in variants:
             if (variant, task) not in stats or best_raw is None:
                 continue
@@ -173,7 +191,7 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
     module = {v: sorted({r["method_params"] for r in known if r["variant"] == v}) for v in variants} if known else {}
     heads = sorted({r["head_params"] for r in rows if r.get("head_params") is not None})
     return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived, "notes": notes,
-            "params": module, "head_params": heads}  # fmt: skip
+            "params": module, "head_params": heads, "references": references}  # fmt: skip
 
 
 def _count(values: list[int]) -> str:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+from typing import Any
 
+from peftlab.errors import ConfigError
 from peftlab.io import atomic_write_text
 from peftlab.lab.results import (
     CELLS,
@@ -26,15 +28,62 @@ from peftlab.lab.results import (
     read_csv,
     select_score,
     select_variants,
+    sweep_rows,
     table1,
 )
+
+RAW = ("raw", "raw_cls", "raw_mean")
+"""The variants that are the probe ("raw") rows, by default."""
+
+STYLES = (("markdown", ".md"), ("csv", ".csv"), ("latex", ".tex"))
+
+
+def make_table(
+    rows: list[dict[str, Any]],
+    sweep: str,
+    *,
+    score: str = "reported",
+    by: str | None = None,
+    task: str | None = None,
+    variants: str | None = None,
+    cells: str = "score",
+    raw: tuple[str, ...] = RAW,
+    full: str = "finetune",
+    where: str = "in the CSV",
+):
+    """The table of ``sweep``'s rows (of all ``rows``, read ``where``: "in runs.csv") and its
+    ``render(table, style)``: Table 1, or with ``by`` one task's table over that axis. A bad choice is a
+    :class:`ConfigError`."""
+    rows = select_score(sweep_rows(rows, sweep, where), score)
+    if variants:
+        rows = select_variants(rows, variants, sweep)
+    if by and cells != "score":
+        raise ConfigError(f"--cells {cells}: only for Table 1 (without --by)")
+    if not by:
+        return table1(rows, raw, full), functools.partial(format_table, cells=cells)
+    tasks = sorted({r["task"] for r in rows})
+    if task is None and len(tasks) > 1:
+        raise ConfigError(f"the sweep has several tasks ({', '.join(tasks)}); pick one with --task")
+    task = task or tasks[0]
+    if task not in tasks:
+        raise ConfigError(f"--task {task}: not in sweep {sweep!r}; its tasks are {', '.join(tasks)}")
+    return axis_table([r for r in rows if r["task"] == task], by, raw, full), format_axis_table
+
+
+def write_table(table: dict[str, Any], render, out: str) -> list[str]:
+    """``render``'s Markdown, CSV and LaTeX of ``table`` as ``out``.md, .csv and .tex; the paths written."""
+    paths = []
+    for style, suffix in STYLES:
+        atomic_write_text(out + suffix, render(table, style))
+        paths.append(out + suffix)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="peftlab table", description=__doc__)
     parser.add_argument("csv")
     parser.add_argument("--sweep", required=True, help="rows of this sweep only")
-    parser.add_argument("--raw", default="raw,raw_cls,raw_mean", help="variants that are the probe ('raw') rows")
+    parser.add_argument("--raw", default=",".join(RAW), help="variants that are the probe ('raw') rows")
     parser.add_argument("--full", default="finetune", help="variant that is full fine-tuning")
     parser.add_argument("--by", choices=["layer", "bottleneck_dim"], help="one task's sweep over this axis")
     parser.add_argument("--task", help="with --by: the task (default: the sweep's only task)")
@@ -50,30 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="output path without extension")
     args = parser.parse_args(argv)
-    rows = select_score([r for r in read_csv(args.csv) if r["sweep"] == args.sweep], args.score)
-    if not rows:
-        parser.error(f"no runs of sweep {args.sweep!r} in {args.csv}")
-    if args.variants:
-        try:
-            rows = select_variants(rows, args.variants, args.sweep)
-        except ValueError as err:
-            parser.error(str(err))
-    raw = tuple(args.raw.split(","))
-    if args.by and args.cells != "score":
-        parser.error(f"--cells {args.cells}: only for Table 1 (without --by)")
-    if args.by:
-        tasks = sorted({r["task"] for r in rows})
-        if args.task is None and len(tasks) > 1:
-            parser.error(f"the sweep has several tasks ({', '.join(tasks)}); pick one with --task")
-        task = args.task or tasks[0]
-        if task not in tasks:
-            parser.error(f"--task {task}: not in sweep {args.sweep!r}; its tasks are {', '.join(tasks)}")
-        table = axis_table([r for r in rows if r["task"] == task], args.by, raw, args.full)
-        render = format_axis_table
-    else:
-        table, render = table1(rows, raw, args.full), functools.partial(format_table, cells=args.cells)
-
-    for style, suffix in (("markdown", ".md"), ("csv", ".csv"), ("latex", ".tex")):
-        atomic_write_text(args.out + suffix, render(table, style))
+    table, render = make_table(
+        read_csv(args.csv), args.sweep, score=args.score, by=args.by, task=args.task, variants=args.variants,
+        cells=args.cells, raw=tuple(args.raw.split(",")), full=args.full, where=f"in {args.csv}",
+    )  # fmt: skip
+    write_table(table, render, args.out)
     print(render(table, "markdown"))
     return 0
