@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import nullcontext
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import PrinterCallback, Trainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from peftlab.checkpoints import BEST_NAME, LOSS_SUM, ORDER_NAME, RESUME_NAME, resume_record
@@ -75,6 +77,86 @@ class TimedCheckpoints(TrainerCallback):
         self.last = time.time()
 
 
+TENSORBOARD_DIR = "tensorboard"
+"""The folder of a run's ``--output_dir`` that ``--report_to tensorboard`` writes its events into."""
+
+
+class RunTensorBoard(TensorBoardCallback):
+    """``--report_to tensorboard`` into the run's own folder, ``<output_dir>/tensorboard``, whatever
+    ``TENSORBOARD_LOGGING_DIR`` says, so that every run of a sweep (each its own folder) is one TensorBoard run under
+    the sweep's root. The first events a run writes replace those an earlier run left there (``--overwrite_output_dir``),
+    except in a run resumed from a checkpoint: it goes on with the same TensorBoard run, which drops what the stopped
+    start logged after the checkpoint. A search's trials go into ``tensorboard/run-<trial>`` (``trial``, named as the
+    Trainer names their checkpoints' folders). Evaluations after training are written at once, their file closed.
+    (The Trainer's own callback writes into ``<output_dir>/runs/<date>_<host>``, another one at every start, and for
+    a run that only evaluates into ``./runs``, wherever it is started.)"""
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__()
+        self.root = self.logging_dir = str(Path(output_dir) / TENSORBOARD_DIR)
+        self.trial: str | None = None
+        self.training = False
+        self.written: set[str] = set()  # the folders this run has written events into
+
+    def open(self, resumed_at: int = 0) -> None:
+        """The writer into ``logging_dir``; resumed at a step, it has TensorBoard drop what came after that step."""
+        if resumed_at > 0:
+            self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=resumed_at + 1)
+        else:
+            if self.logging_dir not in self.written:
+                for earlier in Path(self.logging_dir).glob("events.out.tfevents.*"):
+                    earlier.unlink()
+            self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir)
+        self.written.add(self.logging_dir)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        if not state.is_world_process_zero:
+            return
+        logging_dir = str(Path(self.root) / self.trial) if self.trial else self.root
+        if logging_dir != self.logging_dir:
+            self.close()
+            self.logging_dir = logging_dir
+        if self.tb_writer is None:
+            self.open(resumed_at=state.global_step)
+        ours = copy.copy(state)
+        ours.is_hyper_param_search = False  # (the Trainer's callback would put a trial into a folder of its own)
+        super().on_train_begin(args, ours, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.tb_writer is None:
+            self.open()
+        super().on_log(args, state, control, logs=logs, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+        super().on_train_end(args, state, control, **kwargs)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not self.training:
+            self.close()
+
+    def close(self) -> None:
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+
+
+def trial_folder(trial: Any) -> str | None:
+    """The folder of a search trial, ``run-<id>`` as the Trainer names its checkpoints' (None: not a trial)."""
+    if trial is None:
+        return None
+    number = getattr(trial, "number", None)  # Optuna
+    if number is None:
+        try:
+            import ray.tune
+
+            number = ray.tune.get_context().get_trial_id()
+        except Exception:  # (no Ray, or not inside a Ray trial)
+            return None
+    return f"run-{number}"
+
+
 class GlueTrainer(Trainer):
     """``Trainer`` that saves only what trained (plus the model's config), gives the head its own learning rate,
     groups batches by the lengths computed at tokenization, and can keep its best evaluation in memory.
@@ -97,6 +179,8 @@ class GlueTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(LogCallback())
+        if self.pop_callback(TensorBoardCallback) is not None:
+            self.add_callback(RunTensorBoard(self.args.output_dir))
         if getattr(self.args, "resumable", False) and self.args.resumable_minutes > 0:
             if self.args.world_size == 1:  # (processes that each read their own clock could disagree on a save)
                 self.add_callback(TimedCheckpoints(self.args.resumable_minutes))
@@ -237,6 +321,9 @@ class GlueTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._best_state, self._best_step, self.resumed, self._train_started = None, None, None, time.time()
         self._loss_before: float | None = 0.0  # the loss summed over the steps before this start (none yet)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, RunTensorBoard):
+                callback.trial = trial_folder(kwargs.get("trial"))
         output = super().train(*args, **kwargs)
         if self.resumed is not None:
             output = self._whole_run_loss(output)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -137,6 +138,75 @@ def test_command_line_reports_bad_input_as_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: Unknown GLUE task 'nope'. Valid tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli."
     )
+
+
+HEADINGS = ["options", "Model and head", "Method (PEFT)", "Data", "Protocol", "Training", "Speed and memory", "Search",
+            "Other Trainer options (transformers.TrainingArguments)"]  # fmt: skip
+
+
+def help_sections(text: str) -> dict[str, str]:
+    """Every option of a ``--help`` text (its first spelling) -> the heading it is listed under."""
+    sections, heading = {}, None
+    for line in text.splitlines():
+        if line.endswith(":") and line[:1].isalpha():
+            heading = line[:-1]
+        elif line.startswith("  -"):
+            option = line.split()[0].rstrip(",")
+            assert option not in sections, f"{option} is listed twice"
+            sections[option] = heading
+    return sections
+
+
+def test_help_lists_every_option_once_under_its_heading_and_parses_as_before():
+    from transformers import HfArgumentParser
+
+    from peftlab.lab.parsing import ARGUMENT_CLASSES, make_parser
+
+    parser = make_parser("peftlab train")
+    text = parser.format_help()
+    assert text.startswith("usage: peftlab train")
+    assert [line[:-1] for line in text.splitlines() if line.endswith(":") and line[:1].isalpha()] == HEADINGS
+    sections = help_sections(text)
+    assert set(sections) == {action.option_strings[0] for action in parser._actions}  # none lost
+    where = {"--pooling": "Model and head", "--head": "Model and head", "--method": "Method (PEFT)",
+             "--bottleneck_dim": "Method (PEFT)", "--auto_layers": "Method (PEFT)", "--task_name": "Data",
+             "--max_seq_length": "Data", "--protocol": "Protocol", "--output_dir": "Training",
+             "--learning_rate": "Training", "--early_stopping_patience": "Training", "--report_to": "Training",
+             "--bf16": "Training", "--cache_frozen_prefix": "Speed and memory", "--model_dtype": "Speed and memory",
+             "--pad_to_max_length": "Speed and memory", "--hp_search": "Search", "--adam_beta1": HEADINGS[-1],
+             "--optim": HEADINGS[-1], "-h": "options"}  # fmt: skip
+    assert {option: sections[option] for option in where} == where
+    # the same options, defaults and results as HfArgumentParser's own
+    argv = ["--output_dir", "o", "--method", "adapter@1", "--cache_frozen_prefix", "--no_prefix_reparam",
+            "--per-device-train-batch-size", "4", "--optim", "sgd", "--eval_strategy", "epoch",
+            "--early_stopping_patience", "2", "--save_model", "false", "--report_to", "tensorboard"]  # fmt: skip
+    plain = HfArgumentParser(ARGUMENT_CLASSES)
+    assert [a.option_strings for a in parser._actions] == [a.option_strings for a in plain._actions]
+    ours, theirs = (p.parse_args_into_dataclasses(args=argv, look_for_args_file=False) for p in (parser, plain))
+    assert [dataclasses.asdict(a) for a in ours] == [dataclasses.asdict(a) for a in theirs]
+
+
+def test_the_help_of_every_option_with_fixed_values_lists_them():
+    from peftlab.cache import DTYPES
+    from peftlab.glue.userfiles import LABEL_TYPES
+    from peftlab.lab.autolayer import STRATEGIES
+    from peftlab.lab.parsing import make_parser
+    from peftlab.lab.protocols import PROTOCOLS
+    from peftlab.lab.search import BACKENDS
+    from peftlab.methods import METHODS
+    from peftlab.methods.base import ACTIVATIONS
+    from peftlab.modeling import HEADS, MODEL_DTYPES, POOLINGS
+
+    fixed = {"method": METHODS, "pooling": POOLINGS, "head": HEADS, "model_dtype": MODEL_DTYPES,
+             "cache_dtype": DTYPES, "protocol": PROTOCOLS, "placement": ("ffn", "attn"),
+             "adapter_form": ("sequential", "parallel"), "adapter_activation": ACTIVATIONS,
+             "adapter_init": ("zero", "normal", "model"), "lora_init": ("kaiming", "normal"),
+             "label_type": LABEL_TYPES, "auto_layer_strategy": STRATEGIES, "hp_search": BACKENDS,
+             "train_sampling_strategy": ("group_by_length", "random", "sequential")}  # fmt: skip
+    helps = {action.dest: action.help for action in make_parser()._actions}
+    missing = {name: [v for v in values if v not in helps[name]] for name, values in fixed.items()}
+    assert not {name: values for name, values in missing.items() if values}
+    assert "tensorboard" in helps["report_to"] and "<output_dir>/tensorboard" in helps["report_to"]
 
 
 @requires_shared_glue

@@ -22,6 +22,7 @@ from transformers import (
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.glue.tasks import GlueTask
 from peftlab.jsontypes import did_you_mean, fits, type_name
+from peftlab.lab import arghelp
 from peftlab.lab.args import DataArguments, GlueTrainingArguments, ModelArguments
 from peftlab.lab.autolayer import AutoLayerArguments
 from peftlab.lab.protocols import ProtocolArguments, given_values, resolve_protocol, says
@@ -37,6 +38,25 @@ ARGUMENT_CLASSES = (
     ModelArguments, PeftArguments, DataArguments, GlueTrainingArguments, SearchArguments, ProtocolArguments,
     AutoLayerArguments,
 )  # fmt: skip
+
+HELP_HEADINGS = {
+    ModelArguments: arghelp.MODEL, PeftArguments: arghelp.METHOD, AutoLayerArguments: arghelp.METHOD,
+    DataArguments: arghelp.DATA, ProtocolArguments: arghelp.PROTOCOL, GlueTrainingArguments: arghelp.TRAINING,
+    SearchArguments: arghelp.SEARCH,
+}  # fmt: skip
+"""The ``--help`` heading of each argument class's options (:func:`peftlab.lab.arghelp.group_help` moves some)."""
+
+USAGE = "%(prog)s [OPTIONS]\n       %(prog)s ARGS.json [MORE.json ...]"
+DESCRIPTION = (
+    "Fine-tune and evaluate a PEFT method on a GLUE task (or your own data). A JSON file of the same names may "
+    "replace the options; several JSON files run one after another in this process."
+)
+
+
+def make_parser(prog: str | None = None) -> HfArgumentParser:
+    """The parser of a run's arguments, its ``--help`` under headings (:mod:`peftlab.lab.arghelp`)."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES, prog=prog, usage=USAGE, description=DESCRIPTION)
+    return arghelp.group_help(parser, HELP_HEADINGS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +147,7 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
     recorded as the ``args.json`` it writes into its folder); ``--protocol`` presets are applied first, so every
     value given explicitly overrides them."""
     prog = "peftlab train" if Path(sys.argv[0]).name == "peftlab" else None  # --help names the command typed
-    parser = HfArgumentParser(ARGUMENT_CLASSES, prog=prog)
+    parser = make_parser(prog)
     argv = sys.argv[1:] if argv is None else argv
     given = argv if isinstance(argv, dict) else None
     if given is not None:

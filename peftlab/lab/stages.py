@@ -47,7 +47,7 @@ from peftlab.modeling import (
     SequenceClassifier,
     check_buildable,
 )
-from peftlab.trainer import TENSORBOARD_DIR, GlueTrainer
+from peftlab.trainer import GlueTrainer
 
 logger = logging.getLogger("peftlab")
 
@@ -315,7 +315,7 @@ def write_results(plan: Plan, config_record: dict[str, Any], results: dict[str, 
 
 
 OLD_OUTPUTS = (RESULTS_NAME, RUN_CONFIG_NAME, "hp_search.json", "best_run.json", "trainer_state.json",
-               WEIGHTS_NAME, MODEL_CONFIG_NAME, "hf_peft", TENSORBOARD_DIR)  # fmt: skip
+               WEIGHTS_NAME, MODEL_CONFIG_NAME, "hf_peft")  # fmt: skip
 """What an earlier run left in a folder that ``--overwrite_output_dir`` writes again, the results first: killed
 part-way, the folder must not hold the old results beside the new run's files and look finished."""
 
