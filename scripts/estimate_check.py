@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from peftlab.lab.costmodel import COST, fill_terms, job_terms, precision_suffix, run_terms, seconds_of, workload
-from peftlab.lab.sweep import Job
-from peftlab.lab.sweepfile import Run, effective_args
+from peftlab.lab.sweepfile import Job, Run, effective_args
 
 
 def core_seconds(record: dict, threads: int) -> float:

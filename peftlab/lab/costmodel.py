@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from peftlab.lab.sweepfile import Run, effective_args
 
 if TYPE_CHECKING:
-    from peftlab.lab.sweep import Job
+    from peftlab.lab.sweepfile import Job
 
 logger = logging.getLogger("peftlab")
 

@@ -39,7 +39,9 @@ Jobs go to a local thread pool that starts one process per job (``--backend loca
 CPUs and GPUs (``--backend ray``, one machine or a cluster); a chunk is started once its group's fill job has
 ended. A run's folder is written only by the process that trains it, under an OS lock on the folder (released when
 the process dies however it dies), and every job process dies with the driver, so a killed sweep leaves no run
-behind and a rerun finishes what is left.
+behind and a rerun finishes what is left. As jobs report, the driver prints one progress line (runs finished, running
+and left; an ETA from the cost model corrected by what this sweep measured so far: :class:`peftlab.lab.progress.Progress`), and
+:func:`peftlab.lab.progress.sweep_status` prints the same from a sweep's folder for a sweep running elsewhere.
 """
 
 from __future__ import annotations
@@ -60,15 +62,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peftlab.errors import ConfigError
 from peftlab.io import write_json
 from peftlab.lab.costmodel import run_cost
+from peftlab.lab.progress import PROGRESS_EVERY, Tracker
 from peftlab.lab.sweepfile import (
     RESULTS,
+    REUSED,
+    Job,
     Run,
     as_flags,
     check_runs,
@@ -87,9 +91,7 @@ DATA_KEYS = ("task_name", "train_split", "split_dev", "split_seed", "max_train_s
              "max_seq_length", "model_name_or_path", "glue_dir")  # fmt: skip
 """The arguments that decide a run's data and frozen backbone: runs equal in all of them form one group."""
 
-REUSED = "reused_from.txt"
 COPIED_WHEN_REUSED = (RESULTS, "run_config.json", "trainer_state.json")
-JOBS = ".jobs"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,20 +157,6 @@ def reuse(run: Run, source: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Jobs
 # --------------------------------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    """Runs done by one process: a fill job computes their frozen-prefix caches, a chunk trains them."""
-
-    name: str
-    runs: list[Run]
-    fill: bool = False
-    after: Job | None = None
-    """The fill job this chunk waits for (its caches are then on disk)."""
-
-    def file(self, root: Path) -> Path:
-        return root / JOBS / f"{self.name}.json"
-
-
 def group_key(run: Run) -> tuple:
     return tuple(json.dumps(run.args.get(k)) for k in DATA_KEYS)
 
@@ -310,9 +298,13 @@ def report_failures(job: Job, root: Path, code: int, log: Callable[[str], None])
     log(f"  log: {logfile}")
 
 
-def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], None], python: str) -> None:
+def run_local(
+    jobs: list[Job], root: Path, workers: int, log: Callable[[str], None], python: str,
+    on_end: Callable[[Job, int], None] | None = None,
+) -> None:  # fmt: skip
     """Jobs on a pool of ``workers`` threads, each starting one process per job; a chunk is submitted when its
-    fill job has ended (whatever its outcome: a chunk whose caches are missing fills them itself)."""
+    fill job has ended (whatever its outcome: a chunk whose caches are missing fills them itself). ``on_end(job,
+    exit code)`` is called as each job ends (the driver's progress line)."""
     env = job_env(workers)
     pool = ThreadPoolExecutor(max_workers=workers)
     submitted: queue.Queue[Future] = queue.Queue()
@@ -328,6 +320,8 @@ def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], No
             code = run_job_process(job.file(root), env, python)
             log(f"end {job.name} (exit {code})")
             report_failures(job, root, code, log)
+            if on_end is not None:
+                on_end(job, code)
             return code
 
         future = pool.submit(work)
@@ -350,9 +344,11 @@ def run_local(jobs: list[Job], root: Path, workers: int, log: Callable[[str], No
 def run_ray(
     jobs: list[Job], root: Path, workers: int, log: Callable[[str], None], python: str,
     address: str | None = None, gpus_per_job: float = 0, threads: int | None = None,
+    on_end: Callable[[Job, int], None] | None = None,
 ) -> None:  # fmt: skip
     """Jobs as Ray tasks with ``threads`` CPUs (and ``gpus_per_job`` GPUs) each, on a local Ray or the cluster at
-    ``address``; a chunk takes its fill job's result as an argument, so Ray starts it once the fill has ended."""
+    ``address``; a chunk takes its fill job's result as an argument, so Ray starts it once the fill has ended. Each
+    job's end is logged (and ``on_end`` called) as it comes."""
     import ray
 
     threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -371,10 +367,16 @@ def run_ray(
         task = job_task.options(num_cpus=threads, num_gpus=gpus_per_job, name=job.name)
         refs[job.name] = task.remote(str(job.file(root)), after)
         log(f"submitted {job.name} ({len(job.runs)} runs{', fill' if job.fill else ''})")
+    pending = {ref: job for job, ref in zip(jobs, refs.values())}
     try:
-        for job, code in zip(jobs, ray.get(list(refs.values()))):
-            log(f"end {job.name} (exit {code})")
-            report_failures(job, root, code, log)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                job, code = pending.pop(ref), ray.get(ref)
+                log(f"end {job.name} (exit {code})")
+                report_failures(job, root, code, log)
+                if on_end is not None:
+                    on_end(job, code)
     except BaseException:
         for ref in refs.values():
             ray.cancel(ref, force=True)
@@ -387,7 +389,7 @@ BACKENDS = ("local", "ray")
 def run_sweep(
     runs: list[Run], root: str | os.PathLike, *, workers: int = 1, backend: str = "local", log=print,
     reuse_root: str | os.PathLike | None = None, python: str = sys.executable, source: str = "Sweep",
-    **ray_options: Any,
+    progress_every: float = PROGRESS_EVERY, **ray_options: Any,
 ) -> list[Run]:  # fmt: skip
     """Run the unfinished runs of one sweep (all under ``root``); returns those not finished at the end. Every
     run's arguments are parsed first (:func:`peftlab.lab.sweepfile.check_runs`): a bad option stops the sweep before
@@ -395,7 +397,12 @@ def run_sweep(
 
     With ``reuse_root``, a run whose arguments equal those of a run already finished anywhere under that folder is
     not run again: its results are copied in, with ``reused_from.txt`` naming the source (sweeps overlap: Table 1's
-    MRPC rows are points of the MRPC layer sweep)."""
+    MRPC rows are points of the MRPC layer sweep).
+
+    While jobs run, ``log`` gets a progress line (:class:`peftlab.lab.progress.Progress`: runs finished, running and left, and an ETA
+    from the cost model corrected by what the ended jobs measured) after each job's end and every
+    ``progress_every`` seconds when something changed; ``.jobs/driver.json`` says what this start planned, for
+    ``peftlab sweep --status`` (:func:`peftlab.lab.progress.sweep_status`)."""
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}.")
     if backend not in BACKENDS:
@@ -418,10 +425,28 @@ def run_sweep(
     for job in jobs:
         write_job_file(job, root)
     start = time.time()
-    if backend == "local":
-        run_local(jobs, root, workers, log, python)
-    else:
-        run_ray(jobs, root, workers, log, python, **ray_options)
+    threads = max(1, (os.cpu_count() or 1) // workers)  # each job's (job_env), for the ETA
+    if backend == "ray":
+        threads = ray_options.get("threads") or threads
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    tracker = Tracker(
+        runs, jobs, root, workers=workers, threads=threads, log=log, backend=backend,
+        cores=os.cpu_count() if backend == "local" else None,
+    )  # fmt: skip
+    tracker.report(always=True)
+    stop = threading.Event()
+    watcher = threading.Thread(target=tracker.watch, args=(progress_every, stop), name="sweep-progress", daemon=True)
+    watcher.start()
+    try:
+        if backend == "local":
+            run_local(jobs, root, workers, log, python, on_end=tracker.job_ended)
+        else:
+            run_ray(jobs, root, workers, log, python, on_end=tracker.job_ended, **ray_options)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+        tracker.close()
     log(f"{len(jobs)} jobs in {time.time() - start:.0f} s")
     return [run for run in todo if not run.finished]
 
@@ -456,4 +481,5 @@ if __name__ == "__main__":  # python -m peftlab.lab.sweep TASK METHOD [--protoco
     cli = parser.parse_args()
     defaults = run_args(cli.task, cli.method, protocol=cli.protocol, offline=not cli.no_offline)
     defaults.pop("save_model")  # a one-off run keeps its weights
+    defaults.pop("disable_tqdm")  # and shows its progress bars
     print("\n".join(as_flags(defaults)))

@@ -47,6 +47,29 @@ class Run:
         return (self.output_dir / RESULTS).is_file()
 
 
+REUSED = "reused_from.txt"
+"""In a run folder whose results were copied from an identical finished run: that run's folder."""
+JOBS = ".jobs"
+"""A sweep's job files, logs and results, under ``--root/<name>/``."""
+DRIVER = "driver.json"
+"""In ``.jobs/``: what the latest start of the sweep's driver planned (its runs, its jobs and their estimates, its
+workers and threads, its process), read by ``peftlab sweep --status``. Not a job file: it has no result file."""
+
+
+@dataclass
+class Job:
+    """Runs done by one process: a fill job computes their frozen-prefix caches, a chunk trains them."""
+
+    name: str
+    runs: list[Run]
+    fill: bool = False
+    after: Job | None = None
+    """The fill job this chunk waits for (its caches are then on disk)."""
+
+    def file(self, root: Path) -> Path:
+        return root / JOBS / f"{self.name}.json"
+
+
 def effective_args(args: dict[str, Any]) -> dict[str, Any]:
     """``args`` with its protocol preset filled in under it (the values the run will have)."""
     from peftlab.lab.protocols import apply_protocol
