@@ -345,3 +345,13 @@ def test_a_run_ends_with_a_summary_read_from_its_folder(tiny_bert, rte_dir, tmp_
     assert "all_results.json" in lines["files"] and str(out) in lines["files"]
     assert lines["frozen"] == "layers below 1 are computed once, without dropout, and cached"
     assert lines["predicted"] == str(out / "RTE.tsv") and "precision" not in lines  # float32 goes unsaid
+
+
+def test_an_unknown_flag_is_refused_with_the_closest_options(tmp_path):
+    from peftlab.lab.parsing import parse_args
+
+    with pytest.raises(ConfigError, match=r"^Unknown option --lerning_rate \(did you mean --learning_rate"):
+        parse_args(["--task_name", "rte", "--lerning_rate", "1e-3", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match=r"^Unknown option --zzz \(also unknown: --method_x\); peftlab train --help"):
+        parse_args(["--zzz", "1", "--method_x", "lora", "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

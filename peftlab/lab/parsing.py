@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import json
 import logging
@@ -162,6 +163,7 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
         else:
             explicit = given_values(argv)
             resolved = resolve_protocol(argv)
+            check_known_flags(parser, resolved.values)
             parsed = parser.parse_args_into_dataclasses(args=resolved.values)
         spec = RunSpec(*parsed, argv=list(argv), given=explicit)
         spec.protocol_args.applied, spec.protocol_args.not_applied = resolved.applied, resolved.not_applied
@@ -177,6 +179,20 @@ def parse_args(argv: list[str] | dict[str, Any] | None = None) -> RunSpec:
         where = f" (argument file {argv[0]})" if from_file and given is None else ""
         raise ConfigError(f"{err}{where}") from err
     return spec
+
+
+def check_known_flags(parser, argv: list[str]) -> None:
+    """Refuse a flag no option has, naming it and the closest options, before anything else is read (the
+    parser's own message lists the leftover words only)."""
+    _, unknown = parser.parse_known_args(argv)
+    flags = [word.split("=", 1)[0] for word in unknown if word.startswith("-")]
+    if not flags:
+        return
+    names = {option.lstrip("-") for action in parser._actions for option in action.option_strings}
+    close = difflib.get_close_matches(flags[0].lstrip("-"), sorted(names), n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(f'--{name}' for name in close)}?)" if close else ""
+    more = f" (also unknown: {', '.join(flags[1:])})" if len(flags) > 1 else ""
+    raise ConfigError(f"Unknown option {flags[0]}{hint}{more}; peftlab train --help lists them all.")
 
 
 def check_given(spec: RunSpec) -> None:
