@@ -125,7 +125,8 @@ def save(model: SequenceClassifier, directory: str | os.PathLike) -> Path:
 
 
 def load(directory: str | os.PathLike) -> SequenceClassifier:
-    """The classifier saved in ``directory`` (by :func:`save` or a training run), its base model loaded first."""
+    """The classifier saved in ``directory`` (by :func:`save` or a training run), its base model loaded first, in
+    eval mode (``.train()`` to train it further)."""
     return load_classifier(directory)
 
 

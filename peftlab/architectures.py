@@ -48,7 +48,13 @@ class Architecture:
     """Path inside a layer of the self-attention module that computes keys and values."""
     prefix_refusal: str | None = None
     """Why prefix tuning cannot work here (``None``: it can): the self-attention must take extra keys and values
-    through its ``cache`` argument."""
+    through its ``cache`` argument, or (:attr:`prefix_rows`) compute them from its hidden states' rows."""
+    prefix_rows: str | None = None
+    """The self-attention takes no ``cache`` of extra keys and values, but computes its queries, keys and values from
+    the rows of its input and adds this argument (MPNet's relative ``position_bias``, shaped like the scores:
+    batch, heads, queries, keys) to its scores. Prefix tuning then puts placeholder rows before the hidden states,
+    replaces the key and value projections' outputs of those rows by the prefix, pads the mask and this bias with
+    zeros for them (the prefix has no position) and cuts the placeholders from the attention's output."""
     norm_position: str = "post"
     """``post``: a norm closes each block (BERT: ``LayerNorm(x + block(x))``); ``pre``: a norm opens it (Llama,
     GPT-2: ``x + block(norm(x))``)."""
@@ -196,6 +202,25 @@ ARCHITECTURES: dict[str, Architecture] = {
         pooler=None,
         cache_refusal="its convolution after the first layer (conv_kernel_size > 0) is tied to the layer's index",
         cache_refusal_if="encoder.conv",
+    ),
+    "mpnet": replace(
+        _BERT_LIKE,
+        roles={
+            "query": "attention.attn.q",
+            "key": "attention.attn.k",
+            "value": "attention.attn.v",
+            "attn_out": "attention.attn.o",  # inside the self-attention, as the closing norm is not
+            "attn_norm": "attention.LayerNorm",
+            "ffn_in": "intermediate.dense",
+            "ffn_out": "output.dense",
+            "ffn_norm": "output.LayerNorm",
+        },
+        self_attention="attention.attn",
+        # The encoder computes the relative position bias once from the embeddings' shape and hands it to every
+        # layer: a stack run from layer k (the cache) gets it as it is, since only the layer list is cut.
+        positions="relative",
+        prefix_rows="position_bias",
+        token_types=False,
     ),
     "distilbert": Architecture(
         layers="transformer.layer",

@@ -52,8 +52,13 @@ POOLED_KINDS = ("cls", "mean", "pooler", "last")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cache_root() -> Path:
+    """``$PEFTLAB_CACHE``, else ``~/.cache/peftlab``: the frozen-prefix cache and downloaded models live under it."""
+    return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab"))
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("PEFTLAB_CACHE", Path.home() / ".cache" / "peftlab")) / "frozen_prefix"
+    return cache_root() / "frozen_prefix"
 
 
 @dataclass(frozen=True, order=True)

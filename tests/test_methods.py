@@ -23,6 +23,7 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
     MistralConfig,
+    MPNetConfig,
     Qwen2Config,
     RobertaConfig,
     XLMRobertaConfig,
@@ -48,6 +49,7 @@ TINY_CONFIGS = {
     "xlm-roberta": lambda: XLMRobertaConfig(**_BERT_KW, pad_token_id=1),
     "electra": lambda: ElectraConfig(**_BERT_KW, embedding_size=D),
     "deberta-v2": lambda: DebertaV2Config(**_BERT_KW),
+    "mpnet": lambda: MPNetConfig(**_BERT_KW),  # relative position bias (32 buckets: the encoder assumes them)
     "distilbert": lambda: DistilBertConfig(
         vocab_size=99, dim=D, n_layers=L, n_heads=H, hidden_dim=FF, max_position_embeddings=64, dropout=0.0,
         attention_dropout=0.0,
@@ -68,8 +70,9 @@ DECODERS = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gpt2")
 # grouped-query attention, RMSNorm, no biases); Qwen2 (the same with biases on query, key and value); GPT-2 (fused
 # query/key/value Conv1D, biases, LayerNorm, one key/value head per query head).
 ENC, LLAMA, QWEN2, GPT2 = "encoder", "llama-like", "qwen2", "gpt2"
-FAMILY = {"bert": ENC, "roberta": ENC, "xlm-roberta": ENC, "electra": ENC, "deberta-v2": ENC, "distilbert": ENC,
-          "llama": LLAMA, "mistral": LLAMA, "gemma": LLAMA, "gemma2": LLAMA, "qwen2": QWEN2, "gpt2": GPT2}  # fmt: skip
+FAMILY = {"bert": ENC, "roberta": ENC, "xlm-roberta": ENC, "electra": ENC, "deberta-v2": ENC, "mpnet": ENC,
+          "distilbert": ENC, "llama": LLAMA, "mistral": LLAMA, "gemma": LLAMA, "gemma2": LLAMA, "qwen2": QWEN2,
+          "gpt2": GPT2}  # fmt: skip
 
 
 def test_every_architecture_in_the_table_has_a_tiny_config():
@@ -261,7 +264,7 @@ def _layer_state(model: SequenceClassifier, layer: int) -> dict[str, torch.Tenso
     return {k: v for k, v in layers_of(model.backbone, arch)[layer].state_dict().items()}
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "deberta-v2", "mpnet"])
 @pytest.mark.parametrize("case", ["bitfit", "lora", "adapter_ffn_seq", "ffn", "attn", "ia3", "vera"])
 def test_target_layer_k_touches_only_layer_k(arch, case):
     method, options, _ = CASES[case]
@@ -326,7 +329,8 @@ def test_saved_trainable_weights_reload_to_identical_logits(arch, case):
 @pytest.mark.parametrize(
     "arch,side",
     # encoders count absolute positions from the first column: right padding only
-    [(a, "right") for a in ("bert", "roberta", "electra")] + [(a, s) for a in DECODERS for s in ("right", "left")],
+    [(a, "right") for a in ("bert", "roberta", "electra", "mpnet")]
+    + [(a, s) for a in DECODERS for s in ("right", "left")],
 )
 def test_prefix_respects_padding(arch, side):
     model = make(arch, "prefix@all", prefix_length=3).eval()
@@ -341,6 +345,36 @@ def test_prefix_respects_padding(arch, side):
         alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         in_batch = model(input_ids=padded, attention_mask=mask).logits
     assert torch.allclose(alone, in_batch, atol=1e-5)
+
+
+def test_prefix_without_a_cache_slot_is_attention_over_the_prefix_and_the_tokens():
+    """MPNet's attention takes no cache: the prefix goes in as placeholder rows (``prefix_rows``). Each real token
+    attends to the prefix keys (no position bias, no mask) and to the tokens (their relative position bias and
+    mask), exactly; a LoRA on the same key and value projections leaves the prefix as it is."""
+    import math
+
+    model = make("mpnet", "prefix@0+lora@0", prefix_length=2, prefix_reparam=False, lora_targets="key,value").eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param)) if param.requires_grad else None
+    backbone, inputs = model.backbone, batch()
+    attn = backbone.encoder.layer[0].attention.attn
+    seen = {}
+    handle = attn.register_forward_hook(lambda module, args, out: seen.update(out=out[0]))
+    with torch.no_grad():
+        backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        handle.remove()
+        x = backbone.embeddings(input_ids=inputs["input_ids"])
+        (b, n, _), heads = x.shape, attn.num_attention_heads
+        q, k, v = (f(x).view(b, n, heads, -1).transpose(1, 2) for f in (attn.q, attn.k, attn.v))
+        prefix = attn.prefix.embedding.view(2, 2, heads, -1).permute(1, 2, 0, 3)  # (key/value, heads, 2, dim)
+        keys, values = (torch.cat([prefix[i].expand(b, -1, -1, -1), t], dim=2) for i, t in enumerate((k, v)))
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        scores[..., 2:] += backbone.encoder.compute_position_bias(x)
+        scores[..., 2:] += (1.0 - inputs["attention_mask"][:, None, None, :]) * torch.finfo(scores.dtype).min
+        expected = attn.o((scores.softmax(-1) @ values).transpose(1, 2).reshape(b, n, -1))
+    keep = inputs["attention_mask"].bool()
+    assert seen["out"].shape == expected.shape and torch.allclose(seen["out"][keep], expected[keep], atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", DECODERS)

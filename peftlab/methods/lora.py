@@ -19,7 +19,6 @@ The base layer is an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2's linear 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -30,12 +29,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from peftlab.architectures import LINEAR_ROLES, Architecture, linear_shape
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, TunerLayer, check_choices, check_positive, parse_roles, register
+from peftlab.methods.hf_export import PEFT_PREFIX, HeadExport, export_classifier, write_adapter
 
 
 @dataclass
@@ -179,7 +178,7 @@ class Lora(Method):
         format has no place for the others)."""
         if [name for name, _ in model.injection.methods] != [self.name]:
             return None
-        return export_peft(model.backbone, Path(output_dir) / "hf_peft", model.base_model)
+        return export_classifier(model, Path(output_dir) / "hf_peft", export_peft, "LoRA")
 
 
 def set_lora_merged(model: nn.Module, merged: bool) -> None:
@@ -199,22 +198,28 @@ def lora_merged(model: nn.Module) -> Iterator[None]:
         set_lora_merged(model, False)
 
 
-def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_name_or_path: str) -> Path:
+def export_peft(
+    backbone: nn.Module,
+    output_dir: str | os.PathLike,
+    base_model_name_or_path: str | None,
+    head: HeadExport | None = None,
+) -> Path:
     """Write the backbone's LoRA weights in HuggingFace ``peft`` format (adapter_config.json + safetensors).
 
     ``peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), output_dir)`` then computes the same
     hidden states as this backbone. Only LoRA is exported (one rank and alpha for the whole model, as peft wants).
+    With ``head`` (:func:`~peftlab.methods.hf_export.head_export`) the modules are named as in the architecture's
+    ``*ForSequenceClassification`` and the head goes with them: load it with that class instead.
     """
-    output_dir = Path(output_dir)
+    prefix = head.backbone_prefix if head is not None else ""
     tensors, targets, layers, ranks, alphas, fan_in_fan_out = {}, set(), set(), set(), set(), set()
     names = []
     for name, module in backbone.named_modules():
         if isinstance(module, LoraLinear):
+            name = prefix + name
             names.append(name)
             for part in ("lora_A", "lora_B"):
-                tensors[f"base_model.model.{name}.{part}.weight"] = (
-                    getattr(module, part).weight.detach().cpu().contiguous()
-                )
+                tensors[f"{PEFT_PREFIX}{name}.{part}.weight"] = getattr(module, part).weight.detach().cpu().contiguous()
             targets.add(name.rsplit(".", 1)[-1])
             layers.update(int(p) for p in name.split(".") if p.isdigit())
             ranks.add(module.rank)
@@ -224,13 +229,13 @@ def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_n
         raise ConfigError("The model has no LoRA layers to export.")
     if len(ranks) != 1 or len(alphas) != 1 or len(fan_in_fan_out) != 1:
         raise ConfigError(f"peft's format needs one rank and alpha; found ranks {ranks}, alphas {alphas}.")
-    output_dir.mkdir(parents=True, exist_ok=True)
     target_modules: list[str] | str = sorted(targets)
     layers_to_transform: list[int] | None = sorted(layers)
-    if any(name.split(".")[1].isdigit() for name in names):
+    if head is not None or any(name.split(".")[1].isdigit() for name in names):
         # A layer list at the top of the model (Llama's "layers.0...", GPT-2's "h.0..."): peft's
         # layers_to_transform pattern wants a parent before it, so name the modules exactly (peft full-matches a
-        # regex string against each module's name).
+        # regex string against each module's name). With the head, exactly too: a suffix ("dense") would also
+        # match the head's own layers (RoBERTa's classifier.dense).
         target_modules = "^(?:" + "|".join(re.escape(name) for name in sorted(names)) + ")$"
         layers_to_transform = None
     config = {
@@ -246,6 +251,4 @@ def export_peft(backbone: nn.Module, output_dir: str | os.PathLike, base_model_n
         "fan_in_fan_out": fan_in_fan_out.pop(),
         "inference_mode": True,
     }
-    (output_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(output_dir / "adapter_model.safetensors"))
-    return output_dir
+    return write_adapter(output_dir, config, tensors, head)
