@@ -101,6 +101,19 @@ def test_a_runs_passes_are_costed_in_its_precision(tmp_path):
     assert run_terms(bf16, load)["frozen bf16"] == run_terms(fp32, load)["frozen"]  # the same work, another unit
 
 
+def test_a_base_size_models_passes_cost_its_flops_in_the_bundled_models_units(tmp_path):
+    variants = {"x": {"method": "adapter@5", "cache_frozen_prefix": True}}
+    small = expand({"name": "s", "tasks": ["rte"], "variants": variants}, tmp_path)[0]
+    base = expand({"name": "b", "tasks": ["rte"], "variants": variants,
+                   "common": {"model_name_or_path": "roberta-base"}}, tmp_path)[0]  # fmt: skip
+    load = Workload(train=1000, eval=100, tokens=40.0)
+    small_terms, base_terms = run_terms(small, load), run_terms(base, load)
+    # 12 layers of hidden 768 and FFN 3072 against 6 of 384 and 1536: 8x the linear layers' FLOPs per token,
+    # of which the layers from 5 up run (7 of 12 against 1 of 6)
+    assert base_terms["frozen"] == pytest.approx(small_terms["frozen"] * 8 * (7 / 12) / (1 / 6))
+    assert base_terms["read"] == small_terms["read"] and base_terms["run"] == small_terms["run"] == 1.0
+
+
 def test_local_sweep_fills_each_cache_once_and_trains_runs_in_shared_processes(tiny_bert, rte_dir, tmp_path):
     runs = expand(small_sweep(tiny_bert, rte_dir), tmp_path / "runs")
     root = tmp_path / "runs" / "s"

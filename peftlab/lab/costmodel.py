@@ -166,14 +166,15 @@ def run_terms(run: Run, load: Workload, num_layers: int | None = None, epochs: f
     if wants_auto(args["method"], args.get("target_layers") or "") and not chosen:
         epochs += AUTO_SELECTION * whole  # choosing the layer first
     train, forward = precision_suffix(args, training=True), "forward" + precision_suffix(args)
+    passes = length * backbone_scale(args, num_layers)  # a pass of this backbone in the bundled model's units
     if depth is None:
         kind = "full" if _method_class(args["method"]).trains_backbone else "frozen"
-        terms[kind + train] = load.train * epochs * length
-        terms[forward] = evals * load.eval * length
+        terms[kind + train] = load.train * epochs * passes
+        terms[forward] = evals * load.eval * passes
         return terms
     above = (num_layers - depth) / num_layers  # only the layers from the lowest trained one up run
-    terms["frozen" + train] = above * load.train * epochs * length
-    terms[forward] = above * evals * load.eval * length
+    terms["frozen" + train] = above * load.train * epochs * passes
+    terms[forward] = above * evals * load.eval * passes
     terms["read"] = (load.train * epochs + load.eval * evals) * length
     return terms
 
@@ -191,9 +192,10 @@ def fill_terms(runs: list[Run], load: Workload, num_layers: int | None = None) -
     depths = [d for d in (cache_depth(run, num_layers) for run in runs) if d is not None]
     terms = dict.fromkeys(COST, 0.0)
     terms["startup"] = 1.0
-    terms["forward" + precision_suffix(effective_args(runs[0].args))] = (
+    args = effective_args(runs[0].args)
+    terms["forward" + precision_suffix(args)] = (
         (max(depths) / num_layers if depths else 0) * (load.train + load.eval) * load.tokens / REFERENCE_TOKENS
-    )
+    ) * backbone_scale(args, num_layers)
     return terms
 
 
@@ -217,7 +219,7 @@ GLUE_SIZES = {
     "mnli": (392702, 19647), "qnli": (104743, 5463), "rte": (2490, 277), "wnli": (635, 71),
 }  # fmt: skip
 """Official GLUE (train, dev) sizes (MNLI dev: matched + mismatched), for estimates without the data at hand."""
-ENCODER_SHAPES = {"roberta-base": (12, 768, 3072), "bert-base-uncased": (12, 768, 3072)}
+ENCODER_SHAPES = {"roberta-base": (12, 768, 3072), "bert-base-uncased": (12, 768, 3072), "mpnet-base": (12, 768, 3072)}
 """(layers, hidden, FFN width) of the hub models the GPU sweep files name; others are read from their config."""
 
 
@@ -263,6 +265,20 @@ def gpu_seconds(run: Run, tflops: float, tokens: int = 128) -> float:
     train, dev = GLUE_SIZES[args["task_name"]]
     epochs = float(args.get("num_train_epochs", 3))
     return (epochs * train * (forward + backward) + epochs * dev * forward) / (tflops * 1e12)
+
+
+REFERENCE_SHAPE = (6, 384, 1536)
+"""(layers, hidden, FFN width) of the bundled MiniLM, on whose runs the :data:`COST` units are measured."""
+
+
+def backbone_scale(args: dict, num_layers: int) -> float:
+    """One pass of the run's backbone (``num_layers`` of its model's layers) in units of one pass of the bundled
+    MiniLM, by their linear layers' FLOPs per token (layers x (4 hidden^2 + 2 hidden x FFN width)): the units are
+    measured on the MiniLM, and a base-size model's layers cost several times its."""
+    _, hidden, width = encoder_shape(args.get("model_name_or_path"))
+    layers, ref_hidden, ref_width = REFERENCE_SHAPE
+    flops = num_layers * (4 * hidden * hidden + 2 * hidden * width)
+    return flops / (layers * (4 * ref_hidden * ref_hidden + 2 * ref_hidden * ref_width))
 
 
 def seconds_of(terms: dict[str, float], cost: dict[str, float] | None = None) -> float:
