@@ -276,21 +276,19 @@ class Tracker:
             logger.warning("Could not mark the sweep's driver file ended: %s", err)
 
 
-def sweep_status(folder: str | os.PathLike) -> str:
-    """The progress line of the sweep whose folder (``--root/<name>``) is ``folder``, running or not, from its
-    :data:`DRIVER` file, its job files and their result files, and its run folders; starts and writes nothing.
-    Without a :data:`DRIVER` file (a driver older than it) every job file counts, and the cores are guessed from the
-    processes training runs now. Ends with the driver's state where it is known."""
-    folder = Path(folder).resolve()
+def _located(folder: Path, output_dir: str) -> str:
+    """A run folder named in a job or driver file, resolved: one relative to the driver's working directory is taken
+    under ``folder`` (the driver may have run from elsewhere than ``--status``)."""
+    path = Path(output_dir)
+    if not path.is_absolute() and folder.name in path.parts:
+        path = folder.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index(folder.name) :])
+    return str(path.resolve())
+
+
+def _read_jobs(folder: Path) -> tuple[dict[str, Job], float | None]:
+    """The jobs in the job files of the sweep in ``folder`` (by name; files not whole yet are skipped), and the
+    newest job file's modification time (``None`` without any): what ``--status`` reads back of the plan."""
     jobs_dir = folder / JOBS
-    driver = _read_json(jobs_dir / DRIVER) if jobs_dir.is_dir() else None
-
-    def located(output_dir: str) -> str:  # a folder relative to the driver's working directory: under ours
-        path = Path(output_dir)
-        if not path.is_absolute() and folder.name in path.parts:
-            path = folder.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index(folder.name) :])
-        return str(path.resolve())
-
     jobs: dict[str, Job] = {}
     newest = None
     for path in sorted(jobs_dir.glob("*.json")) if jobs_dir.is_dir() else []:
@@ -301,13 +299,22 @@ def sweep_status(folder: str | os.PathLike) -> str:
             continue
         runs = []
         for entry in spec["runs"]:
-            args = {**entry["args"], "output_dir": located(entry["args"]["output_dir"])}
+            args = {**entry["args"], "output_dir": _located(folder, entry["args"]["output_dir"])}
             runs.append(Run(name=args["output_dir"], point=entry.get("point", {}), args=args))
         jobs[path.stem] = Job(path.stem, runs, fill=bool(spec.get("fill")))
         newest = max(newest or 0.0, path.stat().st_mtime)
+    return jobs, newest
+
+
+def _planned(
+    folder: Path, driver: dict | None, jobs: dict[str, Job]
+) -> tuple[list[Job], list[Run], dict[str, float | None]]:
+    """The jobs, runs and job estimates the last driver planned in ``folder``, from its :data:`DRIVER` file; without
+    one, every job file's jobs, their runs and any other run folder, estimated now. No run at all is a
+    :class:`ConfigError`."""
     if driver is not None:
         chosen = [jobs[name] for name in driver.get("jobs", {}) if name in jobs]
-        folders = [located(f) for f in driver.get("runs", [])]
+        folders = [_located(folder, f) for f in driver.get("runs", [])]
         estimates = dict(driver.get("jobs", {}))
     else:
         chosen = list(jobs.values())
@@ -318,26 +325,49 @@ def sweep_status(folder: str | os.PathLike) -> str:
     runs = [known.get(f) or Run(name=f, point={}, args={"output_dir": f}) for f in folders]
     if not runs:
         raise ConfigError(f"{folder}: no sweep has run here (no {JOBS}/ job files and no run folders).")
-    ended = {job.name for job in chosen if job.file(folder).with_suffix(".result.json").is_file()}
+    return chosen, runs, estimates
+
+
+def _driver_settings(
+    folder: Path, driver: dict | None, chosen: list[Job], ended: set[str], newest: float | None
+) -> tuple[int, int, int | None, float | None]:
+    """(workers, threads, cores, since) of the sweep's driver for :func:`sweep_progress`: from its :data:`DRIVER`
+    file, or guessed without one (the threads of the ended jobs, one worker per process training a run now, runs
+    started since the newest job file)."""
     if driver is not None:
-        workers, threads, cores = int(driver.get("workers", 1)), int(driver.get("threads", 1)), driver.get("cores")
-        since = driver.get("started")
-    else:  # guessed: the threads of the ended jobs, the processes training runs now
-        threads = max([(_read_json(job.file(folder).with_suffix(".result.json")) or {}).get("threads", 1)
-                       for job in chosen if job.name in ended] or [1])  # fmt: skip
-        since = newest
-        open_runs = [run for job in chosen if job.name not in ended for run in job.runs if not run.finished]
-        workers = max(1, len(running_runs(open_runs, since)))  # one running run per job process
-        cores = None
+        return int(driver.get("workers", 1)), int(driver.get("threads", 1)), driver.get("cores"), driver.get("started")
+    threads = max([(_read_json(job.file(folder).with_suffix(".result.json")) or {}).get("threads", 1)
+                   for job in chosen if job.name in ended] or [1])  # fmt: skip
+    open_runs = [run for job in chosen if job.name not in ended for run in job.runs if not run.finished]
+    workers = max(1, len(running_runs(open_runs, newest)))  # one running run per job process
+    return workers, threads, None, newest
+
+
+def _driver_state(driver: dict) -> str:
+    """What ``--status`` adds about the driver: when it ended, that it was stopped (its process gone from this
+    host), or which process on which host runs it."""
+    pid, host = driver.get("pid"), driver.get("host")
+    if driver.get("ended"):
+        return f"its driver ended at {time.strftime('%Y-%m-%d %H:%M', time.localtime(driver['ended']))}"
+    if host == platform.node() and isinstance(pid, int) and not _alive(pid):
+        return f"its driver (pid {pid}) is not running: it was stopped, a rerun finishes the sweep"
+    return f"its driver: pid {pid} on {host}"
+
+
+def sweep_status(folder: str | os.PathLike) -> str:
+    """The progress line of the sweep whose folder (``--root/<name>``) is ``folder``, running or not, from its
+    :data:`DRIVER` file, its job files and their result files, and its run folders; starts and writes nothing.
+    Without a :data:`DRIVER` file (a driver older than it) every job file counts, and the cores are guessed from the
+    processes training runs now. Ends with the driver's state where it is known."""
+    folder = Path(folder).resolve()
+    jobs_dir = folder / JOBS
+    driver = _read_json(jobs_dir / DRIVER) if jobs_dir.is_dir() else None
+    jobs, newest = _read_jobs(folder)
+    chosen, runs, estimates = _planned(folder, driver, jobs)
+    ended = {job.name for job in chosen if job.file(folder).with_suffix(".result.json").is_file()}
+    workers, threads, cores, since = _driver_settings(folder, driver, chosen, ended, newest)
     line = sweep_progress(
         runs, chosen, folder, ended=ended, workers=workers, threads=threads, estimates=estimates, cores=cores,
         since=since,
     ).line()  # fmt: skip
-    if driver is None:
-        return line
-    pid, host = driver.get("pid"), driver.get("host")
-    if driver.get("ended"):
-        return f"{line}; its driver ended at {time.strftime('%Y-%m-%d %H:%M', time.localtime(driver['ended']))}"
-    if host == platform.node() and isinstance(pid, int) and not _alive(pid):
-        return f"{line}; its driver (pid {pid}) is not running: it was stopped, a rerun finishes the sweep"
-    return f"{line}; its driver: pid {pid} on {host}"
+    return line if driver is None else f"{line}; {_driver_state(driver)}"

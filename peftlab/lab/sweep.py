@@ -386,6 +386,29 @@ def run_ray(
 BACKENDS = ("local", "ray")
 
 
+def _reuse_identical(todo: list[Run], reuse_root: str | os.PathLike, log: Callable[[str], None]) -> None:
+    """Take out of ``todo`` each run whose arguments equal those of a run finished under ``reuse_root``, copying that
+    run's results in (:func:`reuse`): sweeps overlap, and a run finished elsewhere need not train again."""
+    done = finished_runs(reuse_root)
+    for run in list(todo):
+        source = done.get(fingerprint(run.args))
+        if source is not None and source.resolve() != run.output_dir.resolve():
+            reuse(run, source)
+            todo.remove(run)
+            log(f"reuse {run.name}: identical to the finished {source}")
+
+
+def _job_threads(workers: int, backend: str, ray_options: dict[str, Any]) -> int:
+    """The threads each job runs with, for the ETA: as :func:`job_env` gives them (the cores shared among the
+    workers, or ``OMP_NUM_THREADS`` where it is set), or Ray's ``threads`` option with the Ray backend."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if backend == "ray":
+        return ray_options.get("threads") or threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return threads
+
+
 def run_sweep(
     runs: list[Run], root: str | os.PathLike, *, workers: int = 1, backend: str = "local", log=print,
     reuse_root: str | os.PathLike | None = None, python: str = sys.executable, source: str = "Sweep",
@@ -411,13 +434,7 @@ def run_sweep(
     todo = [run for run in runs if not run.finished]
     check_runs(todo, source)
     if reuse_root is not None and todo:
-        done = finished_runs(reuse_root)
-        for run in list(todo):
-            source = done.get(fingerprint(run.args))
-            if source is not None and source.resolve() != run.output_dir.resolve():
-                reuse(run, source)
-                todo.remove(run)
-                log(f"reuse {run.name}: identical to the finished {source}")
+        _reuse_identical(todo, reuse_root, log)
     log(f"{len(runs) - len(todo)} of {len(runs)} runs finished; {len(todo)} to run")
     if not todo:
         return []
@@ -425,11 +442,7 @@ def run_sweep(
     for job in jobs:
         write_job_file(job, root)
     start = time.time()
-    threads = max(1, (os.cpu_count() or 1) // workers)  # each job's (job_env), for the ETA
-    if backend == "ray":
-        threads = ray_options.get("threads") or threads
-    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    threads = _job_threads(workers, backend, ray_options)
     tracker = Tracker(
         runs, jobs, root, workers=workers, threads=threads, log=log, backend=backend,
         cores=os.cpu_count() if backend == "local" else None,

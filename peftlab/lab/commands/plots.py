@@ -155,31 +155,32 @@ def sweep_axis_figure(
     return axis_figure(rows, x, full, logx, title, seeds)
 
 
-def gap_figure(table: dict[str, Any], title: str):
-    """Table 1's figure from :func:`peftlab.lab.results.table1`'s ``table``: per task, one bar per method row of its
-    gap bridged, with error bars of the std over seeds of the row's score divided by the task's gap (where a cell
-    has several seeds), then the average over the tasks (as the table's last column). A task whose full fine-tuning
-    does not beat its best probe has no gap, and says so; a table with no gap at all is a :class:`ConfigError`."""
-    tasks, variants, stats, derived = table["tasks"], table["variants"], table["stats"], table["derived"]
-    references, notes = table["references"], table.get("notes", {})
+def _gap(table: dict[str, Any], variant: str, task: str) -> float | None:
+    """The gap bridged of ``variant`` on ``task`` in ``table`` (a fraction), or ``None`` where the task has no gap."""
+    return table["derived"].get((variant, task), {}).get("gap_bridged")
 
-    def gap(variant, task):
-        return derived.get((variant, task), {}).get("gap_bridged")
 
-    if not any(gap(v, t) is not None for v in variants for t in tasks):
+def _require_gap(table: dict[str, Any]) -> None:
+    """A :class:`ConfigError` unless some cell of ``table`` has a gap bridged: a figure without one would be empty."""
+    tasks, variants = table["tasks"], table["variants"]
+    if not any(_gap(table, v, t) is not None for v in variants for t in tasks):
         raise ConfigError(
             f"nothing to show: no task ({', '.join(tasks) or 'none'}) has a gap bridged, since on none of them is "
             f"full fine-tuning above the best probe row (rows: {', '.join(variants)})"
         )
-    groups = [*tasks, "average"]
-    width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 1.5), 4.5), dpi=110)
+
+
+def _gap_bars(ax, table: dict[str, Any], width: float) -> set[int]:
+    """Draw on ``ax``, for each method row of ``table``, a bar per task of its gap bridged (x100), error bars of the
+    std over seeds divided by the task's gap where a cell has several seeds, and a hatched bar of its average over
+    the tasks after them; returns the numbers of seeds of the cells drawn (for the caption)."""
+    tasks, variants, stats, references = table["tasks"], table["variants"], table["stats"], table["references"]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     counts = set()
     for i, variant in enumerate(variants):
         xs, heights, errors = [], [], []
         for g, task in enumerate(tasks):
-            value = gap(variant, task)
+            value = _gap(table, variant, task)
             if value is None:
                 continue
             reference = references[task]
@@ -188,7 +189,7 @@ def gap_figure(table: dict[str, Any], title: str):
             xs.append(g + (i - (len(variants) - 1) / 2) * width)
             heights.append(100 * value)
             errors.append(100 * cell["std"] / (reference["full"] - reference["best_raw"]) if cell["n"] > 1 else None)
-        defined = [gap(variant, t) for t in tasks if gap(variant, t) is not None]
+        defined = [_gap(table, variant, t) for t in tasks if _gap(table, variant, t) is not None]
         colour = colours[i % len(colours)]
         ax.bar(xs, heights, width, color=colour, label=variant_label(variant))
         spread = [(x, h, e) for x, h, e in zip(xs, heights, errors) if e is not None]
@@ -197,16 +198,12 @@ def gap_figure(table: dict[str, Any], title: str):
         if defined:
             ax.bar(len(tasks) + (i - (len(variants) - 1) / 2) * width, 100 * statistics.fmean(defined), width,
                    color=colour, hatch="//", edgecolor="white")  # fmt: skip
-    for g, task in enumerate(tasks):
-        if all(gap(v, task) is None for v in variants):
-            ax.text(g, 50, "no gap:\nfull fine-tuning\nnot above\nthe probe", ha="center", va="center", fontsize=7)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(groups)), [task_label(t) + ("†" if t in notes else "") for t in tasks] + ["average"])
-    ax.set_ylabel("gap bridged (%)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="method", title_fontsize=8)
+    return counts
+
+
+def _gap_caption(counts: set[int], notes: dict[str, str]) -> list[str]:
+    """The lines under Table 1's figure: what the gap bridged and the error bars are, the seeds per cell (``counts``),
+    and the tasks trained under an offline protocol (``notes``, marked † on the axis)."""
     seeds = "–".join(map(str, sorted({min(counts), max(counts)}))) if counts else "0"
     caption = [
         "Gap bridged = (row − best probe) / (full fine-tuning − best probe), per task on the means over seeds: "
@@ -216,6 +213,31 @@ def gap_figure(table: dict[str, Any], title: str):
     ]
     if notes:
         caption.append("† trained under an offline protocol: " + "; ".join(f"{t}: {n}" for t, n in notes.items()))
+    return caption
+
+
+def gap_figure(table: dict[str, Any], title: str):
+    """Table 1's figure from :func:`peftlab.lab.results.table1`'s ``table``: per task, one bar per method row of its
+    gap bridged, with error bars of the std over seeds of the row's score divided by the task's gap (where a cell
+    has several seeds), then the average over the tasks (as the table's last column). A task whose full fine-tuning
+    does not beat its best probe has no gap, and says so; a table with no gap at all is a :class:`ConfigError`."""
+    tasks, variants, notes = table["tasks"], table["variants"], table.get("notes", {})
+    _require_gap(table)
+    groups = [*tasks, "average"]
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 1.5), 4.5), dpi=110)
+    counts = _gap_bars(ax, table, width)
+    for g, task in enumerate(tasks):
+        if all(_gap(table, v, task) is None for v in variants):
+            ax.text(g, 50, "no gap:\nfull fine-tuning\nnot above\nthe probe", ha="center", va="center", fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(groups)), [task_label(t) + ("†" if t in notes else "") for t in tasks] + ["average"])
+    ax.set_ylabel("gap bridged (%)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="method", title_fontsize=8)
+    caption = _gap_caption(counts, notes)
     fig.tight_layout()
     fig.text(0.0, -0.02, "\n".join(caption), fontsize=7, ha="left", va="top", wrap=True)
     return fig
