@@ -247,6 +247,11 @@ class SequenceClassifier(nn.Module):
                 stack.enter_context(method.merged_for_eval(self.backbone))
             yield
 
+    def prepare_methods(self, batches) -> None:
+        """Each method's data-dependent choice before training (:meth:`~peftlab.methods.Method.prepare`)."""
+        for method in self.injection.applied:
+            method.prepare(self, batches)
+
     def export_methods(self, output_dir: str | os.PathLike) -> list[Path]:
         """Each method's export in another library's format (LoRA alone: HuggingFace peft's); the paths written."""
         exported = (method.export(self, Path(output_dir)) for method in self.injection.applied)

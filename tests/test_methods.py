@@ -139,6 +139,8 @@ CASES = {
                                           GPT2: fused_qkv("vera", "query, value")}),
     "vera_qkv": ("vera@1", {"vera_rank": R, "vera_targets": "qkv,ffn_out"},
                  {ENC: no_qkv("vera"), LLAMA: no_qkv("vera"), QWEN2: no_qkv("vera"), GPT2: (R + 3 * D) + (R + D)}),
+    # sparse: exactly the budget of weight entries (of ffn_in and ffn_out); the index buffers are not counted
+    "sparse": ("sparse@1", {"sparse_budget": 20}, every(20)),
 }  # fmt: skip
 ZERO_INIT = {"probe", "lora", "lora_ffn", "lora_qkv", "adapter_ffn_seq", "adapter_attn_par", "ia3", "ia3_qkv", "vera",
              "vera_qkv"}  # fmt: skip

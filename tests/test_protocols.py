@@ -31,7 +31,7 @@ PAPER_OPTIONS = {
 }  # fmt: skip
 # Ours: the rates the paper's scripts leave to the command line, and the methods the paper does not have. A
 # method's class must mark these as ours (paper_ours names "learning_rate" and/or "options").
-OUR_RATE = {"probe": 2e-3, "ffn": 2e-4, "attn": 2e-4, "ia3": 3e-3, "vera": 4e-3}
+OUR_RATE = {"probe": 2e-3, "ffn": 2e-4, "attn": 2e-4, "ia3": 3e-3, "vera": 4e-3, "sparse": 2e-3}
 OUR_OPTIONS = {
     "ia3": {"ia3_targets": "key,value,ffn_out"},
     "vera": {"vera_rank": 1024, "vera_targets": "query,value", "vera_d_init": 0.1},

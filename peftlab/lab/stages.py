@@ -197,6 +197,8 @@ def train(trainer: GlueTrainer, plan: Plan, train_set) -> dict[str, Any]:
     """Train; save what trained (and each method's export, e.g. LoRA in peft's format). Returns its results."""
     training_args, output_dir = plan.training_args, plan.output_dir
     results: dict[str, Any] = {}
+    # the training set in a fixed (evaluation) order: a resumed run, initialised alike, chooses the same again
+    trainer.model.prepare_methods(lambda: trainer.get_eval_dataloader(train_set))
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if training_args.save_model:
         trainer.save_model()

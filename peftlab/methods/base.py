@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +167,11 @@ class Method:
     def merged_for_eval(self, backbone: nn.Module) -> Iterator[None]:
         """Within the block, evaluate with the method folded into the base weights (default: nothing to fold)."""
         yield
+
+    def prepare(self, model: nn.Module, batches: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        """Choose what depends on the training data, once, before training starts (FISH's mask: squared gradients
+        over a few batches). ``model`` is the whole classifier as initialised; ``batches()`` iterates over the
+        training set in a fixed order, with labels, so a resumed run chooses the same again. Default: nothing."""
 
     def export(self, model: nn.Module, output_dir: Path) -> Path | None:
         """Write the trained method in another library's format under ``output_dir``; the path, or ``None``."""
