@@ -10,8 +10,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from test_methods import FF, TINY_CONFIGS, D, batch, make
+from test_new_methods import perturbed, save_run  # the trained-run helpers of the method tests
 from transformers import AutoModel
 
 from peftlab.errors import ConfigError
@@ -25,7 +26,6 @@ from peftlab.modeling import (
     SequenceClassifier,
     build_classifier,
     load_classifier,
-    save_model_config,
 )
 
 ENTRIES = 2 * D * FF  # ffn_in and ffn_out of one layer of the tiny models
@@ -37,21 +37,6 @@ def sparse_layers(model: SequenceClassifier) -> dict[str, SparseLinear]:
 
 def inputs() -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch().items() if k != "labels"}
-
-
-def perturbed(model: SequenceClassifier) -> SequenceClassifier:
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.3)
-    return model.eval()
-
-
-def save_run(model: SequenceClassifier, out) -> None:
-    """What the Trainer's save writes (GlueTrainer._save): the trained parameters and peftlab_model.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: t.contiguous() for k, t in model.trainable_state_dict().items()}, str(out / WEIGHTS_NAME))
-    save_model_config(out, **model.export_config())
 
 
 @pytest.mark.parametrize("mask", ["magnitude", "random"])
