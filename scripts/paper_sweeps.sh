@@ -3,15 +3,18 @@
 # each line skips the runs already finished under docs/results/runs (kept in git), so rerunning this script after
 # an interruption picks up where it stopped (an unfinished run resumes from its last checkpoint: sweeps set
 # --resumable). Two jobs at a time, one thread each (the 2-core CPU).
-#   [PRECISION=bf16] bash scripts/paper_sweeps.sh [extra scripts/sweep.py flags, e.g. --dry_run]
-# PRECISION=bf16 runs the same sweeps in the CPU's bfloat16 setting, about twice as fast (README, "Performance"):
-# their *_bf16_fast.json files, whose own sweep names keep their runs apart from the float32 ones.
+#   [PRECISION=bf16|bf16_fast] bash scripts/paper_sweeps.sh [extra scripts/sweep.py flags, e.g. --dry_run]
+# PRECISION=bf16 runs the same sweeps in the CPU's bfloat16 setting (their *_bf16.json files, whose own sweep names
+# keep their runs apart from the float32 ones), whose scores equal float32's (docs/results/precision_bf16.md);
+# PRECISION=bf16_fast adds --fast_dropout (*_bf16_fast.json), faster still, with scores that do not all equal
+# float32's (docs/results/precision_bf16_fast.md). docs/performance.md has the timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${PRECISION:-fp32}" in
   fp32) p="" ;;
-  bf16) p="_bf16_fast" ;;
-  *) echo "PRECISION=$PRECISION is not valid; choose fp32 (the default) or bf16." >&2; exit 2 ;;
+  bf16) p="_bf16" ;;
+  bf16_fast) p="_bf16_fast" ;;
+  *) echo "PRECISION=$PRECISION is not valid; choose fp32 (the default), bf16 or bf16_fast." >&2; exit 2 ;;
 esac
 # A sweep with unfinished runs (a run that failed) does not stop the ones after it: the script goes on, says which,
 # and exits 1 at the end; an interrupt (Ctrl-C, SIGTERM: exit 130, 143) stops it.
