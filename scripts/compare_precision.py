@@ -8,14 +8,27 @@ means against the reference sweep's seed std, and run by run (the same task, row
 A cell is "equal" when |mean(other) - mean(reference)| is within one reference seed std, or within 0.5 points where
 that std is smaller; the verdict counts the cells and names the ones that fail. Only seeds present in both sweeps
 are compared.
+
+The verdict also gives the number of cells expected to fail by chance alone if the other sweep's runs were as
+independent of the reference's as runs of other seeds are (another random stream: --fast_dropout's masks, say): per
+cell, the share of simulated pairs of n-seed samples, both normal with the reference's seed std, that fail the same
+rule (its std and the floor included), summed over the cells. A precision that changes nothing but rounding fails
+far fewer cells than that; one that only changes the random stream, about as many.
+
+The cost table pairs the runs (same task, row and seed) and divides the reference's CPU time per epoch by the
+other's (``cpu_seconds`` and ``epochs_run`` of each run's all_results.json and the CSV): per row the median, and the
+total of the paired runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from peftlab.io import atomic_write_text
 from peftlab.lab.results import read_csv, select_score
@@ -30,6 +43,48 @@ def scores(rows, sweep: str, tasks: list[str]) -> dict[tuple[str, str, int], flo
         for r in rows
         if r["sweep"] == sweep and r["task"] in tasks and r.get("score") is not None
     }
+
+
+def cpu_per_epoch(rows, sweep: str, tasks: list[str]) -> dict[tuple[str, str, int], float]:
+    """CPU seconds per epoch run of each run of ``sweep`` that recorded its CPU time, by (task, row, seed)."""
+    out = {}
+    for r in rows:
+        if r["sweep"] != sweep or r["task"] not in tasks or not r.get("epochs_run"):
+            continue
+        results = Path(r["output_dir"]) / "all_results.json"
+        cpu = json.loads(results.read_text()).get("cpu_seconds") if results.is_file() else None
+        if cpu:
+            out[(r["task"], r["variant"], int(r["seed"]))] = cpu / float(r["epochs_run"])
+    return out
+
+
+def chance_failures(cells: list[dict], draws: int = 20000) -> float:
+    """Cells expected to fail if the other sweep's runs were independent draws (see the module's docstring)."""
+    rng = np.random.default_rng(0)
+    expected = 0.0
+    for c in cells:
+        n = len(c["seeds"])
+        if c["std"] == 0 or n < 2:
+            continue
+        ref, oth = rng.normal(0, c["std"], (2, draws, n))
+        tolerance = np.maximum(ref.std(axis=1, ddof=1), FLOOR)
+        expected += float(np.mean(np.abs(oth.mean(axis=1) - ref.mean(axis=1)) > tolerance))
+    return expected
+
+
+def cost_markdown(reference: dict, other: dict) -> str:
+    paired = sorted(set(reference) & set(other))
+    if not paired:
+        return ""
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for key in paired:
+        rows.setdefault(key[1], []).append((reference[key], other[key]))
+    lines = ["", "CPU time per epoch, paired runs (reference / other):", "", "| row | runs | median ratio |", "| --- | ---: | ---: |"]  # fmt: skip
+    for variant, pairs in sorted(rows.items()):
+        lines.append(f"| {variant} | {len(pairs)} | {statistics.median(a / b for a, b in pairs):.2f}x |")
+    total = [sum(reference[k] for k in paired), sum(other[k] for k in paired)]
+    lines += ["", f"All {len(paired)} paired runs: {total[0] / total[1]:.2f}x (sum of the reference's CPU time per epoch over the other's)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def compare(reference: dict, other: dict) -> list[dict]:
@@ -67,6 +122,7 @@ def markdown(cells: list[dict], reference: str, other: str, score: str) -> str:
         )
     failed = [f"{c['task']} {c['variant']} ({c['diff']:+.2f} against {c['tolerance']:.2f})" for c in cells if not c["equal"]]  # fmt: skip
     lines += ["", f"Equal in {len(cells) - len(failed)} of {len(cells)} cells" + (f"; not in: {'; '.join(failed)}." if failed else ".")]  # fmt: skip
+    lines.append(f"Runs as independent as other seeds' would fail {chance_failures(cells):.1f} cells by chance.")
     return "\n".join(lines) + "\n"
 
 
@@ -78,6 +134,7 @@ def main() -> int:
     parser.add_argument("--tasks", required=True, help="comma-separated tasks to compare")
     parser.add_argument("--score", default="reported", choices=["reported", "last"])
     parser.add_argument("--out", help="write <out>.md")
+    parser.add_argument("--cost", action="store_true", help="add the paired runs' CPU time ratios")
     args = parser.parse_args()
     rows = select_score(read_csv(args.csv), args.score)
     tasks = args.tasks.split(",")
@@ -86,6 +143,8 @@ def main() -> int:
         print(f"error: no task and row of {args.other} has runs in {args.reference} too", file=sys.stderr)
         return 2
     text = markdown(cells, args.reference, args.other, args.score)
+    if args.cost:
+        text += cost_markdown(cpu_per_epoch(rows, args.reference, tasks), cpu_per_epoch(rows, args.other, tasks))
     if args.out:
         atomic_write_text(Path(f"{args.out}.md"), text)
     print(text, end="")

@@ -145,3 +145,48 @@ def test_cached_inputs_and_prefix_masks_follow_the_model_to_the_gpu(tiny_bert, t
         batch = {k: v.cuda() for k, v in CachedCollator(tokenizer)([wrapped["train"][0], wrapped["train"][1]]).items()}
         assert model(**batch).logits.device.type == "cuda"
         assert need_of(model) is not None
+
+
+def _compare_precision():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("compare_precision", REPO / "scripts" / "compare_precision.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_precisions_chance_count_matches_independent_draws():
+    """The expected failures for independent runs match a simulation of them; identical runs fail none."""
+    import random
+
+    check = _compare_precision()
+    rng = random.Random(0)
+    sigma, seeds, trials = 1.0, [42, 43, 44], 600
+    reference = {("t", f"row{i}", s): rng.gauss(0, sigma) for i in range(trials) for s in seeds}
+    independent = {k: rng.gauss(0, sigma) for k in reference}
+    rounded = {k: v + 1e-3 for k, v in reference.items()}
+    cells = check.compare(reference, independent)
+    failed = sum(not c["equal"] for c in cells)
+    assert abs(failed - check.chance_failures(cells)) < 0.1 * trials, (failed, check.chance_failures(cells))
+    assert 0.2 * trials < failed < 0.45 * trials  # about a third at sigma 1 with 3 seeds
+    assert sum(not c["equal"] for c in check.compare(reference, rounded)) == 0
+
+
+def test_compare_precisions_cost_table_pairs_runs_per_epoch(tmp_path):
+    check = _compare_precision()
+    rows = []
+    for sweep, cpu, epochs in (("ref", 200.0, 10), ("other", 50.0, 5)):
+        for seed in (42, 43):
+            out = tmp_path / sweep / str(seed)
+            out.mkdir(parents=True)
+            (out / "all_results.json").write_text(json.dumps({"cpu_seconds": cpu}))
+            rows.append({"sweep": sweep, "task": "rte", "variant": "adapter", "seed": seed, "epochs_run": epochs, "output_dir": str(out)})  # fmt: skip
+    rows.append({"sweep": "other", "task": "rte", "variant": "adapter", "seed": 44, "epochs_run": 5, "output_dir": str(tmp_path / "none")})  # fmt: skip
+    reference, other = check.cpu_per_epoch(rows, "ref", ["rte"]), check.cpu_per_epoch(rows, "other", ["rte"])
+    assert reference == {("rte", "adapter", 42): 20.0, ("rte", "adapter", 43): 20.0}
+    assert set(other) == set(reference)  # the run without all_results.json is left out
+    text = check.cost_markdown(reference, other)
+    assert "| adapter | 2 | 2.00x |" in text and "All 2 paired runs: 2.00x" in text
