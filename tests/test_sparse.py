@@ -1,8 +1,8 @@
 """Sparse fine-tuning beyond the method x architecture matrix of test_methods.py: only the selected entries of a
 weight ever change, the delta is held at those entries only, a saved run (indices recorded, values saved) reloads
 to identical logits, the evaluation-time merge restores the weights bit for bit, each mask picks what it says
-(magnitude: the largest |W|; fisher: the largest squared gradients), and bad budgets or roles are refused with
-the numbers before the model is modified."""
+(magnitude: the largest |W|; fisher: the largest squared gradients; lt-sft: the entries that moved most in a
+dense phase, then rewound), and bad budgets or roles are refused with the numbers before the model is modified."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from transformers import AutoModel
 from peftlab.errors import ConfigError
 from peftlab.methods import PeftArguments
 from peftlab.methods.lora import LoraLinear
-from peftlab.methods.sparse import SparseLinear, choose_fisher_mask, pack_indices, unpack_indices
+from peftlab.methods.sparse import SparseLinear, pack_indices, unpack_indices
+from peftlab.methods.sparse_choice import choose_fisher_mask, choose_lottery_mask
 from peftlab.modeling import (
     MODEL_CONFIG_NAME,
     WEIGHTS_NAME,
@@ -65,20 +66,21 @@ def test_only_the_selected_entries_change_after_optimizer_steps(arch, mask):
     assert moved > 0
 
 
-@pytest.mark.parametrize("mask", ["magnitude", "random", "fisher"])
+@pytest.mark.parametrize("mask", ["magnitude", "random", "fisher", "lt-sft"])
 def test_a_saved_run_reloads_to_identical_logits_with_its_recorded_mask(tiny_bert, tmp_path, mask):
     torch.manual_seed(3)
     args = PeftArguments(method="sparse@1", sparse_budget=150, sparse_mask=mask, sparse_fisher_batches=2)
     model = build_classifier(tiny_bert, HeadConfig(num_labels=3, pooling="mean"), args)
-    if mask == "fisher":
-        assert choose_fisher_mask(model, [batch(0), batch(1), batch(2)]) and not any(
-            m.pending for m in sparse_layers(model).values()
-        )
+    if mask in ("fisher", "lt-sft"):
+        model.prepare_methods(lambda: [batch(0), batch(1), batch(2)])
+        assert not any(m.pending for m in sparse_layers(model).values())
     perturbed(model)
     save_run(model, tmp_path / "run")
     state = json.loads((tmp_path / "run" / MODEL_CONFIG_NAME).read_text())["extra_state"]["sparse"]
     assert state["mask"] == mask and state["budget"] == 150 and not state["pending"]
-    assert {"random": ("seed", 3), "fisher": ("fisher_batches", 2)}.get(mask, ("allocation", "global")) in state.items()
+    assert {"random": ("seed", 3), "fisher": ("fisher_batches", 2), "lt-sft": ("lt_steps", 3)}.get(
+        mask, ("allocation", "global")
+    ) in state.items()
     layers = sparse_layers(model)
     assert set(state["indices"]) == set(layers)
     for path, module in layers.items():
@@ -197,6 +199,73 @@ def test_fisher_picks_the_largest_squared_gradients_summed_over_its_batches():
     assert all(m.sparse_values.grad is not None for m in layers)
 
 
+def with_dropout(method: str, dropout: float, **options) -> SequenceClassifier:
+    torch.manual_seed(0)
+    config = TINY_CONFIGS["bert"]()
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    return SequenceClassifier(AutoModel.from_config(config), HeadConfig(num_labels=3, pooling="mean"),
+                              peft_args=PeftArguments(method=method, **options))  # fmt: skip
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # 0.1: the dense phase trains in train mode, as fine-tuning does
+def test_lt_sft_keeps_the_entries_that_moved_most_in_its_dense_phase_and_rewinds_everything_else(dropout):
+    """The dense phase is fine-tuning the targeted matrices and the head (here against the same model with those
+    weights trained directly, the same AdamW, batches and dropout draws); then the head, the random state and the
+    entries are back where they were."""
+    model = with_dropout("sparse@1", dropout, sparse_budget=100, sparse_mask="lt-sft", sparse_lt_epochs=1.5,
+                         sparse_lt_learning_rate=1e-2)  # fmt: skip
+    reference = with_dropout("probe", dropout)  # the same seed: the same backbone and head
+    weights = [reference.backbone.encoder.layer[1].intermediate.dense.weight,
+               reference.backbone.encoder.layer[1].output.dense.weight]  # fmt: skip
+    start = [w.detach().clone() for w in weights]
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    epoch = [batch(0), batch(1)]  # 1.5 epochs of two batches: three steps, the third the first batch again
+    for weight in weights:
+        weight.requires_grad_(True)
+    optimizer = torch.optim.AdamW([*weights, *reference.head.parameters()], lr=1e-2, weight_decay=0.0)
+    torch.manual_seed(7)
+    reference.train()
+    for step in (0, 1, 0):
+        optimizer.zero_grad()
+        reference(**batch(step)).loss.backward()
+        optimizer.step()
+    moved = torch.cat([(w.detach() - s).abs().reshape(-1) for w, s in zip(weights, start)])
+    expected = set(moved.topk(100).indices.tolist())
+    torch.manual_seed(7)
+    model.eval()
+    counts = choose_lottery_mask(model, lambda: list(epoch))
+    layers = list(sparse_layers(model).values())
+    chosen = set(layers[0].sparse_indices.tolist()) | {i + weights[0].numel() for i in layers[1].sparse_indices.tolist()}  # fmt: skip
+    assert sum(counts.values()) == 100 and len(chosen & expected) >= 99, len(chosen & expected)
+    state = model.injection.applied[0].extra_state()
+    assert (state["lt_steps"], state["lt_epochs"], state["lt_learning_rate"]) == (3, 1.5, 1e-2)
+    assert all(torch.equal(v, model.head.state_dict()[k]) for k, v in head.items())  # the head rewound
+    assert all(not m.sparse_values.any() for m in layers) and not model.training  # the entries at zero; the mode kept
+    assert not any(p.grad is not None for p in model.parameters())
+
+
+def test_lt_sft_leaves_the_random_state_as_it_found_it():
+    model = make("bert", "sparse@1", sparse_budget=50, sparse_mask="lt-sft")
+    torch.manual_seed(5)
+    choose_lottery_mask(model, lambda: [batch(0)])
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))
+
+
+@pytest.mark.parametrize("mask,chooser", [("fisher", "choose_fisher_mask"), ("lt-sft", "choose_lottery_mask")])
+def test_a_data_mask_that_was_never_chosen_refuses_to_run(mask, chooser):
+    model = make("bert", "sparse@1", sparse_mask=mask)
+    with pytest.raises(
+        ConfigError, match=rf"--sparse_mask {mask}: .* has not been chosen .*{chooser}\(model, batches\)"
+    ):
+        model(**batch())
+    with pytest.raises(ConfigError, match=r"choose_lottery_mask: the model was built with --sparse_mask magnitude"):
+        choose_lottery_mask(make("bert", "sparse@1"), lambda: [batch()])
+    with pytest.raises(ConfigError, match=r"--sparse_mask lt-sft: no training batch was given"):
+        choose_lottery_mask(make("bert", "sparse@1", sparse_mask="lt-sft"), lambda: [])
+
+
 def test_a_fisher_mask_that_was_never_chosen_refuses_to_run():
     model = make("bert", "sparse@1", sparse_mask="fisher")
     with pytest.raises(ConfigError, match=r"--sparse_mask fisher: .* has not been chosen .*"
@@ -241,7 +310,10 @@ def test_budget_as_a_fraction_and_the_random_mask_follows_the_runs_seed():
         ({"sparse_budget": -5}, r"--sparse_budget -5 is not valid"),
         ({"sparse_budget": 2.5}, r"--sparse_budget 2.5 is not valid"),
         ({"sparse_budget": float("nan")}, r"--sparse_budget nan is not valid"),
-        ({"sparse_mask": "lt-sft"}, r"--sparse_mask 'lt-sft' is not valid; choose one of magnitude, random, fisher"),
+        ({"sparse_mask": "lt_sft"}, r"--sparse_mask 'lt_sft' is not valid; choose one of magnitude, random, fisher, "
+                                    r"lt-sft"),
+        ({"sparse_lt_epochs": 0}, r"--sparse_lt_epochs must be a number > 0, got 0"),
+        ({"sparse_lt_learning_rate": float("nan")}, r"--sparse_lt_learning_rate must be a number > 0, got nan"),
         ({"sparse_fisher_batches": 0}, r"--sparse_fisher_batches must be >= 1, got 0"),
         ({"sparse_targets": "ffn_inn"}, r"--sparse_targets 'ffn_inn': \['ffn_inn'\] not valid; choose from query"),
     ],
@@ -324,3 +396,22 @@ def test_a_trained_run_saves_the_values_and_reloads_through_run_glue(tiny_bert, 
                      str(rte_dir), "--output_dir", str(tmp_path / "fisher_eval"), "--do_eval", "--disable_tqdm",
                      "True"])  # fmt: skip
     assert reloaded["eval_loss"] == pytest.approx(fisher["eval_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("mask", ["fisher", "lt-sft"])
+def test_a_data_mask_is_chosen_in_bf16_and_recorded_without_saved_weights(tiny_bert, rte_dir, tmp_path, mask):
+    """A bf16 backbone (--model_dtype) with a float32 head chooses its mask under the run's autocast; with
+    --save_model false the mask and how it was chosen are in run_config.json, and the choice's time in the results."""
+    from peftlab.lab.run import main
+    from peftlab.methods.sparse import unpack_indices
+
+    out = tmp_path / "out"
+    results = main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir), "--method",
+                    "sparse@1", "--sparse_budget", "100", "--sparse_mask", mask, "--sparse_lt_epochs", "0.5",
+                    "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--disable_tqdm", "True",
+                    "--bf16", "True", "--model_dtype", "bfloat16", "--save_model", "false", "--output_dir", str(out)])  # fmt: skip
+    state = json.loads((out / "run_config.json").read_text())["method_state"]["sparse"]
+    assert state["mask"] == mask and state["budget"] == 100 and not state["pending"]
+    assert sum(unpack_indices(text).numel() for text in state["indices"].values()) == 100
+    assert ("lt_steps" in state) == (mask == "lt-sft") and ("fisher_batches" in state) == (mask == "fisher")
+    assert results["prepare_seconds"] > 0 and not (out / WEIGHTS_NAME).exists()

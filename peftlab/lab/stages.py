@@ -197,8 +197,12 @@ def train(trainer: GlueTrainer, plan: Plan, train_set) -> dict[str, Any]:
     """Train; save what trained (and each method's export, e.g. LoRA in peft's format). Returns its results."""
     training_args, output_dir = plan.training_args, plan.output_dir
     results: dict[str, Any] = {}
-    # the training set in a fixed (evaluation) order: a resumed run, initialised alike, chooses the same again
-    trainer.model.prepare_methods(lambda: trainer.get_eval_dataloader(train_set))
+    # the training set in a fixed (evaluation) order: a resumed run, initialised alike, chooses the same again; in
+    # the precision training computes in (accelerate's autocast: a bf16 backbone under --model_dtype needs it)
+    prepare_started = time.perf_counter()
+    with trainer.accelerator.autocast():
+        trainer.model.prepare_methods(lambda: trainer.get_eval_dataloader(train_set))
+    results["prepare_seconds"] = round(time.perf_counter() - prepare_started, 2)  # a mask's choice (fisher, lt-sft)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if training_args.save_model:
         trainer.save_model()
@@ -280,6 +284,8 @@ def execute(ws: Workspace, plan: Plan) -> dict[str, Any]:
         results.update(train(trainer, plan, sets.train))
         if trainer.resumed is not None:
             results["resumed"] = config_record["resumed"] = trainer.resumed
+        if model.extra_state():  # what a method chose (a sparse mask, and how): saved with the record, weights or not
+            config_record["method_state"] = model.extra_state()
         if auto is not None:  # the whole run (choice and final training) in units of the final training alone
             runtime = results["train_runtime"]  # the whole run's, a resumed one's too
             auto["cost_in_runs"] = round((auto["selection_seconds"] + runtime) / runtime, 2)

@@ -26,10 +26,16 @@ Which entries (``--sparse_mask``), at the start, once:
   ``--sparse_fisher_batches`` training batches, with the model (and its freshly initialised head) as the run will
   train it, in eval mode (no dropout), chosen globally. A run chooses it before training through the
   :meth:`~peftlab.methods.Method.prepare` hook, over the training set in a fixed order; from Python, call
-  :func:`choose_fisher_mask` after building the model and before building the optimizer. A model whose fisher
+  :func:`~peftlab.methods.sparse_choice.choose_fisher_mask` after building the model and before building the optimizer. A model whose fisher
   mask was never chosen refuses to run, saying so.
-
-LT-SFT's lottery-ticket mask (train fully, keep the entries that moved most, rewind, train again) is not here.
+- ``lt-sft`` (LT-SFT's lottery ticket): a short dense phase first, ``--sparse_lt_epochs`` over the training set
+  (in the same fixed order) with AdamW at ``--sparse_lt_learning_rate``, training every entry of the targeted
+  matrices and the head, with dropout; the ``--sparse_budget`` entries that moved most (largest ``|W_dense - W|``,
+  globally) are kept, and everything is rewound (the head to its initialisation, the entries to their pretrained
+  values, the random state to where it was) before the run trains only them. The dense phase runs inside the run,
+  before its first step (:meth:`~peftlab.methods.Method.prepare`, as fisher's), so its time is part of the run's
+  ``cpu_seconds`` and ``wall_seconds``, and ``prepare_seconds`` in its results says how much; from Python,
+  :func:`~peftlab.methods.sparse_choice.choose_lottery_mask`.
 
 The mask is part of what a saved run records (its ``extra_state`` in ``peftlab_model.json``): how it was chosen
 (mask, budget, seed or batches) and the indices themselves, packed; the values are the run's trained
@@ -42,9 +48,8 @@ tensor put back after, bit for bit.
 from __future__ import annotations
 
 import base64
-import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,14 +71,18 @@ from peftlab.methods.base import (
     register,
 )
 
-SPARSE_MASKS = ("magnitude", "random", "fisher")
+SPARSE_MASKS = ("magnitude", "random", "fisher", "lt-sft")
+DATA_MASKS = {"fisher": "choose_fisher_mask", "lt-sft": "choose_lottery_mask"}
+"""The masks chosen from training data before the first step, and the function that chooses each from Python."""
 
-FISHER_PENDING = (
-    "--sparse_mask fisher: the mask is chosen from the squared gradients of --sparse_fisher_batches training "
-    "batches at initialisation, and it has not been chosen for this model (a training run chooses it before its "
-    "first step): from Python, call peftlab.methods.sparse.choose_fisher_mask(model, batches) after building the "
-    "model and before the optimizer."
-)
+
+def pending_message(mask: str) -> str:
+    return (
+        f"--sparse_mask {mask}: the mask is chosen from training batches before training, and it has not been "
+        "chosen for this model (a training run chooses it before its first step): from Python, call "
+        f"peftlab.methods.sparse_choice.{DATA_MASKS[mask]}(model, batches) after building the model and before the "
+        "optimizer."
+    )
 
 
 @dataclass
@@ -91,8 +100,9 @@ class SparseOptions:
         default="magnitude",
         metadata={
             "help": "Which entries: magnitude (largest |W| over all targeted matrices), random (uniform within each "
-            "matrix, the budget split by matrix size; seeded by the run's seed) or fisher (largest squared "
-            "gradients over --sparse_fisher_batches training batches, chosen before training)."
+            "matrix, the budget split by matrix size; seeded by the run's seed), fisher (largest squared "
+            "gradients over --sparse_fisher_batches training batches, chosen before training) or lt-sft (the "
+            "entries that moved most in a dense phase of --sparse_lt_epochs, then rewound)."
         },
     )
     sparse_targets: str = field(
@@ -105,10 +115,25 @@ class SparseOptions:
     sparse_fisher_batches: int = field(
         default=8, metadata={"help": "--sparse_mask fisher: the number of training batches its gradients sum over."}
     )
+    sparse_lt_epochs: float = field(
+        default=1.0,
+        metadata={"help": "--sparse_mask lt-sft: the dense phase's length in epochs of the training set (> 0)."},
+    )
+    sparse_lt_learning_rate: float = field(
+        default=2e-4,
+        metadata={
+            "help": "--sparse_mask lt-sft: the dense phase's AdamW learning rate (default: the paper's rate for "
+            "fine-tuning one layer's FFN, --method ffn)."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_choices(self, {"sparse_mask": SPARSE_MASKS})
         check_positive(self, "sparse_fisher_batches")
+        for name in ("sparse_lt_epochs", "sparse_lt_learning_rate"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"--{name} must be a number > 0, got {value:g}.")
         budget = self.sparse_budget
         if not math.isfinite(budget) or budget <= 0 or (budget >= 1 and not float(budget).is_integer()):
             raise ConfigError(
@@ -174,8 +199,8 @@ class SparseLinear(TunerLayer):
         self.register_buffer("sparse_indices", torch.zeros(0, dtype=torch.long, device=weight.device), persistent=False)
         self.sparse_values = nn.Parameter(torch.zeros(0, device=weight.device))
         self.set_indices(indices)
-        self.pending = False
-        """True while a fisher mask has not been chosen: the module then refuses to run."""
+        self.pending: str | bool = False
+        """The mask (``fisher``, ``lt-sft``) while it has not been chosen: the module then refuses to run."""
         self._probe: torch.Tensor | None = None
         self._unmerged_weight: torch.Tensor | None = None
 
@@ -216,7 +241,7 @@ class SparseLinear(TunerLayer):
         """Put ``W + scatter(values)`` in place of the weight (idempotent): a new tensor, so the original (shared
         with other models of the process) is never written; kept for :meth:`unmerge`."""
         if self.pending:
-            raise ConfigError(FISHER_PENDING)
+            raise ConfigError(pending_message(self.pending))
         if not self.merged:
             weight = self.linear.weight
             merged = self.sparse_weight()
@@ -233,10 +258,10 @@ class SparseLinear(TunerLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
-        if self._probe is not None:  # choose_fisher_mask: the gradient of every entry, at a zero delta
+        if self._probe is not None:  # a dense delta on every entry: fisher's gradients, lt-sft's dense phase
             weight = self.linear.weight + self._probe
         elif self.pending:
-            raise ConfigError(FISHER_PENDING)
+            raise ConfigError(pending_message(self.pending))
         else:
             weight = self.sparse_weight()
         return functional_call(self.base_layer, {self._weight_key: weight}, (x,))
@@ -299,7 +324,7 @@ class SparseFineTune(Method):
         weights = [innermost_linear(backbone.get_submodule(path)).weight for path in paths]
         sizes = [w.numel() for w in weights]
         self.chosen = {"mask": o.sparse_mask, "budget": count, "targeted_entries": sum(sizes)}
-        if weights[0].is_meta or o.sparse_mask == "fisher":  # no values to choose from yet: the first entries
+        if weights[0].is_meta or o.sparse_mask in DATA_MASKS:  # no values to choose from yet: the first entries
             chosen = [torch.arange(k) for k in proportional_split(count, sizes)]
         elif o.sparse_mask == "magnitude":
             chosen = global_top([w.abs() for w in weights], count)
@@ -314,15 +339,22 @@ class SparseFineTune(Method):
             self.chosen.update(allocation="proportional", seed=seed)
         for path, indices in zip(paths, chosen, strict=True):
             module = SparseLinear(backbone.get_submodule(path), indices)
-            module.pending = o.sparse_mask == "fisher"
+            module.pending = o.sparse_mask if o.sparse_mask in DATA_MASKS else False
             self.replace(backbone, path, module)
             self.sparse_modules[path] = module
         return []
 
     def prepare(self, model: nn.Module, batches) -> None:
-        """A fisher mask is chosen here, from the first ``--sparse_fisher_batches`` training batches."""
-        if self.options.sparse_mask == "fisher" and any(m.pending for m in self.sparse_modules.values()):
+        """A fisher mask is chosen here, from the first ``--sparse_fisher_batches`` training batches; an lt-sft mask
+        from its dense phase."""
+        if not any(m.pending for m in self.sparse_modules.values()):
+            return
+        from peftlab.methods.sparse_choice import choose_fisher_mask, choose_lottery_mask
+
+        if self.options.sparse_mask == "fisher":
             choose_fisher_mask(model, batches())
+        elif self.options.sparse_mask == "lt-sft":
+            choose_lottery_mask(model, batches)
 
     @contextmanager
     def merged_for_eval(self, backbone: nn.Module) -> Iterator[None]:
@@ -374,7 +406,7 @@ class SparseFineTune(Method):
             raise ConfigError(f"sparse: the saved mask has {total} entries, its budget {self.chosen['budget']}.")
         for path, chosen in indices.items():
             self.sparse_modules[path].set_indices(chosen)
-            self.sparse_modules[path].pending = bool(state.get("pending", False))
+            self.sparse_modules[path].pending = self.options.sparse_mask if state.get("pending") else False
         self.chosen = {k: v for k, v in state.items() if k not in ("pending", "counts", "indices")}
 
 
@@ -384,62 +416,3 @@ def sparse_method(model: nn.Module) -> SparseFineTune:
     if not methods:
         raise ConfigError(f"The model has no sparse method (its methods: {model.injection.methods}).")
     return methods[0]
-
-
-def fisher_scores(
-    model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The squared gradient of the loss with respect to every entry of each sparse layer's weight, summed over
-    the first ``--sparse_fisher_batches`` batches (dicts of the model's inputs, with ``labels``), at a zero delta
-    and in eval mode; and how many batches were used. Nothing is trained and no ``.grad`` is left behind."""
-    method = sparse_method(model)
-    modules = method.sparse_modules
-    device = next(model.parameters()).device
-    scores = {path: torch.zeros(m.linear.weight.shape, device=device) for path, m in modules.items()}
-    training, used = model.training, 0
-    try:
-        model.eval()
-        for module in modules.values():
-            module._probe = torch.zeros_like(module.linear.weight, requires_grad=True)
-        for batch in itertools.islice(batches, method.options.sparse_fisher_batches):
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            loss = model(**batch).loss
-            if loss is None:
-                raise ConfigError(
-                    "--sparse_mask fisher needs batches with labels (the loss's gradients choose the mask)."
-                )
-            grads = torch.autograd.grad(loss, [m._probe for m in modules.values()])
-            for path, grad in zip(modules, grads, strict=True):
-                scores[path] += grad.float().square()
-            used += 1
-    finally:
-        for module in modules.values():
-            module._probe = None
-        model.train(training)
-    return scores, used
-
-
-def choose_fisher_mask(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, int]:
-    """Choose the FISH mask of a model built with ``--sparse_mask fisher``: the ``--sparse_budget`` entries with the
-    largest summed squared gradients (:func:`fisher_scores`), over every targeted matrix together. Call it after
-    building the model and before building its optimizer (the values are created again, at zero). Returns the
-    number of entries chosen in each layer."""
-    method = sparse_method(model)
-    if method.options.sparse_mask != "fisher":
-        raise ConfigError(f"choose_fisher_mask: the model was built with --sparse_mask {method.options.sparse_mask}.")
-    scores, used = fisher_scores(model, batches)
-    if used == 0:
-        raise ConfigError("--sparse_mask fisher: no training batch was given to choose the mask from.")
-    budget = method.chosen["budget"]
-    chosen_by_layer = global_top(list(scores.values()), budget)
-    for module, chosen in zip(method.sparse_modules.values(), chosen_by_layer, strict=True):
-        module.set_indices(chosen)
-        module.pending = False
-    method.chosen = {
-        "mask": "fisher",
-        "budget": budget,
-        "targeted_entries": method.chosen["targeted_entries"],
-        "allocation": "global",
-        "fisher_batches": used,
-    }
-    return {path: m.sparse_indices.numel() for path, m in method.sparse_modules.items()}
