@@ -303,7 +303,8 @@ class SequenceClassifier(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """``total_params``, ``trainable_params``, ``method_params`` (backbone part) and ``head_params``."""
         head = sum(p.numel() for p in self.head.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        held = sum(method.held_at_zero() for method in self.injection.applied)  # pruned entries never train
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad) - held
         return {
             "total_params": sum(p.numel() for p in self.parameters()),
             "trainable_params": trainable,

@@ -116,6 +116,9 @@ CASES = {
     "adapter_ffn_seq": ("adapter@1", {"bottleneck_dim": 3}, every(2 * D * 3 + 3 + D)),
     "adapter_attn_par": ("adapter@1", {"bottleneck_dim": 3, "placement": "attn", "adapter_form": "parallel",
                                        "adapter_scaling": 4.0, "adapter_layernorm": True}, every(2 * D * 3 + 3 + D + 2 * D)),
+    # a pruned adapter (SparseAdapter): half of each projection's 4 * D weights held at zero, not counted
+    "adapter_pruned": ("adapter@1", {"bottleneck_dim": 4, "adapter_sparsity": 0.5, "adapter_prune": "random"},
+                       every(D * 4 + 4 + D)),
     "adapter_residual_norm": ("adapter@1", {"bottleneck_dim": 3, "adapter_residual_norm": True},
                               {ENC: 2 * D * 3 + 3 + D + 2 * D, LLAMA: PRE_NORM, QWEN2: PRE_NORM, GPT2: PRE_NORM}),
     "prefix": ("prefix@1", {"prefix_length": 5, "prefix_reparam": False},

@@ -415,3 +415,97 @@ def test_a_data_mask_is_chosen_in_bf16_and_recorded_without_saved_weights(tiny_b
     assert sum(unpack_indices(text).numel() for text in state["indices"].values()) == 100
     assert ("lt_steps" in state) == (mask == "lt-sft") and ("fisher_batches" in state) == (mask == "fisher")
     assert results["prepare_seconds"] > 0 and not (out / WEIGHTS_NAME).exists()
+
+
+# -- pruned adapters (--adapter_sparsity): SparseAdapter's pruning at initialisation -----------------------------
+
+
+def bottlenecks(model: SequenceClassifier) -> list:
+    return [m.adapter for m in model.backbone.modules() if hasattr(m, "adapter") and hasattr(m.adapter, "masked")]
+
+
+PRUNED = {"bottleneck_dim": 4, "adapter_sparsity": 0.75, "adapter_init": "model"}
+
+
+@pytest.mark.parametrize("prune", ["random", "magnitude", "snip"])
+def test_a_pruned_adapter_keeps_its_share_and_its_pruned_entries_stay_zero_through_training(prune):
+    model = make("bert", "adapter@1", adapter_prune=prune, **PRUNED)
+    if prune == "snip":
+        model.prepare_methods(lambda: [batch(0), batch(1)])
+    (bottleneck,) = bottlenecks(model)
+    for linear, mask in ((bottleneck.down, bottleneck.down_mask), (bottleneck.up, bottleneck.up_mask)):
+        assert int(mask.sum()) == linear.weight.numel() // 4  # 75 % pruned, per projection
+        assert not linear.weight[~mask].any()
+    assert model.parameter_counts()["method_params"] == 2 * D * 4 // 4 + 4 + D
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    model.train()
+    for step in range(3):
+        optimizer.zero_grad()
+        model(**batch(step)).loss.backward()
+        optimizer.step()
+    for linear, mask in ((bottleneck.down, bottleneck.down_mask), (bottleneck.up, bottleneck.up_mask)):
+        assert not linear.weight[~mask].any() and linear.weight[mask].all()
+
+
+def test_magnitude_and_snip_keep_the_largest_scores_of_each_projection():
+    magnitude = make("bert", "adapter@1", adapter_prune="magnitude", **PRUNED)
+    (kept,) = bottlenecks(magnitude)
+    fresh = make("bert", "adapter@1", adapter_prune="random", bottleneck_dim=4, adapter_init="model")
+    (dense,) = bottlenecks(fresh)  # the same seed: the same initialisation, unpruned
+    for name in ("down", "up"):
+        weight = getattr(dense, name).weight.detach().abs().reshape(-1)
+        expected = set(weight.topk(weight.numel() // 4).indices.tolist())
+        assert set(getattr(kept, f"{name}_mask").reshape(-1).nonzero().reshape(-1).tolist()) == expected
+    snip = make("bert", "adapter@1", adapter_prune="snip", adapter_prune_batches=2, **PRUNED)
+    reference = make("bert", "adapter@1", adapter_prune="random", bottleneck_dim=4, adapter_init="model").eval()
+    (ref,) = bottlenecks(reference)
+    scores = {name: torch.zeros_like(getattr(ref, name).weight) for name in ("down", "up")}
+    for step in range(2):
+        reference.zero_grad()
+        reference(**batch(step)).loss.backward()
+        for name, score in scores.items():
+            weight = getattr(ref, name).weight
+            score += (weight.grad * weight.detach()).abs()
+    snip.prepare_methods(lambda: [batch(0), batch(1), batch(2)])  # the first 2 only
+    (chosen,) = bottlenecks(snip)
+    for name, score in scores.items():
+        expected = set(score.reshape(-1).topk(score.numel() // 4).indices.tolist())
+        assert set(getattr(chosen, f"{name}_mask").reshape(-1).nonzero().reshape(-1).tolist()) == expected
+    assert snip.injection.applied[0].extra_state()["prune_batches"] == 2
+    assert not any(p.grad is not None for p in snip.parameters())
+
+
+def test_a_saved_pruned_adapter_reloads_its_recorded_masks_to_identical_logits(tiny_bert, tmp_path):
+    torch.manual_seed(3)
+    args = PeftArguments(method="adapter@1", adapter_prune="snip", **PRUNED)
+    model = build_classifier(tiny_bert, HeadConfig(num_labels=3, pooling="mean"), args)
+    model.prepare_methods(lambda: [batch(0)])
+    perturbed(model)
+    for bottleneck in bottlenecks(model):  # perturbed() moved every trainable entry: hold the pruned ones again
+        bottleneck.set_masks({n: getattr(bottleneck, f"{n}_mask").reshape(-1).nonzero().reshape(-1) for n in ("down", "up")})  # fmt: skip
+    save_run(model, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / MODEL_CONFIG_NAME).read_text())["extra_state"]["adapter"]
+    assert state["prune"] == "snip" and state["sparsity"] == 0.75 and state["prune_batches"] == 1
+    torch.manual_seed(99)
+    reloaded = load_classifier(tmp_path / "run")
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs()).logits, model(**inputs()).logits)
+    for a, b in zip(bottlenecks(reloaded), bottlenecks(model)):
+        assert torch.equal(a.down_mask, b.down_mask) and torch.equal(a.up_mask, b.up_mask)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"adapter_sparsity": 1.0}, r"--adapter_sparsity 1 is not valid: give the share of entries pruned, in \[0, 1\)"),
+        ({"adapter_sparsity": -0.1}, r"--adapter_sparsity -0.1 is not valid"),
+        ({"adapter_sparsity": float("nan")}, r"--adapter_sparsity nan is not valid"),
+        ({"adapter_sparsity": 0.5, "adapter_prune": "prune"}, r"--adapter_prune 'prune' is not valid; choose one of snip"),
+        ({"adapter_sparsity": 0.5, "adapter_prune": "magnitude", "adapter_init": "zero"},
+         r"--adapter_prune magnitude scores entries by their initial weights, and --adapter_init zero .* --adapter_prune random"),
+        ({"adapter_prune_batches": 0}, r"--adapter_prune_batches must be >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_bad_pruning_options_are_named(options, message):
+    with pytest.raises(ConfigError, match=message):
+        PeftArguments(**options)

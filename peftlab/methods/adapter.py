@@ -28,19 +28,42 @@ With ``--adapter_init zero`` (default) the up-projection starts at zero, so a fr
 and the model computes what the base model does; ``model`` initialises both projections as the
 backbone initialises its linear layers, N(0, initializer_range) with zero biases: what the paper's code ends up
 with whatever its ``identity_init`` says (transformers re-initialises the new modules; docs/paper_protocol.md).
+
+``--adapter_sparsity s`` prunes the adapter at initialisation (SparseAdapter: He, Chen, Zhang and Liu, Findings of
+EMNLP 2022, https://arxiv.org/abs/2210.04284): in each projection's weight the share ``s`` of entries is held at
+zero for the whole run (the forward multiplies by a fixed mask), so a wider bottleneck trains the parameter count
+of a narrower one; the run's parameter counts leave the pruned entries out. Which entries go
+(``--adapter_prune``), per projection: ``random`` (the run's seed), ``magnitude`` (the smallest ``|w|`` of the
+initialisation) or ``snip`` (SNIP, Lee et al. 2019: the smallest ``|w * dL/dw|`` summed over
+``--adapter_prune_batches`` training batches, in eval mode, chosen before the first step through
+:meth:`~peftlab.methods.Method.prepare`, as the sparse method's data masks are). The kept entries are recorded
+(``extra_state``) and a reload takes them from there.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from peftlab.architectures import Architecture, linear_shape
 from peftlab.errors import ConfigError
-from peftlab.methods.base import ACTIVATIONS, Method, TunerLayer, check_choices, check_positive, register
+from peftlab.methods.base import (
+    ACTIVATIONS,
+    Method,
+    TunerLayer,
+    check_choices,
+    check_positive,
+    pack_indices,
+    register,
+    unpack_indices,
+)
 
 # Where the block's input can be read (the input of its first linear layer: the first of these roles the
 # architecture has), and where it ends.
@@ -83,6 +106,23 @@ class AdapterOptions:
     adapter_scaling: float = field(
         default=1.0, metadata={"help": "Adapter output scale s (He et al.'s scaled parallel adapter uses 4)."}
     )
+    adapter_sparsity: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each projection's weight entries pruned at initialisation and held at zero "
+            "(SparseAdapter), in [0, 1); 0: no pruning."
+        },
+    )
+    adapter_prune: str = field(
+        default="snip",
+        metadata={
+            "help": "--adapter_sparsity: which entries go, per projection: snip (smallest |w * dL/dw| over "
+            "--adapter_prune_batches training batches), magnitude (smallest |w|) or random (the run's seed)."
+        },
+    )
+    adapter_prune_batches: int = field(
+        default=8, metadata={"help": "--adapter_prune snip: the number of training batches its scores sum over."}
+    )
 
     def __post_init__(self) -> None:
         check_choices(
@@ -92,9 +132,29 @@ class AdapterOptions:
                 "adapter_form": ("sequential", "parallel"),
                 "adapter_activation": tuple(ACTIVATIONS),
                 "adapter_init": ("zero", "normal", "model"),
+                "adapter_prune": PRUNINGS,
             },
         )
-        check_positive(self, "bottleneck_dim")
+        check_positive(self, "bottleneck_dim", "adapter_prune_batches")
+        if not 0 <= self.adapter_sparsity < 1 or math.isnan(self.adapter_sparsity):
+            raise ConfigError(
+                f"--adapter_sparsity {self.adapter_sparsity:g} is not valid: give the share of entries pruned, "
+                "in [0, 1)."
+            )
+        if self.adapter_sparsity and self.adapter_prune != "random" and self.adapter_init == "zero":
+            raise ConfigError(
+                f"--adapter_prune {self.adapter_prune} scores entries by their initial weights, and --adapter_init "
+                "zero starts the up-projection at zero (every score there is 0): use --adapter_init model or "
+                "normal, or --adapter_prune random."
+            )
+
+
+PRUNINGS = ("snip", "magnitude", "random")
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """The entries of a matrix of ``numel`` that stay at ``--adapter_sparsity`` (at least one)."""
+    return max(1, numel - round(sparsity * numel))
 
 
 class Bottleneck(nn.Module):
@@ -118,8 +178,32 @@ class Bottleneck(nn.Module):
                 nn.init.normal_(linear.weight, std=init_std)
                 nn.init.zeros_(linear.bias)
 
+        self.masked = args.adapter_sparsity > 0
+        if self.masked:  # every entry kept until a mask is chosen (set_masks)
+            self.register_buffer("down_mask", torch.ones_like(self.down.weight, dtype=torch.bool), persistent=False)
+            self.register_buffer("up_mask", torch.ones_like(self.up.weight, dtype=torch.bool), persistent=False)
+
+    def projections(self) -> dict[str, nn.Linear]:
+        return {"down": self.down, "up": self.up}
+
+    @torch.no_grad()
+    def set_masks(self, kept: dict[str, torch.Tensor]) -> None:
+        """Keep these flat entries of each projection's weight (``down``, ``up``); the others are zeroed and stay
+        zero."""
+        for name, linear in self.projections().items():
+            mask = torch.zeros(linear.weight.numel(), dtype=torch.bool, device=linear.weight.device)
+            mask[kept[name].to(mask.device)] = True
+            setattr(self, f"{name}_mask", mask.view_as(linear.weight))
+            linear.weight.mul_(mask.view_as(linear.weight))
+
+    def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        linear = self.projections()[name]
+        if not self.masked:
+            return linear(x)
+        return F.linear(x, linear.weight * getattr(self, f"{name}_mask"), linear.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(self.norm(x))))
+        return self.project("up", self.act(self.project("down", self.norm(x))))
 
 
 class BlockInput:
@@ -253,6 +337,8 @@ class Adapter(Method):
         dim = backbone.config.hidden_size
         dropout = getattr(backbone.config, "hidden_dropout_prob", 0.1)
         init_std = getattr(backbone.config, "initializer_range", 0.02)
+        self._by_path: dict[str, Bottleneck] = {}
+        """The adapters' bottlenecks by the path (from the backbone) of the layer each wraps."""
         for layer in self.layers:
             block_input = None
             if options.adapter_form == "parallel":
@@ -264,4 +350,94 @@ class Adapter(Method):
             else:
                 new = AdapterLayer(base, dim, options, block_input, init_std)
             self.replace(backbone, path, new)
+            self._by_path[path] = new.adapter
+        self.pruned_state: dict[str, Any] = {}
+        """How the pruned adapter's entries were chosen and which stay (:meth:`extra_state`); empty until chosen."""
+        if options.adapter_sparsity and options.adapter_prune != "snip" and not self.layers_on_meta():
+            self.prune({path: {n: lin.weight.abs() for n, lin in b.projections().items()} for path, b in self._by_path.items()})  # fmt: skip
         return []
+
+    def layers_on_meta(self) -> bool:
+        return any(lin.weight.is_meta for b in self._by_path.values() for lin in b.projections().values())
+
+    def held_at_zero(self) -> int:
+        """The pruned weight entries (``--adapter_sparsity``): parameters that never train."""
+        if not self.options.adapter_sparsity:
+            return 0
+        return sum(
+            linear.weight.numel() - kept_count(linear.weight.numel(), self.options.adapter_sparsity)
+            for bottleneck in self._by_path.values()
+            for linear in bottleneck.projections().values()
+        )
+
+    def prune(self, scores: dict[str, dict[str, torch.Tensor]], **how: Any) -> None:
+        """Keep, per projection, the largest ``scores`` (``random``: a random choice); record what was kept."""
+        options, kept_all = self.options, {}
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        for path, by_projection in scores.items():
+            kept = {}
+            for name, score in by_projection.items():
+                count = kept_count(score.numel(), options.adapter_sparsity)
+                if options.adapter_prune == "random":
+                    kept[name] = torch.randperm(score.numel(), generator=generator)[:count].sort().values
+                else:
+                    kept[name] = score.reshape(-1).float().topk(count).indices.sort().values
+            self._by_path[path].set_masks(kept)
+            kept_all[path] = {name: pack_indices(k) for name, k in kept.items()}
+        self.pruned_state = {"prune": options.adapter_prune, "sparsity": options.adapter_sparsity, **how,
+                             "kept": kept_all}  # fmt: skip
+        if options.adapter_prune == "random":
+            self.pruned_state["seed"] = torch.initial_seed()
+
+    def prepare(self, model: nn.Module, batches) -> None:
+        """SNIP: the entries' scores ``|w * dL/dw|`` over the first ``--adapter_prune_batches`` training batches."""
+        if not self.options.adapter_sparsity or self.options.adapter_prune != "snip" or self.pruned_state:
+            return
+        linears = {(path, n): lin for path, b in self._by_path.items() for n, lin in b.projections().items()}
+        for linear in linears.values():
+            linear.weight.requires_grad_(True)
+        scores = {key: torch.zeros_like(linear.weight, dtype=torch.float32) for key, linear in linears.items()}
+        device, was_training, used = next(model.parameters()).device, model.training, 0
+        try:
+            model.eval()
+            for batch in itertools.islice(batches(), self.options.adapter_prune_batches):
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                loss = model(**batch).loss
+                if loss is None:
+                    raise ConfigError("--adapter_prune snip needs batches with labels (the loss chooses the mask).")
+                grads = torch.autograd.grad(loss, [linear.weight for linear in linears.values()])
+                for key, grad in zip(linears, grads, strict=True):
+                    scores[key] += (grad.float() * linears[key].weight.detach().float()).abs()
+                used += 1
+        finally:
+            model.train(was_training)
+        if used == 0:
+            raise ConfigError("--adapter_prune snip: no training batch was given to choose the mask from.")
+        by_path: dict[str, dict[str, torch.Tensor]] = {}
+        for (path, name), score in scores.items():
+            by_path.setdefault(path, {})[name] = score
+        self.prune(by_path, prune_batches=used)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The pruned adapter's kept entries (packed int32 flat indices, by wrapped layer and projection) and how
+        they were chosen; nothing without ``--adapter_sparsity``."""
+        return dict(self.pruned_state)
+
+    def load_extra_state(self, backbone: nn.Module, state: dict[str, Any]) -> None:
+        """Take the saved run's kept entries (before its weights are loaded)."""
+        if not state:
+            return
+        kept = state.get("kept")
+        if state.get("sparsity") != self.options.adapter_sparsity or not isinstance(kept, dict) or set(kept) != set(self._by_path):  # fmt: skip
+            raise ConfigError(
+                f"adapter: the saved run records pruning {state.get('sparsity')!r} of {sorted(kept or {})}, but its "
+                f"options say --adapter_sparsity {self.options.adapter_sparsity:g} on {sorted(self._by_path)}."
+            )
+        for path, by_projection in kept.items():
+            bottleneck = self._by_path[path]
+            masks = {name: unpack_indices(text) for name, text in by_projection.items()}
+            for name, linear in bottleneck.projections().items():
+                if name not in masks or masks[name].numel() != kept_count(linear.weight.numel(), self.options.adapter_sparsity):  # fmt: skip
+                    raise ConfigError(f"adapter: the saved mask of {path} ({name}) does not fit its weight.")
+            bottleneck.set_masks(masks)
+        self.pruned_state = dict(state)

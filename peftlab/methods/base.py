@@ -14,6 +14,7 @@ configuration therefore never leaves a half-modified model.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,6 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from torch import nn
 
 from peftlab.architectures import Architecture, architecture_of, layers_of, parse_layers
@@ -78,6 +81,15 @@ def check_positive(options: Any, *names: str) -> None:
     for name in names:
         if getattr(options, name) < 1:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(options, name)}.")
+
+
+def pack_indices(indices: torch.Tensor) -> str:
+    """Flat indices as base64 of little-endian int32 (a weight matrix has fewer than 2**31 entries)."""
+    return base64.b64encode(indices.detach().cpu().numpy().astype("<i4").tobytes()).decode("ascii")
+
+
+def unpack_indices(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype="<i4").astype(np.int64))
 
 
 def innermost_linear(module: nn.Module) -> nn.Module:
@@ -172,6 +184,11 @@ class Method:
         """Choose what depends on the training data, once, before training starts (FISH's mask: squared gradients
         over a few batches). ``model`` is the whole classifier as initialised; ``batches()`` iterates over the
         training set in a fixed order, with labels, so a resumed run chooses the same again. Default: nothing."""
+
+    def held_at_zero(self) -> int:
+        """How many entries of the parameters this method adds never train (a pruned adapter's): the run's
+        parameter counts leave them out. Default: none."""
+        return 0
 
     def export(self, model: nn.Module, output_dir: Path) -> Path | None:
         """Write the trained method in another library's format under ``output_dir``; the path, or ``None``."""
@@ -312,6 +329,7 @@ class Injection:
 
     methods: list[tuple[str, list[int]]]
     method_params: int
+    """The parameters the methods train (their entries held at zero left out)."""
     targeted_modules: list[str] = field(default_factory=list)
     """Paths (from the backbone) of the modules the methods actually adapted, in the order they did."""
     applied: list[Method] = field(default_factory=list, repr=False, compare=False)
@@ -352,7 +370,7 @@ def inject(backbone: nn.Module, args: Any) -> Injection:
         if isinstance(module, TunerLayer):
             for param in module.tuner_parameters():
                 unfrozen[id(param)] = param
-    count = sum(p.numel() for p in unfrozen.values())
+    count = sum(p.numel() for p in unfrozen.values()) - sum(m.held_at_zero() for m in methods)
     if any(m.trains_backbone for m in methods):
         count = sum(p.numel() for p in backbone.parameters())
     return Injection(

@@ -47,14 +47,12 @@ tensor put back after, bit for bit.
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -67,8 +65,10 @@ from peftlab.methods.base import (
     check_choices,
     check_positive,
     innermost_linear,
+    pack_indices,
     parse_roles,
     register,
+    unpack_indices,
 )
 
 SPARSE_MASKS = ("magnitude", "random", "fisher", "lt-sft")
@@ -172,15 +172,6 @@ def global_top(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
     chosen = torch.cat(values).topk(count).indices
     owner, position = torch.cat(owners)[chosen], torch.cat(local)[chosen]
     return [position[owner == index].sort().values for index in range(len(scores))]
-
-
-def pack_indices(indices: torch.Tensor) -> str:
-    """Flat indices as base64 of little-endian int32 (a weight matrix has fewer than 2**31 entries)."""
-    return base64.b64encode(indices.detach().cpu().numpy().astype("<i4").tobytes()).decode("ascii")
-
-
-def unpack_indices(text: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype="<i4").astype(np.int64))
 
 
 class SparseLinear(TunerLayer):
