@@ -135,16 +135,27 @@ def main() -> int:
     parser.add_argument("--score", default="reported", choices=["reported", "last"])
     parser.add_argument("--out", help="write <out>.md")
     parser.add_argument("--cost", action="store_true", help="add the paired runs' CPU time ratios")
+    parser.add_argument(
+        "--cost_only", action="store_true",
+        help="only the CPU time table (two sweeps of one grid that differ in more than precision: another model)",
+    )  # fmt: skip
     args = parser.parse_args()
     rows = select_score(read_csv(args.csv), args.score)
     tasks = args.tasks.split(",")
-    cells = compare(scores(rows, args.reference, tasks), scores(rows, args.other, tasks))
-    if not cells:
-        print(f"error: no task and row of {args.other} has runs in {args.reference} too", file=sys.stderr)
-        return 2
-    text = markdown(cells, args.reference, args.other, args.score)
-    if args.cost:
-        text += cost_markdown(cpu_per_epoch(rows, args.reference, tasks), cpu_per_epoch(rows, args.other, tasks))
+    cost = ""
+    if args.cost or args.cost_only:
+        cost = cost_markdown(cpu_per_epoch(rows, args.reference, tasks), cpu_per_epoch(rows, args.other, tasks))
+    if args.cost_only:
+        if not cost:
+            print(f"error: no run of {args.other} has a run of {args.reference} beside it", file=sys.stderr)
+            return 2
+        text = f"{args.other} against {args.reference}:\n{cost}"
+    else:
+        cells = compare(scores(rows, args.reference, tasks), scores(rows, args.other, tasks))
+        if not cells:
+            print(f"error: no task and row of {args.other} has runs in {args.reference} too", file=sys.stderr)
+            return 2
+        text = markdown(cells, args.reference, args.other, args.score) + cost
     if args.out:
         atomic_write_text(Path(f"{args.out}.md"), text)
     print(text, end="")

@@ -40,7 +40,7 @@ def run(tiny_bert, glue, out, *extra):
 def test_auto_chooses_a_layer_on_a_split_of_the_training_set_and_records_every_candidate(
     tiny_bert, rte_distinct, tmp_path, cache
 ):
-    extra = ["--cache_frozen_prefix", "true", "--frozen_cache_dir", str(tmp_path / "cache")] if cache else []
+    extra = ["--cache_frozen_prefix", "true", "--frozen_cache_dir", str(tmp_path / "cache")] if cache else ["--cache_frozen_prefix", "false"]  # fmt: skip
     results = run(tiny_bert, rte_distinct, tmp_path / "o", "--method", "adapter", "--target_layers", "auto",
                   "--bottleneck_dim", "2", *extra)  # fmt: skip
     auto = results["auto_layer"]

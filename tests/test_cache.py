@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -203,7 +204,7 @@ def test_run_glue_with_cache_matches_metrics_without_it(tiny_bert_no_dropout, rt
                      "--head_dropout", "0", "--do_train", "--do_eval", "--num_train_epochs", "2",
                      "--per_device_train_batch_size", "4", "--disable_tqdm", "True", *extra])  # fmt: skip
 
-    plain = run("plain")
+    plain = run("plain", "--cache_frozen_prefix", "false")
     cached = run("cached", "--cache_frozen_prefix", "--frozen_cache_dir", str(tmp_path / "cache"))
     assert cached["eval_loss"] == pytest.approx(plain["eval_loss"], abs=1e-5)
     assert cached["eval_accuracy"] == plain["eval_accuracy"]
@@ -325,3 +326,40 @@ def test_a_model_not_built_to_read_the_cache_is_refused(tiny_bert, features, tmp
     assert model.frozen_prefix == 0
     with pytest.raises(ValueError, match="reads_cache=True"):
         cache_datasets(model, {"train": data}, tokenizer, FrozenPrefixCache(model.backbone, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "extra,cached",
+    [
+        (["--method", "adapter@1"], True),  # not given: on, the layer below the adapter is frozen
+        (["--method", "adapter@1", "--cache_frozen_prefix", "false"], False),
+        (["--method", "adapter@0"], False),  # layer 0 trains: nothing to cache, silently off
+        (["--method", "full"], False),
+        (["--method", "adapter@1", "--do_train", "false", "--do_eval"], False),  # nothing trains
+    ],
+)
+def test_the_cache_is_on_by_default_where_it_can_serve_the_run(tiny_bert, rte_dir, tmp_path, capsys, extra, cached):
+    from peftlab.lab.run import main
+
+    out = tmp_path / "out"
+    main(["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir), "--output_dir",
+          str(out), "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--disable_tqdm", "True",
+          "--frozen_cache_dir", str(tmp_path / "cache"), *extra])  # fmt: skip
+    record = json.loads((out / "run_config.json").read_text())
+    assert record["training_args"]["cache_frozen_prefix"] is cached
+    assert record["frozen_layers_mode"].startswith("eval" if cached else "train")
+    by_default = "frozen     layers below 1 are computed once, without dropout, and cached (by default: "
+    assert (by_default in capsys.readouterr().out) is cached
+
+
+def test_a_cache_folder_that_cannot_be_made_turns_the_default_off_but_refuses_the_flag(tiny_bert, rte_dir, tmp_path):
+    from peftlab.lab.run import main
+
+    (tmp_path / "FILE").write_text("")
+    common = ["--model_name_or_path", tiny_bert, "--task_name", "rte", "--glue_dir", str(rte_dir), "--method",
+              "adapter@1", "--num_train_epochs", "1", "--disable_tqdm", "True", "--frozen_cache_dir",
+              str(tmp_path / "FILE" / "sub")]  # fmt: skip
+    main([*common, "--output_dir", str(tmp_path / "a")])
+    assert json.loads((tmp_path / "a" / "run_config.json").read_text())["training_args"]["cache_frozen_prefix"] is False
+    with pytest.raises(ConfigError, match=r"The frozen-prefix cache folder .* cannot be made"):
+        main([*common, "--output_dir", str(tmp_path / "b"), "--cache_frozen_prefix"])

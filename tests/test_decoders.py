@@ -132,7 +132,7 @@ def test_what_a_decoder_cannot_do_is_refused_before_loading_it(
 def test_frozen_prefix_cache_gives_a_decoder_run_the_same_metrics(decoder, rte_dir, tmp_path, arch, method):
     """No dropout in these decoders: a run reading the cache (layers below the method, or the probe's pooled
     last-token features after the final norm) matches the run without it."""
-    plain = run(decoder(arch), rte_dir, tmp_path / "plain", method, "--head_dropout", "0")
+    plain = run(decoder(arch), rte_dir, tmp_path / "plain", method, "--head_dropout", "0", "--cache_frozen_prefix", "false")  # fmt: skip
     cached = run(decoder(arch), rte_dir, tmp_path / "cached", method, "--head_dropout", "0", "--cache_frozen_prefix",
                  "true", "--frozen_cache_dir", str(tmp_path / "cache"))  # fmt: skip
     mode = json.loads((tmp_path / "cached" / "run_config.json").read_text())["frozen_layers_mode"]

@@ -344,12 +344,27 @@ def test_a_resumable_checkpoint_is_resumed_only_with_the_same_arguments(tiny_ber
         r"\. Resume with the arguments it was trained with, or delete that folder",
     ):
         main([*train, "--learning_rate", "1e-3"])
-    with pytest.raises(ConfigError, match=r"checkpoint-4' is a checkpoint of a run with other arguments \(method 'lora@1' there, 'lora@0' here\)"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"checkpoint-4' is a checkpoint of a run with other arguments \(method 'lora@1' there, 'lora@0' here[;)]"):  # fmt: skip
         main([*base(tiny_bert, rte_dir, out), "--method", "lora@0", "--num_train_epochs", "3", "--resumable", "true",
               *FAST])  # fmt: skip
     # Without --resumable the folder is an ordinary non-empty one.
     with pytest.raises(ConfigError, match=r"exists and is not empty"):
         main([*base(tiny_bert, rte_dir, out), "--method", "lora@1", "--num_train_epochs", "3", *FAST])
+
+
+def test_a_checkpoint_made_without_the_cache_is_not_resumed_under_the_cache_default(tiny_bert, rte_dir, tmp_path, monkeypatch):  # fmt: skip
+    """A run whose frozen layers ran in train mode (checkpoints of runs from before the cache became the default, or
+    with --cache_frozen_prefix false) does not go on with them cached: it is refused, naming the setting."""
+    out = tmp_path / "o"
+    train = [*base(tiny_bert, rte_dir, out), "--method", "lora@1", "--num_train_epochs", "3", "--resumable", "true",
+             "--frozen_cache_dir", str(tmp_path / "cache"), *FAST]  # fmt: skip
+    kill_after_checkpoint(monkeypatch, step=4)
+    with pytest.raises(KeyboardInterrupt):
+        main([*train, "--cache_frozen_prefix", "false"])
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match=r"other arguments \(cache_frozen_prefix False there, True here\)"):
+        main(train)
+    assert main([*train, "--cache_frozen_prefix", "false"])["resumed"]["step"] == 4
 
 
 @pytest.mark.parametrize(

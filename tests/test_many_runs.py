@@ -33,7 +33,7 @@ def comparable(results: dict) -> dict:
 def test_a_run_among_others_in_one_process_is_bit_identical_to_the_run_alone(tiny_bert, rte_dir, tmp_path, cache):
     """Dropout on, several methods and seeds before it in the same process: nothing it inherits (RNG state, shared
     backbone, caches in memory, LoRA's merge on a shared weight) changes a single bit of its metrics."""
-    extra = {"cache_frozen_prefix": "true", "frozen_cache_dir": str(tmp_path / "cache")} if cache else {}
+    extra = {"cache_frozen_prefix": "true", "frozen_cache_dir": str(tmp_path / "cache")} if cache else {"cache_frozen_prefix": "false"}  # fmt: skip
     target = ("lora@1", 5)
     alone = main(args(tiny_bert, rte_dir, tmp_path / "alone", *target, **extra))
     others = [("adapter@1", 3), ("probe", 5), ("full", 4), ("bitfit@1", 5), ("lora@1", 6), ("prefix@1", 5)]

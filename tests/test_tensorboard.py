@@ -27,7 +27,9 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("method", ["adapter@1", "lora@1", "adapter@1 --cache_frozen_prefix"])
+@pytest.mark.parametrize(
+    "method", ["adapter@1 --cache_frozen_prefix false", "lora@1", "adapter@1 --cache_frozen_prefix"]
+)
 def test_a_run_logs_its_training_and_evaluations_into_its_own_folder(tiny_bert, rte_dir, tmp_path, monkeypatch, method):
     monkeypatch.chdir(tmp_path)  # the Trainer's own callback would write a run that only evaluates into ./runs
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "elsewhere"))  # one folder for every run: unused

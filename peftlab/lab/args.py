@@ -207,10 +207,13 @@ class GlueTrainingArguments(TrainingArguments):
         },
     )
     cache_frozen_prefix: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "Compute the frozen layers below the lowest trained one once (eval mode: no dropout there), "
-            "store them on disk, and train only the layers above on them. For a probe, cache the pooled features."
+            "store them on disk, and train only the layers above on them. For a probe, cache the pooled features. "
+            "Not given: on for a training run whose method leaves the layers below it frozen, where the model "
+            "supports it, else off; given: on, refused where it cannot be; false: those layers run in train mode "
+            "(dropout) at every step, as the paper's code."
         },
     )
     frozen_cache_dir: str | None = field(

@@ -198,7 +198,7 @@ def check_options(spec: RunSpec) -> str | None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_trained_run_options(spec)
-    if training_args.cache_frozen_prefix:
+    if training_args.cache_frozen_prefix and "cache_frozen_prefix" in spec.given:  # not given: on only where it can be
         check_cache_dir(training_args)
     return glue_dir
 
@@ -230,7 +230,8 @@ def check_methods(plan: Plan, config) -> tuple[Plan, list]:
     head check runs; the cache's need. Returns the plan and the weightless models (none for a trained run)."""
     model_args, peft_args, _, training_args = plan.parsed
     if is_trained_run(model_args.model_name_or_path):
-        return plan, []
+        given = "cache_frozen_prefix" in plan.given and training_args.cache_frozen_prefix
+        return plan.resolved({"cache_frozen_prefix": given}), []
     checked, candidates = [peft_args], None
     if wants_auto(peft_args.method, peft_args.target_layers):
         if not training_args.do_train:
@@ -243,8 +244,23 @@ def check_methods(plan: Plan, config) -> tuple[Plan, list]:
         metas = [check_buildable(config, head, p, model_args.model_dtype) for p in checked]
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    need = need_of(metas[0]) if training_args.cache_frozen_prefix and candidates is None else None
+    if "cache_frozen_prefix" not in plan.given:
+        plan = plan.resolved({"cache_frozen_prefix": cache_by_default(plan, metas)})
+    need = need_of(metas[0]) if plan.training_args.cache_frozen_prefix and candidates is None else None
     return plan.resolved(auto_candidates=candidates, cache_need=need), metas
+
+
+def cache_by_default(plan: Plan, metas: list) -> bool:
+    """``--cache_frozen_prefix`` not given: on where the cache can serve the run, a training run (no search)
+    whose every candidate model leaves layer 0 frozen, on an architecture and pooling the cache supports, with a
+    usable cache folder; off otherwise, silently (the summary says which it was)."""
+    if not plan.training_args.do_train or plan.search_args.hp_search:
+        return False
+    try:
+        check_cache_dir(plan.training_args)
+        return all(need_of(meta) is not None for meta in metas)
+    except ConfigError:
+        return False
 
 
 def check_search(plan: Plan) -> Plan:

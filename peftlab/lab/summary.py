@@ -65,7 +65,8 @@ def summary_of(results: dict[str, Any], config: dict[str, Any], out: Path) -> st
         f"dev        {dev}",
     ]
     if str(config.get("frozen_layers_mode", "")).startswith("eval"):  # the cache's one contract: no dropout below
-        lines.append(f"frozen     {config['frozen_layers_mode'].removeprefix('eval (').removesuffix(')')}")
+        default = "" if "cache_frozen_prefix" in config.get("asked", {}) else " (by default: --cache_frozen_prefix false runs them in train mode)"  # fmt: skip
+        lines.append(f"frozen     {config['frozen_layers_mode'].removeprefix('eval (').removesuffix(')')}{default}")
     precision = config.get("precision") or {}
     if precision.get("training") not in (None, "fp32"):
         lines.append(f"precision  {precision['training']}")
