@@ -469,9 +469,13 @@ def test_a_warm_head_starts_every_candidate_from_the_probes_head_and_leaves_the_
     assert all(torch.equal(start[k], probes[0][k]) for start in starts for k in start)
     assert any(not torch.equal(probes[0][k], new_head[k]) for k in new_head)  # the probe trained its head
     assert auto["warm_head"]["steps"] == auto["budget"]["final_run_steps"] and "eval_loss" in auto["warm_head"]
-    # the final training starts from a new head: it is the fixed-layer run at the chosen layer
+    # the final training starts from a new head: it is the fixed-layer run at the chosen layer (without the cache,
+    # which an auto run over every layer, layer 0 among them, does not use by default)
+    assert (
+        json.loads((tmp_path / "warm" / "run_config.json").read_text())["training_args"]["cache_frozen_prefix"] is False
+    )
     fixed = run(tiny_bert, rte_distinct, tmp_path / "fixed", "--method", f"adapter@{auto['chosen_layer']}",
-                "--bottleneck_dim", "2")  # fmt: skip
+                "--bottleneck_dim", "2", "--cache_frozen_prefix", "false")  # fmt: skip
     assert warm["eval_loss"] == fixed["eval_loss"]
 
 
