@@ -284,8 +284,8 @@ def execute(ws: Workspace, plan: Plan) -> dict[str, Any]:
         results.update(train(trainer, plan, sets.train))
         if trainer.resumed is not None:
             results["resumed"] = config_record["resumed"] = trainer.resumed
-        if model.extra_state():  # what a method chose (a sparse mask, and how): saved with the record, weights or not
-            config_record["method_state"] = model.extra_state()
+        if state := model.extra_state():  # what a method chose (a sparse mask, and how): recorded, weights or not
+            config_record["method_state"] = state
         if auto is not None:  # the whole run (choice and final training) in units of the final training alone
             runtime = results["train_runtime"]  # the whole run's, a resumed one's too
             auto["cost_in_runs"] = round((auto["selection_seconds"] + runtime) / runtime, 2)

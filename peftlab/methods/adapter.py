@@ -58,6 +58,7 @@ from peftlab.methods.base import (
     ACTIVATIONS,
     Method,
     TunerLayer,
+    batch_loss,
     check_choices,
     check_positive,
     pack_indices,
@@ -401,10 +402,7 @@ class Adapter(Method):
         try:
             model.eval()
             for batch in itertools.islice(batches(), self.options.adapter_prune_batches):
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                loss = model(**batch).loss
-                if loss is None:
-                    raise ConfigError("--adapter_prune snip needs batches with labels (the loss chooses the mask).")
+                loss = batch_loss(model, batch, device, "--adapter_prune snip")
                 grads = torch.autograd.grad(loss, [linear.weight for linear in linears.values()])
                 for key, grad in zip(linears, grads, strict=True):
                     scores[key] += (grad.float() * linears[key].weight.detach().float()).abs()

@@ -92,6 +92,16 @@ def unpack_indices(text: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype="<i4").astype(np.int64))
 
 
+def batch_loss(model: nn.Module, batch: Mapping[str, Any], device: torch.device, option: str) -> torch.Tensor:
+    """The model's loss on one batch (moved to ``device``), for a mask chosen from training data by ``option``;
+    refused when the batch has no labels."""
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    loss = model(**batch).loss
+    if loss is None:
+        raise ConfigError(f"{option} needs batches with labels (the loss chooses the mask).")
+    return loss
+
+
 def innermost_linear(module: nn.Module) -> nn.Module:
     """The layer inside the wrappers of methods applied before (the chain of ``base_layer``): what a method that
     may wrap another one's wrapper (VeRA and (IA)^3 around LoRA's) reads the shape of."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from peftlab.errors import ConfigError
+from peftlab.methods.base import batch_loss
 from peftlab.methods.sparse import SparseFineTune, SparseLinear, global_top, sparse_method
 
 
@@ -38,15 +39,6 @@ def dense_probes(model: nn.Module, modules: Mapping[str, SparseLinear], training
         model.train(was_training)
 
 
-def batch_loss(model: nn.Module, batch: Mapping[str, Any], device: torch.device, mask: str) -> torch.Tensor:
-    """The model's loss on one batch (moved to ``device``); refused when the batch has no labels."""
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    loss = model(**batch).loss
-    if loss is None:
-        raise ConfigError(f"--sparse_mask {mask} needs batches with labels (the loss chooses the mask).")
-    return loss
-
-
 def fisher_scores(
     model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]]
 ) -> tuple[dict[str, torch.Tensor], int]:
@@ -60,7 +52,7 @@ def fisher_scores(
     used = 0
     with dense_probes(model, modules, training=False) as probes:
         for batch in itertools.islice(batches, method.options.sparse_fisher_batches):
-            grads = torch.autograd.grad(batch_loss(model, batch, device, "fisher"), probes)
+            grads = torch.autograd.grad(batch_loss(model, batch, device, "--sparse_mask fisher"), probes)
             for path, grad in zip(modules, grads, strict=True):
                 scores[path] += grad.float().square()
             used += 1
@@ -125,7 +117,7 @@ def choose_lottery_mask(
             before = steps
             for batch in itertools.islice(loader, total - steps):
                 optimizer.zero_grad(set_to_none=True)
-                batch_loss(model, batch, device, "lt-sft").backward()
+                batch_loss(model, batch, device, "--sparse_mask lt-sft").backward()
                 optimizer.step()
                 steps += 1
             if steps == before:
