@@ -133,7 +133,8 @@ def paper_configs(layers: int) -> list[Config]:
         Config(f"bitfit@{high}", f"bitfit@{high}", PAPER["bitfit"]),
         Config(f"ffn@{high}", f"ffn@{high}", PAPER["ffn"]),
         Config(f"ffn@{low}", f"ffn@{low}", PAPER["ffn"]),
-        Config(f"sparse@{low}", f"sparse@{low}", {"sparse_budget": 2690, "sparse_mask": "magnitude"}),  # the adapter's budget
+        # the adapter's budget
+        Config(f"sparse@{low}", f"sparse@{low}", {"sparse_budget": 2690, "sparse_mask": "magnitude"}),
     ]
     cached = [dataclasses.replace(c, name=c.name + " +cache", cache=True) for c in frozen if not c.peer]
     return [Config("full", "full", {}), *frozen, *cached]
