@@ -190,3 +190,17 @@ def test_compare_precisions_cost_table_pairs_runs_per_epoch(tmp_path):
     assert set(other) == set(reference)  # the run without all_results.json is left out
     text = check.cost_markdown(reference, other)
     assert "| adapter | 2 | 2.00x |" in text and "All 2 paired runs: 2.00x" in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_float32_is_faster(monkeypatch, caplog, tmp_path, native):
+    from peftlab.lab import args as args_module
+
+    monkeypatch.setattr(args_module, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger=args_module.logger.name):
+        args_module.GlueTrainingArguments(output_dir=str(tmp_path), bf16=True)
+    warned = [r.getMessage() for r in caplog.records if "without native bf16" in r.getMessage()]
+    assert bool(warned) is not native
+    if warned:
+        assert "Leave --bf16 out" in warned[0]

@@ -315,3 +315,16 @@ def test_a_fill_ending_after_the_driver_stopped_starts_no_chunk(tmp_path, monkey
     time.sleep(0.3)  # the fill's thread ends and runs its callbacks
     assert fill_ends.is_set() and started == ["fill"]
     assert errors == []  # without the fix: "exception calling callback", RuntimeError: cannot schedule new futures
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dry_run_of_bf16_runs_says_when_the_cpu_lacks_native_bf16(rte_dir, tmp_path, monkeypatch, capsys, native):
+    from peftlab.lab import args as args_module
+    from peftlab.lab.commands.sweep import main as sweep_main
+
+    monkeypatch.setattr(args_module, "cpu_has_fast_bf16", lambda: native)
+    sweep = write(tmp_path / "s.json", json.dumps({"name": "d", "tasks": ["rte"], "variants": {
+        "lora": {"method": "lora@1", "bf16": True, "cache_frozen_prefix": True}}}))  # fmt: skip
+    argv = [str(sweep), "--root", str(tmp_path / "runs"), "--glue_dir", str(rte_dir), "--dry_run"]
+    assert sweep_main(argv) == 0
+    assert ("This CPU has no native bf16" in capsys.readouterr().out) is not native

@@ -21,6 +21,12 @@ from peftlab.modeling import BUNDLED_MODEL, HEADS, MODEL_DTYPES, POOLINGS
 logger = logging.getLogger(__name__)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's avx512_bf16 or AMX kernels). Without it, bf16 autocast is
+    emulated and slower than float32 (measured: 8 against 50 GFLOP/s for one core's 2048x384x1536 matmul, AVX2)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 @dataclass
 class ModelArguments:
     """Which pretrained backbone to start from, and the head put on it."""
@@ -335,6 +341,12 @@ class GlueTrainingArguments(TrainingArguments):
         """What training without a CUDA GPU needs."""
         if self.bf16 and not self.use_cpu:
             self.use_cpu = True  # bf16 autocast on the CPU (the Trainer asks for use_cpu to allow it)
+        if self.bf16 and not cpu_has_fast_bf16():
+            logger.warning(
+                "--bf16 on a CPU without native bf16 (no avx512_bf16 or AMX; torch reports %s): its bf16 matmuls "
+                "run several times slower than float32 here. Leave --bf16 out on this machine (a run's scores "
+                "equal float32's, docs/performance.md).", torch.backends.cpu.get_cpu_capability(),
+            )  # fmt: skip
         self.dataloader_pin_memory = False  # pinning needs an accelerator; it only warns without one
         if self.ddp_backend is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Under torchrun on CPUs, transformers would otherwise run N independent single-process

@@ -102,6 +102,13 @@ def dry_run(runs, args) -> int:
         f" machine's {cores} cores with --workers {cores} (see scripts/estimate_check.py): {backbone / 3600:.1f} for"
         f" full fine-tuning runs, {(total - backbone) / 3600:.1f} for the frozen-backbone ones, their fills and start-ups"
     )
+    from peftlab.lab.args import cpu_has_fast_bf16  # (imports torch: only for a dry run)
+
+    if any(run.args.get("bf16") for run in todo) and not cpu_has_fast_bf16():
+        print(
+            "\nThis CPU has no native bf16 (no avx512_bf16 or AMX): its --bf16 runs take several times the estimate,"
+            " which is measured on CPUs with it; the float32 sweep file runs faster here, to the same scores."
+        )
     return 0
 
 
