@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (oneDNN's avx512_bf16 or AMX kernels). Without it, bf16 autocast is
-    emulated and slower than float32 (measured: 8 against 50 GFLOP/s for one core's 2048x384x1536 matmul, AVX2)."""
+    emulated and slower than float32 (docs/performance.md, ``scripts/bf16_check.py``)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

@@ -48,7 +48,7 @@ from peftlab.lab.sweep import (
     plan_jobs,
     run_sweep,
 )
-from peftlab.lab.sweepfile import SET_BY_THE_SWEEP, check_runs, expand
+from peftlab.lab.sweepfile import SET_BY_THE_SWEEP, check_runs, effective_args, expand
 
 DEFAULT_ROOT = "runs/sweeps"
 """Where runs go without --root (relative to the working directory; ignored by git). The committed results under
@@ -104,7 +104,7 @@ def dry_run(runs, args) -> int:
     )
     from peftlab.lab.args import cpu_has_fast_bf16  # (imports torch: only for a dry run)
 
-    if any(run.args.get("bf16") for run in todo) and not cpu_has_fast_bf16():
+    if any(effective_args(run.args).get("bf16") for run in todo) and not cpu_has_fast_bf16():
         print(
             "\nThis CPU has no native bf16 (no avx512_bf16 or AMX): its --bf16 runs take several times the estimate,"
             " which is measured on CPUs with it; the float32 sweep file runs faster here, to the same scores."
