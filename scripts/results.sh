@@ -13,8 +13,9 @@ CSV=$OUT/runs.csv
 mkdir -p "$OUT"
 python scripts/collect.py docs/results/runs runs/sweeps --keep "$CSV" --out "$CSV"
 
-# has SWEEP VARIANTS: the sweep has finished runs of every one of the variants (a table needs all its rows)
-has() { python -c "import csv,sys; v={r['variant'] for r in csv.DictReader(open('$CSV')) if r['sweep'] == '$1'}; sys.exit(not set('$2'.split(',')) <= v)"; }
+# has SWEEPS VARIANTS: the sweeps (comma-separated) have finished runs of every one of the variants (a table needs
+# all its rows)
+has() { python -c "import csv,sys; v={r['variant'] for r in csv.DictReader(open('$CSV')) if r['sweep'] in '$1'.split(',')}; sys.exit(not set('$2'.split(',')) <= v)"; }
 TABLE1=raw_cls,raw_mean,prefix,lora,bitfit,adapter,parallel_adapter,finetune
 LAYER=adapter_ffn,adapter_attn,prefix,lora,bitfit,ffn_finetune,raw,finetune
 BN=parallel_adapter_bn,raw,finetune
@@ -47,6 +48,18 @@ for suffix in "" _paper; do
     else echo "scaleup_mrpc$suffix: not every row has finished runs yet"; fi
   done
 done
+
+# Table 1 on MPNet-base (12 layers, the paper's own layers): the float32 and the bfloat16 sweep files' runs make one
+# table (their scores are equal, docs/results.md A4); a footer names the cells of each
+MPNET=table1_paper_mpnet,table1_paper_mpnet_bf16
+if has $MPNET $TABLE1; then
+  for tag in "" _last; do
+    score=reported; [ -n "$tag" ] && score=last
+    python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet$tag" --variants $TABLE1
+    python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet${tag}_gap" \
+      --variants $TABLE1 --cells gap_bridged
+  done
+else echo "$MPNET: not every row has finished runs yet"; fi
 
 # --target_layers auto against the full layer sweeps of the same runs (scripts/sweeps/auto_layer_check.json: 1,000
 # training examples per task; auto_layer_check_full.json: whole training sets)

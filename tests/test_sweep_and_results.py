@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import REPO, RTE_ROWS
 
+from peftlab.errors import ConfigError
+from peftlab.lab.commands.tables import make_table
 from peftlab.lab.costmodel import workload
 from peftlab.lab.results import axis_table, collect, format_axis_table, format_table, read_csv, table1, write_csv
 from peftlab.lab.sweepfile import expand
@@ -248,3 +250,34 @@ def test_collect_keeps_rows_of_sweeps_whose_runs_are_gone_and_reads_best_and_las
     from peftlab.lab.results import select_score
 
     assert [r["score"] for r in select_score([rows["s"]], "last")] == [0.25]
+
+
+def test_a_table_of_two_sweeps_takes_each_run_once_and_names_where_its_cells_came_from(tmp_path):
+    fake_runs(tmp_path / "f32", {("raw_mean", 1): 0.6, ("finetune", 1): 0.8})
+    fake_runs(tmp_path / "b16", {("raw_mean", 1): 0.5, ("adapter", 1): 0.7})
+    for point in (tmp_path / "b16").glob("**/sweep_point.json"):
+        point.write_text(point.read_text().replace('"sweep": "s"', '"sweep": "s_bf16"'))
+    rows = collect([tmp_path])
+    table, render = make_table(rows, "s,s_bf16")
+    # raw_mean is in both: the first sweep listed gives it (60, not 50)
+    assert table["stats"][("raw_mean", "rte")] == {"mean": pytest.approx(60.0), "std": 0.0, "n": 1}
+    assert table["derived"][("adapter", "rte")]["gap_bridged"] == pytest.approx(0.5)
+    footer = render(table, "markdown").rstrip().splitlines()[-1]
+    assert footer == "Cells from sweep s_bf16: rte: adapter; every other cell from sweep s."
+    assert make_table(rows, "s_bf16,s")[0]["stats"][("raw_mean", "rte")]["mean"] == pytest.approx(50.0)
+    assert "Cells from" not in render(*make_table(rows, "s"))  # one sweep: no footer line
+    with pytest.raises(ConfigError, match="no runs of sweep 'nope' in the CSV; sweeps found: s_bf16, s"):
+        make_table(rows, "s,nope")
+
+
+def test_table1_of_some_tasks_averages_over_those_only(tmp_path):
+    fake_runs(tmp_path / "a", {("raw_mean", 1): 0.6, ("adapter", 1): 0.7, ("finetune", 1): 0.8})
+    fake_runs(tmp_path / "b", {("raw_mean", 1): 0.6, ("adapter", 1): 0.8, ("finetune", 1): 0.8}, task="sst2")
+    rows = collect([tmp_path])
+    table, render = make_table(rows, "s", tasks="rte", cells="gap_bridged")
+    assert table["tasks"] == ["rte"] and "| adapter | 50.0% | 16.7% | 50.0% |" in render(table)
+    assert make_table(rows, "s")[0]["tasks"] == ["sst2", "rte"]
+    with pytest.raises(ConfigError, match="--tasks mrpc: not in sweep 's'; its tasks are rte, sst2"):
+        make_table(rows, "s", tasks="rte,mrpc")
+    with pytest.raises(ConfigError, match="--tasks rte: only for Table 1"):
+        make_table(rows, "s", tasks="rte", by="layer")

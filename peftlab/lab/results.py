@@ -111,14 +111,47 @@ def select_score(rows: list[dict[str, Any]], score: str) -> list[dict[str, Any]]
     return [{**r, "score": r["last_score"] if r.get("last_score") is not None else r["score"]} for r in rows]
 
 
+RUN_KEY = ("task", "variant", "layer", "bottleneck_dim", "seed")
+"""What makes two CSV rows the same experiment, whatever sweep ran it."""
+
+
 def sweep_rows(rows: list[dict[str, Any]], sweep: str, where: str) -> list[dict[str, Any]]:
-    """The rows of ``sweep``; none is an error (:class:`ConfigError`) naming the sweeps ``rows`` do have (``where``
-    says where they were read: "in runs.csv", "under ROOT")."""
-    mine = [r for r in rows if r["sweep"] == sweep]
-    if not mine:
-        found = ", ".join(dict.fromkeys(r["sweep"] for r in rows)) or "none"
-        raise ConfigError(f"no runs of sweep {sweep!r} {where}; sweeps found: {found}")
+    """The rows of ``sweep``, or of each sweep of a comma-separated list ("a,b"): one experiment run under two
+    precisions' sweep files, say, makes one table. A run (task, variant, layer, bottleneck, seed) that several of
+    them hold is taken from the first one listed. A sweep with no rows is an error (:class:`ConfigError`) naming
+    it and the sweeps ``rows`` do have (``where`` says where they were read: "in runs.csv", "under ROOT")."""
+    names = sweep.split(",")
+    found = list(dict.fromkeys(r["sweep"] for r in rows))
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ConfigError(
+            f"no runs of sweep {', '.join(map(repr, missing))} {where}; sweeps found: {', '.join(found) or 'none'}"
+        )
+    mine, taken = [], set()
+    for name in names:
+        own = [r for r in rows if r["sweep"] == name and tuple(r[k] for k in RUN_KEY) not in taken]
+        taken |= {tuple(r[k] for k in RUN_KEY) for r in own}
+        mine += own
     return mine
+
+
+def sources_note(rows: list[dict[str, Any]], axis: str = "task") -> list[str]:
+    """A footer line saying which cells (a variant at a value of ``axis``) came from which sweep, when ``rows`` come
+    from more than one; the sweep with the most cells is named as holding the rest."""
+    cells: dict[str, set] = defaultdict(set)
+    for row in rows:
+        cells[row.get("sweep")].add((row["variant"], row.get(axis)))
+    if len(cells) < 2:
+        return []
+    order = {v: i for i, v in enumerate(dict.fromkeys(r["variant"] for r in rows))}
+    main, *others = sorted(cells, key=lambda name: -len(cells[name]))
+    parts = []
+    for name in others:
+        by_value: dict[Any, list[str]] = defaultdict(list)
+        for variant, value in sorted(cells[name], key=lambda cell: (str(cell[1]), order[cell[0]])):
+            by_value[value].append(variant)
+        parts.append(f"from sweep {name}: " + "; ".join(f"{v}: {', '.join(vs)}" for v, vs in by_value.items()))
+    return [f"Cells {'; '.join(parts)}; every other cell from sweep {main}."]
 
 
 def select_variants(rows: list[dict[str, Any]], names: str, where: str) -> list[dict[str, Any]]:
@@ -191,7 +224,8 @@ def table1(rows: list[dict[str, Any]], raw: tuple[str, ...], full: str) -> dict[
     module = {v: sorted({r["method_params"] for r in known if r["variant"] == v}) for v in variants} if known else {}
     heads = sorted({r["head_params"] for r in rows if r.get("head_params") is not None})
     return {"tasks": tasks, "variants": variants, "stats": stats, "derived": derived, "notes": notes,
-            "params": module, "head_params": heads, "references": references}  # fmt: skip
+            "params": module, "head_params": heads, "references": references,
+            "sources": sources_note(rows)}  # fmt: skip
 
 
 def _count(values: list[int]) -> str:
@@ -230,6 +264,7 @@ def format_table(
             "params: the trainable parameters of the method itself; every row also trains the task's head ("
             f"{_count(table.get('head_params', []))} parameters)."
         )
+    footer += table.get("sources", [])
     body = []
     for variant in table["variants"]:
         row = [labels.get(variant, variant), *([_count(params.get(variant, []))] if params else [])]
@@ -272,7 +307,7 @@ def axis_table(rows: list[dict[str, Any]], axis: str, raw: tuple[str, ...], full
             gap = (top["mean"] - best_raw) / (full_score - best_raw)
         best[variant] = {"at": key[1], "mean": top["mean"], "gap_bridged": gap}
     return {"axis": axis, "columns": columns, "variants": variants, "stats": stats, "best": best,
-            "best_raw": best_raw, "full": full_score}  # fmt: skip
+            "best_raw": best_raw, "full": full_score, "sources": sources_note(rows, axis)}  # fmt: skip
 
 
 def format_axis_table(table: dict[str, Any], style: str = "markdown") -> str:
@@ -296,6 +331,7 @@ def format_axis_table(table: dict[str, Any], style: str = "markdown") -> str:
             f"gap bridged = (best - best raw) / (full fine-tuning - best raw), with best raw {table['best_raw']:.1f}"
             f" (the best probe row at any {axis.replace('_', ' ')}) and full fine-tuning {table['full']:.1f}."
         ]
+    footer += table.get("sources", [])
     return render(header, body, style, footer)
 
 

@@ -8,7 +8,8 @@ with the average relative improvement and gap bridged over the tasks (see peftla
 (or relative_improvement) shows that quantity per task instead of the score. --score last shows each run's
 last-epoch score instead of its reported (best-epoch, for the paper's protocol) one. With --by layer or
 --by bottleneck_dim, one task of a sweep: per method row and layer (or bottleneck), mean ± std (n), the best cell
-and the gap it bridges between the best probe ("raw") cell and full fine-tuning.
+and the gap it bridges between the best probe ("raw") cell and full fine-tuning. --sweep a,b makes one table of
+several sweeps' runs.
 """
 
 from __future__ import annotations
@@ -46,17 +47,26 @@ def make_table(
     by: str | None = None,
     task: str | None = None,
     variants: str | None = None,
+    tasks: str | None = None,
     cells: str = "score",
     raw: tuple[str, ...] = RAW,
     full: str = "finetune",
     where: str = "in the CSV",
 ):
     """The table of ``sweep``'s rows (of all ``rows``, read ``where``: "in runs.csv") and its
-    ``render(table, style)``: Table 1, or with ``by`` one task's table over that axis. A bad choice is a
-    :class:`ConfigError`."""
+    ``render(table, style)``: Table 1 (of the comma-separated ``tasks`` only, if given: averages over the tasks
+    another table has), or with ``by`` one task's table over that axis. A bad choice is a :class:`ConfigError`."""
     rows = select_score(sweep_rows(rows, sweep, where), score)
     if variants:
         rows = select_variants(rows, variants, sweep)
+    if tasks:
+        if by:
+            raise ConfigError(f"--tasks {tasks}: only for Table 1 (with --by, --task picks the one task)")
+        have = sorted({r["task"] for r in rows})
+        missing = sorted(set(tasks.split(",")) - set(have))
+        if missing:
+            raise ConfigError(f"--tasks {','.join(missing)}: not in sweep {sweep!r}; its tasks are {', '.join(have)}")
+        rows = [r for r in rows if r["task"] in tasks.split(",")]
     if by and cells != "score":
         raise ConfigError(f"--cells {cells}: only for Table 1 (without --by)")
     if not by:
@@ -82,12 +92,20 @@ def write_table(table: dict[str, Any], render, out: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="peftlab table", description=__doc__)
     parser.add_argument("csv")
-    parser.add_argument("--sweep", required=True, help="rows of this sweep only")
+    parser.add_argument(
+        "--sweep", required=True,
+        help="rows of this sweep only, or of a comma-separated list of sweeps (one experiment run under two sweep "
+        "files, e.g. two precisions): a run that several hold is taken from the first listed, and a footer names "
+        "the cells of each",
+    )  # fmt: skip
     parser.add_argument("--raw", default=",".join(RAW), help="variants that are the probe ('raw') rows")
     parser.add_argument("--full", default="finetune", help="variant that is full fine-tuning")
     parser.add_argument("--by", choices=["layer", "bottleneck_dim"], help="one task's sweep over this axis")
     parser.add_argument("--task", help="with --by: the task (default: the sweep's only task)")
     parser.add_argument("--variants", help="comma-separated variants to show, in this order (default: all)")
+    parser.add_argument(
+        "--tasks", help="Table 1 of these comma-separated tasks only (default: all), e.g. another table's tasks"
+    )
     parser.add_argument(
         "--cells", choices=CELLS, default="score",
         help="Table 1's task cells: the score (default), or each row's relative improvement or gap bridged per task",
@@ -101,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table, render = make_table(
         read_csv(args.csv), args.sweep, score=args.score, by=args.by, task=args.task, variants=args.variants,
-        cells=args.cells, raw=tuple(args.raw.split(",")), full=args.full, where=f"in {args.csv}",
+        tasks=args.tasks, cells=args.cells, raw=tuple(args.raw.split(",")), full=args.full, where=f"in {args.csv}",
     )  # fmt: skip
     write_table(table, render, args.out)
     print(render(table, "markdown"))
