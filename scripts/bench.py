@@ -279,7 +279,10 @@ def setup(config: Config, args, task, path, tokenizer, features, cache_dir):
     model = build(config, path, task.num_labels, args.pooling)
     built = loaded = 0.0
     data, collate = (
-        features.select_columns(["input_ids", "attention_mask", "token_type_ids", "label"]),
+        # the tokenizer's own inputs (MPNet's has no token_type_ids) and the label
+        features.select_columns(
+            [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in features.column_names]
+        ),
         DataCollatorWithPadding(tokenizer),
     )
     if config.cache:

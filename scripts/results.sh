@@ -58,6 +58,10 @@ if has $MPNET $TABLE1; then
     python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet$tag" --variants $TABLE1
     python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet${tag}_gap" \
       --variants $TABLE1 --cells gap_bridged
+    # MiniLM's gap bridged over the same tasks as MPNet's whole columns, for the averages side by side
+    tasks=$(python -c "import csv; from peftlab.glue.tasks import TASKS; print(','.join(c for c in next(csv.reader(open('$OUT/table1_paper_mpnet$tag.csv'))) if c in TASKS))")
+    python scripts/tables.py "$CSV" --sweep table1_paper --score $score --out "$OUT/table1_paper${tag}_gap_mpnet_tasks" \
+      --variants $TABLE1 --tasks "$tasks" --cells gap_bridged
   done
 else echo "$MPNET: not every row has finished runs yet"; fi
 
