@@ -154,18 +154,23 @@ def sources_note(rows: list[dict[str, Any]], axis: str = "task") -> list[str]:
     return [f"Cells {'; '.join(parts)}; every other cell from sweep {main}."]
 
 
-def select_variants(rows: list[dict[str, Any]], names: str, where: str) -> list[dict[str, Any]]:
-    """The rows of the comma-separated variants ``names``, in that order (``--variants`` of the table and plot
-    scripts); a name with no row is an error (:class:`ConfigError`) naming it, ``where`` the rows came from and
-    the variants they have."""
+def select_values(rows: list[dict[str, Any]], column: str, names: str, where: str) -> list[dict[str, Any]]:
+    """The rows whose ``column`` is one of the comma-separated ``names`` (``--variants``, ``--tasks`` of the table
+    and plot scripts), in the order of ``names``; a name with no row is an error (:class:`ConfigError`) naming it,
+    ``where`` the rows came from and the values they have."""
     wanted = names.split(",")
-    have = list(dict.fromkeys(r["variant"] for r in rows))
+    have = list(dict.fromkeys(r[column] for r in rows))
     missing = sorted(set(wanted) - set(have))
     if missing:
         raise ConfigError(
-            f"--variants {','.join(missing)}: no runs of {where} have that variant; its variants: {','.join(have)}"
+            f"--{column}s {','.join(missing)}: no runs of {where} have that {column}; its {column}s: {','.join(have)}"
         )
-    return sorted((r for r in rows if r["variant"] in wanted), key=lambda r: wanted.index(r["variant"]))
+    return sorted((r for r in rows if r[column] in wanted), key=lambda r: wanted.index(r[column]))
+
+
+def select_variants(rows: list[dict[str, Any]], names: str, where: str) -> list[dict[str, Any]]:
+    """The rows of the comma-separated variants ``names``, in that order (:func:`select_values`)."""
+    return select_values(rows, "variant", names, where)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

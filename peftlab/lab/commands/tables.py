@@ -28,6 +28,7 @@ from peftlab.lab.results import (
     format_table,
     read_csv,
     select_score,
+    select_values,
     select_variants,
     sweep_rows,
     table1,
@@ -62,11 +63,7 @@ def make_table(
     if tasks:
         if by:
             raise ConfigError(f"--tasks {tasks}: only for Table 1 (with --by, --task picks the one task)")
-        have = sorted({r["task"] for r in rows})
-        missing = sorted(set(tasks.split(",")) - set(have))
-        if missing:
-            raise ConfigError(f"--tasks {','.join(missing)}: not in sweep {sweep!r}; its tasks are {', '.join(have)}")
-        rows = [r for r in rows if r["task"] in tasks.split(",")]
+        rows = select_values(rows, "task", tasks, sweep)
     if by and cells != "score":
         raise ConfigError(f"--cells {cells}: only for Table 1 (without --by)")
     if not by:
