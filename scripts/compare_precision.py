@@ -16,14 +16,13 @@ rule (its std and the floor included), summed over the cells. A precision that c
 far fewer cells than that; one that only changes the random stream, about as many.
 
 The cost table pairs the runs (same task, row and seed) and divides the reference's CPU time per epoch by the
-other's (``cpu_seconds`` and ``epochs_run`` of each run's all_results.json and the CSV): per row the median, and the
+other's (the CSV's ``cpu_seconds`` and ``epochs_run`` of each run): per row the median, and the
 total of the paired runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -51,10 +50,8 @@ def cpu_per_epoch(rows, sweep: str, tasks: list[str]) -> dict[tuple[str, str, in
     for r in rows:
         if r["sweep"] != sweep or r["task"] not in tasks or not r.get("epochs_run"):
             continue
-        results = Path(r["output_dir"]) / "all_results.json"
-        cpu = json.loads(results.read_text()).get("cpu_seconds") if results.is_file() else None
-        if cpu:
-            out[(r["task"], r["variant"], int(r["seed"]))] = cpu / float(r["epochs_run"])
+        if r.get("cpu_seconds"):
+            out[(r["task"], r["variant"], int(r["seed"]))] = r["cpu_seconds"] / r["epochs_run"]
     return out
 
 

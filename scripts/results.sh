@@ -16,6 +16,9 @@ python scripts/collect.py docs/results/runs runs/sweeps --keep "$CSV" --out "$CS
 # has SWEEPS VARIANTS: the sweeps (comma-separated) have finished runs of every one of the variants (a table needs
 # all its rows)
 has() { python -c "import csv,sys; v={r['variant'] for r in csv.DictReader(open('$CSV')) if r['sweep'] in '$1'.split(',')}; sys.exit(not set('$2'.split(',')) <= v)"; }
+# present SWEEPS: those of the sweeps (comma-separated) that have runs in the CSV, in the order given (a table of
+# several sweep files' runs takes the ones that have run so far)
+present() { python -c "import csv; s={r['sweep'] for r in csv.DictReader(open('$CSV'))}; print(','.join(x for x in '$1'.split(',') if x in s))"; }
 TABLE1=raw_cls,raw_mean,prefix,lora,bitfit,adapter,parallel_adapter,finetune
 LAYER=adapter_ffn,adapter_attn,prefix,lora,bitfit,ffn_finetune,raw,finetune
 BN=parallel_adapter_bn,raw,finetune
@@ -50,9 +53,9 @@ for suffix in "" _paper; do
 done
 
 # Table 1 on MPNet-base (12 layers, the paper's own layers): the float32 and the bfloat16 sweep files' runs make one
-# table (their scores are equal, docs/results.md A4); a footer names the cells of each
-MPNET=table1_paper_mpnet,table1_paper_mpnet_bf16
-if has $MPNET $TABLE1; then
+# table (bf16 scored as float32 did on MiniLM, docs/results.md A4); a footer names the cells of each
+MPNET=$(present table1_paper_mpnet,table1_paper_mpnet_bf16)
+if [ -n "$MPNET" ] && has $MPNET $TABLE1; then
   for tag in "" _last; do
     score=reported; [ -n "$tag" ] && score=last
     python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet$tag" --variants $TABLE1
@@ -63,7 +66,22 @@ if has $MPNET $TABLE1; then
     python scripts/tables.py "$CSV" --sweep table1_paper --score $score --out "$OUT/table1_paper${tag}_gap_mpnet_tasks" \
       --variants $TABLE1 --tasks "$tasks" --cells gap_bridged
   done
-else echo "$MPNET: not every row has finished runs yet"; fi
+else echo "table1_paper_mpnet: not every row has finished runs yet"; fi
+
+# Table 1's sparse rows (which entries, not which module, at the adapter's budget) beside the probe, the adapters and
+# full fine-tuning of table1_paper: one table from the sparse sweep files' runs and table1_paper's
+SPARSE=$(present table1_paper_sparse,table1_paper_sparse_bf16)
+SPARSE_ROWS=raw_cls,raw_mean,adapter,parallel_adapter,adapter_pruned,sparse_random,sparse_magnitude,sparse_fisher,sparse_lt_sft,finetune
+if [ -n "$SPARSE" ] && has $SPARSE,table1_paper $SPARSE_ROWS; then
+  for tag in "" _last; do
+    score=reported; [ -n "$tag" ] && score=last
+    python scripts/tables.py "$CSV" --sweep $SPARSE,table1_paper --score $score --out "$OUT/table1_paper_sparse$tag" \
+      --variants $SPARSE_ROWS
+    python scripts/tables.py "$CSV" --sweep $SPARSE,table1_paper --score $score --out "$OUT/table1_paper_sparse${tag}_gap" \
+      --variants $SPARSE_ROWS --cells gap_bridged
+  done
+  python scripts/selection_cost.py "$CSV" --sweep $SPARSE --out "$OUT/sparse_selection_cost"
+else echo "table1_paper_sparse: not every row has finished runs yet"; fi
 
 # --target_layers auto against the full layer sweeps of the same runs (scripts/sweeps/auto_layer_check.json: 1,000
 # training examples per task; auto_layer_check_full.json: whole training sets)

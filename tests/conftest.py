@@ -40,6 +40,16 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(path)
 
 
+def load_script(name: str):
+    """A module of ``scripts/`` (they are not a package), e.g. ``load_script("compare_precision")``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write(path: Path, text: str, *, bom: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")

@@ -542,13 +542,9 @@ def test_compare_auto_runs_counts_what_changed_between_two_copies_of_the_runs(tm
 
 
 def test_auto_layer_checks_verdict_on_the_targets_is_met_not_met_or_open():
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("auto_layer_check", REPO / "scripts" / "auto_layer_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_script("auto_layer_check")
 
     def cells(method, belows, cost=1.5):
         return [{"method": method, "below": b, "vs_run": cost} for b in belows]

@@ -148,14 +148,9 @@ def test_cached_inputs_and_prefix_masks_follow_the_model_to_the_gpu(tiny_bert, t
 
 
 def _compare_precision():
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("compare_precision", REPO / "scripts" / "compare_precision.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_precision")
 
 
 def test_compare_precisions_chance_count_matches_independent_draws():
@@ -175,19 +170,17 @@ def test_compare_precisions_chance_count_matches_independent_draws():
     assert sum(not c["equal"] for c in check.compare(reference, rounded)) == 0
 
 
-def test_compare_precisions_cost_table_pairs_runs_per_epoch(tmp_path):
+def test_compare_precisions_cost_table_pairs_runs_per_epoch():
     check = _compare_precision()
-    rows = []
-    for sweep, cpu, epochs in (("ref", 200.0, 10), ("other", 50.0, 5)):
-        for seed in (42, 43):
-            out = tmp_path / sweep / str(seed)
-            out.mkdir(parents=True)
-            (out / "all_results.json").write_text(json.dumps({"cpu_seconds": cpu}))
-            rows.append({"sweep": sweep, "task": "rte", "variant": "adapter", "seed": seed, "epochs_run": epochs, "output_dir": str(out)})  # fmt: skip
-    rows.append({"sweep": "other", "task": "rte", "variant": "adapter", "seed": 44, "epochs_run": 5, "output_dir": str(tmp_path / "none")})  # fmt: skip
+    rows = [
+        {"sweep": sweep, "task": "rte", "variant": "adapter", "seed": seed, "epochs_run": epochs, "cpu_seconds": cpu}
+        for sweep, cpu, epochs in (("ref", 200.0, 10), ("other", 50.0, 5))
+        for seed in (42, 43)
+    ]
+    rows.append({"sweep": "other", "task": "rte", "variant": "adapter", "seed": 44, "epochs_run": 5, "cpu_seconds": None})  # fmt: skip
     reference, other = check.cpu_per_epoch(rows, "ref", ["rte"]), check.cpu_per_epoch(rows, "other", ["rte"])
     assert reference == {("rte", "adapter", 42): 20.0, ("rte", "adapter", 43): 20.0}
-    assert set(other) == set(reference)  # the run without all_results.json is left out
+    assert set(other) == set(reference)  # the run without its CPU time is left out
     text = check.cost_markdown(reference, other)
     assert "| adapter | 2 | 2.00x |" in text and "All 2 paired runs: 2.00x" in text
 

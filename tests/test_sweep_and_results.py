@@ -155,6 +155,34 @@ def test_table1_shows_each_methods_own_parameters_and_the_heads_in_a_footer(tmp_
     assert markdown.rstrip().endswith("every row also trains the task's head (148,225-148,610 parameters).")
 
 
+def test_the_csv_keeps_each_runs_cpu_and_selection_time_and_the_selection_cost_is_its_share(tmp_path):
+    from conftest import load_script
+
+    fake_runs(tmp_path, {("sparse_fisher", 1): 0.6, ("sparse_fisher", 2): 0.7, ("sparse_lt_sft", 1): 0.8})
+    times = {("sparse_fisher", "1"): (4.0, 400.0), ("sparse_fisher", "2"): (2.0, 400.0), ("sparse_lt_sft", "1"): (60.0, 600.0)}  # fmt: skip
+    for results in tmp_path.glob("**/all_results.json"):
+        prepare, cpu = times[(results.parent.parent.name, results.parent.name)]
+        results.write_text(
+            json.dumps(json.loads(results.read_text()) | {"prepare_seconds": prepare, "cpu_seconds": cpu})
+        )
+    (tmp_path / "copied" / "1").mkdir(parents=True)  # a run copied from an identical one: its times are not its own
+    for name in ("sweep_point.json", "args.json", "all_results.json"):
+        (tmp_path / "copied" / "1" / name).write_text((tmp_path / "sparse_lt_sft" / "1" / name).read_text())
+    (tmp_path / "copied" / "1" / "reused_from.txt").write_text("sparse_lt_sft/1")
+    write_csv(collect([tmp_path]), tmp_path / "runs.csv")
+    rows = read_csv(tmp_path / "runs.csv")
+    fisher = next(r for r in rows if r["variant"] == "sparse_fisher" and r["seed"] == 1)
+    assert (fisher["prepare_seconds"], fisher["cpu_seconds"]) == (4.0, 400.0)
+    assert [r["cpu_seconds"] for r in rows if r["reused_from"]] == [None]
+    check = load_script("selection_cost")
+    costs = check.selection_costs(rows, ["s"])
+    assert costs["sparse_lt_sft"]["seconds"] == [60.0]  # the copied run is left out
+    text = check.markdown(costs)
+    assert "| sparse_fisher | 2 | rte | 3.0 (2.0-4.0) | 0.8% (0.5%-1.0%) |" in text
+    assert "| sparse_lt_sft | 1 | rte | 60.0 | 10.0% |" in text
+    assert check.selection_costs(rows, ["other"]) == {}
+
+
 def test_table_marks_tasks_trained_under_an_offline_protocol(tmp_path):
     fake_runs(tmp_path / "a", {("raw_mean", 1): 0.6, ("finetune", 1): 0.8})
     fake_runs(

@@ -24,10 +24,14 @@ from peftlab.io import atomic_write_text
 COLUMNS = [
     "sweep", "task", "variant", "layer", "bottleneck_dim", "seed", "method", "pooling", "metric", "score",
     "last_score", "selection", "best_epoch", "epochs_run", "protocol",
-    "trainable_params", "method_params", "head_params", "train_split", "eval_split", "wall_seconds", "output_dir", "reused_from",
+    "trainable_params", "method_params", "head_params", "train_split", "eval_split", "wall_seconds", "cpu_seconds",
+    "prepare_seconds", "output_dir", "reused_from",
 ]  # fmt: skip
 """``score`` is the reported model's (the best evaluation's when the run selects one, else the last step's);
-``last_score`` the last epoch's evaluation (equal to ``score`` for a run without per-epoch evaluation)."""
+``last_score`` the last epoch's evaluation (equal to ``score`` for a run without per-epoch evaluation).
+``cpu_seconds`` is the run's CPU time over every start (all threads), ``prepare_seconds`` the part of its wall time
+spent before training choosing what trains (a sparse mask's selection: Fisher's batches, LT-SFT's dense phase); the
+three times are empty for a run whose results were copied from an identical one."""
 
 
 def main_metric(task: str) -> str:
@@ -71,6 +75,8 @@ def collect(roots: list[str | os.PathLike]) -> list[dict[str, Any]]:
                     k if v == k else f"{k}: {v}" for k, v in protocol.get("eval_splits", {}).items()
                 ),
                 "wall_seconds": None if reused.is_file() else seconds,
+                "cpu_seconds": None if reused.is_file() else results.get("cpu_seconds"),
+                "prepare_seconds": None if reused.is_file() else results.get("prepare_seconds"),
                 "output_dir": str(folder),
                 "reused_from": reused.read_text().strip() if reused.is_file() else None,
             })  # fmt: skip
@@ -87,11 +93,14 @@ def _csv_text(rows) -> str:
     return buffer.getvalue()
 
 
+_FLOATS = ("score", "last_score", "best_epoch", "epochs_run", "wall_seconds", "cpu_seconds", "prepare_seconds")
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        for key in ("score", "last_score", "best_epoch", "epochs_run", "wall_seconds"):
+        for key in _FLOATS:
             row[key] = float(row[key]) if row.get(key) else None
         for key in ("layer", "bottleneck_dim", "seed", "trainable_params", "method_params", "head_params"):
             row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None
