@@ -141,3 +141,23 @@ def test_the_default_root_is_outside_the_committed_results():
     assert COMMITTED_ROOT == REPO / "docs" / "results" / "runs"
     assert "ROOT:-docs/results/runs" in (REPO / "scripts" / "paper_sweeps.sh").read_text()  # passed explicitly
     assert JOBS == ".jobs"
+
+
+def test_done_in_leaves_out_the_points_its_twin_sweep_finished(tiny_bert, rte_dir, tmp_path, capsys):
+    sweep = {"name": "t", "protocol": "quick", "tasks": ["rte"], "seeds": [1, 2],
+             "variants": {"raw": {"method": "probe"}, "adapter": {"method": "adapter@1", "bottleneck_dim": 2}},
+             "common": {"model_name_or_path": tiny_bert, "glue_dir": str(rte_dir), "pooling": "mean"}}  # fmt: skip
+    file = str(write(tmp_path / "t.json", json.dumps(sweep)))
+    twin = str(write(tmp_path / "t_bf16.json", json.dumps({"extends": "t.json", "name": "t_bf16", "common": {"bf16": True}})))  # fmt: skip
+    root = tmp_path / "runs"
+    write(root / "t_bf16" / "rte" / "adapter" / "seed2" / "all_results.json", "{}")  # finished in the twin
+    write(root / "t_bf16" / "rte" / "raw" / "seed1" / "args.json", "{}")  # started there, not finished
+    assert main([file, "--root", str(root), "--dry_run", "--done_in", "t_bf16"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 runs left out, finished in t_bf16 (--done_in)")
+    assert "rte/adapter/seed2" not in out and all(f"rte/{r}" in out for r in ("raw/seed1", "raw/seed2", "adapter/seed1"))  # fmt: skip
+    assert "\n3 runs, 0 finished" in out
+    with pytest.raises(ConfigError, match=r"--done_in t_fp16: no sweep of that name under .*; sweeps there: t_bf16\."):
+        main([file, "--root", str(root), "--dry_run", "--done_in", "t_fp16"])
+    with pytest.raises(ConfigError, match="--done_in t_bf16: that is this sweep; name its twin"):
+        main([twin, "--root", str(root), "--dry_run", "--done_in", "t_bf16"])

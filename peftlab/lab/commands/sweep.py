@@ -42,6 +42,7 @@ from peftlab.lab.costmodel import gpu_seconds, job_terms, run_cost, run_terms, s
 from peftlab.lab.progress import PROGRESS_EVERY, sweep_status
 from peftlab.lab.sweep import (
     BACKENDS,
+    done_in,
     fingerprint,
     finished_runs,
     load_sweep,
@@ -160,6 +161,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="run every run, even one whose arguments equal those of a finished run elsewhere under --root "
         "(by default its results are copied in, with reused_from.txt naming the source)",
     )
+    parser.add_argument(
+        "--done_in", metavar="SWEEPS",
+        help="comma-separated other sweeps under --root (this sweep file's twin in another precision, whose scores "
+        "are equal): a grid point finished there is left out here, neither run nor copied; `peftlab table --sweep "
+        "a,b` joins the two",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="jobs side by side (each gets cores // workers threads)")
     parser.add_argument("--backend", default="local", choices=BACKENDS, help="local process pool, or Ray")
     parser.add_argument(
@@ -309,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         run.args.setdefault("glue_dir", args.glue_dir)
         run.args.update(overrides)  # in each run's args.json
     check_overrides(runs, overrides)
+    if args.done_in:
+        twins = done_in(runs, args.root, args.done_in.split(","))
+        runs = [run for run in runs if run.name not in twins]
+        print(f"{len(twins)} runs left out, finished in {args.done_in} (--done_in)")
     check_folder(Path(args.root) / sweep["name"], overrides, args.dry_run)
     if args.dry_run:
         check_runs([run for run in runs if not run.finished], source)
