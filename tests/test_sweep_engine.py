@@ -277,6 +277,30 @@ def test_dry_run_lists_jobs_with_an_estimate_and_starts_nothing(rte_dir, tmp_pat
     assert one.returncode == 0 and "1 runs, 0 finished" in one.stdout and "rte/full" not in one.stdout
 
 
+def test_layers_and_bottleneck_dims_keep_part_of_the_grid_in_the_order_given(tmp_path, capsys):
+    from peftlab.lab.commands.sweep import make_parser, select
+
+    grid = {"name": "g", "tasks": ["rte"], "layers": [0, 1, 2], "bottleneck_dims": [2, 8, 64],
+            "variants": {"ffn": {"method": "ffn", "per_layer": True}, "bn": {"method": "adapter@1", "per_bottleneck": True}}}  # fmt: skip
+    parser = make_parser()
+    sweep = json.loads(json.dumps(grid))
+    select(sweep, parser.parse_args(["g.json", "--layers", "2,0", "--bottleneck_dims", "64"]), parser)
+    assert (sweep["layers"], sweep["bottleneck_dims"]) == ([2, 0], [64])
+    names = {run.name for run in expand(sweep, tmp_path)}
+    assert {"rte/ffn/L2/seed42", "rte/ffn/L0/seed42", "rte/bn/bn64/seed42"} <= names
+    assert not any("L1" in name or "bn8" in name for name in names)
+    for argv, message in (
+        (["--layers", "3"], "--layers 3: not in the sweep; its layers are 0, 1, 2"),
+        (["--layers", "top"], "--layers top: give a comma-separated list such as 0,2"),
+    ):
+        with pytest.raises(SystemExit):
+            select(json.loads(json.dumps(grid)), parser.parse_args(["g.json", *argv]), parser)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        select({"name": "t", "tasks": ["rte"]}, parser.parse_args(["t.json", "--bottleneck_dims", "8"]), parser)
+    assert "--bottleneck_dims 8: the sweep has no bottleneck_dims" in capsys.readouterr().err
+
+
 def test_a_fill_ending_after_the_driver_stopped_starts_no_chunk(tmp_path, monkeypatch):
     # The driver stops waiting (SIGTERM, Ctrl-C) while a fill job runs; when the fill ends afterwards, its chunks
     # must not be started, nor fail to start with "cannot schedule new futures after shutdown" in the log. The

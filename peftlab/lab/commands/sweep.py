@@ -153,6 +153,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", help="comma-separated subset of the sweep's seeds to run now")
     parser.add_argument(
+        "--layers", help="comma-separated subset of the sweep's layers (its per-layer variants') to run now"
+    )
+    parser.add_argument("--bottleneck_dims", help="comma-separated subset of the sweep's bottleneck sizes to run now")
+    parser.add_argument(
         "--variants", help="comma-separated subset of the sweep's variants to run now (e.g. the ones a verdict needs)"
     )
     parser.add_argument(
@@ -180,14 +184,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def select(sweep: dict, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Keep the ``--tasks``, ``--seeds`` and ``--variants`` asked for (tasks and seeds in the order given)."""
-    for key in ("tasks", "seeds", "variants"):
+    """Keep the ``--tasks``, ``--seeds``, ``--variants``, ``--layers`` and ``--bottleneck_dims`` asked for (all but
+    the variants in the order given)."""
+    for key in ("tasks", "seeds", "variants", "layers", "bottleneck_dims"):
         if getattr(args, key):
-            present = list(sweep.get(key, [42]))  # the variants' names (a dict), the tasks or the seeds (lists)
+            # the variants' names (a dict), or a list: the tasks, the seeds (42 by default), the layers, the sizes
+            present = list(sweep.get(key, [42] if key == "seeds" else []))
+            if not present:
+                parser.error(f"--{key} {getattr(args, key)}: the sweep has no {key} (no per-{key[:-1]} variants)")
             try:
                 chosen = [type(present[0])(v) for v in getattr(args, key).split(",")]
             except ValueError:
-                parser.error(f"--{key} {getattr(args, key)}: give a comma-separated list such as 42,43")
+                parser.error(
+                    f"--{key} {getattr(args, key)}: give a comma-separated list such as {present[0]},{present[-1]}"
+                )
             unknown = [str(v) for v in chosen if v not in present]
             if unknown:
                 parser.error(
