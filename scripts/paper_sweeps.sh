@@ -56,9 +56,15 @@ for part in "${parts[@]}"; do
       sweep scripts/sweeps/table1_paper$p.json --tasks sst2,qqp --seeds 43,44
       ;;
     mpnet)
-      # Table 1's five small tasks with seed 42, then seeds 43 and 44; then the MRPC layer sweep and scale-up.
+      # Table 1's five small tasks with seed 42; the paper's claims 3 and 4 at its own layer on MRPC (FFN-only
+      # fine-tuning of layer 5; the parallel adapter's bottleneck 8 and 64 beside Table 1's 2), seed 42; seeds 43 and
+      # 44 of Table 1; then the whole MRPC layer sweep and scale-up, which take those runs as they are.
       # shellcheck disable=SC2046  # twin's two words
       sweep scripts/sweeps/table1_paper_mpnet$p.json --tasks rte,mrpc,stsb,cola,wnli --seeds 42 $(twin table1_paper_mpnet)
+      # shellcheck disable=SC2046
+      sweep scripts/sweeps/layer_sweep_mrpc_paper_mpnet$p.json --seeds 42 --layers 5 --variants ffn_finetune,adapter_ffn,finetune $(twin layer_sweep_mrpc_paper_mpnet)
+      # shellcheck disable=SC2046
+      sweep scripts/sweeps/scaleup_mrpc_paper_mpnet$p.json --seeds 42 --bottleneck_dims 2,8,64 --variants parallel_adapter_bn,raw,finetune $(twin scaleup_mrpc_paper_mpnet)
       sweep scripts/sweeps/table1_paper_mpnet$p.json --tasks rte,mrpc,stsb,cola,wnli --seeds 43,44 $(twin table1_paper_mpnet)
       sweep scripts/sweeps/layer_sweep_mrpc_paper_mpnet$p.json --seeds 42 $(twin layer_sweep_mrpc_paper_mpnet)
       sweep scripts/sweeps/scaleup_mrpc_paper_mpnet$p.json --seeds 42 $(twin scaleup_mrpc_paper_mpnet)
