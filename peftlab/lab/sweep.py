@@ -140,28 +140,6 @@ def finished_runs(root: str | os.PathLike) -> dict[str, Path]:
     return done
 
 
-def done_in(runs: list[Run], root: str | os.PathLike, sweeps: list[str]) -> dict[str, Path]:
-    """The unfinished ``runs`` whose grid point (task, variant, layer, bottleneck, seed: the run's name) has finished
-    in one of the other ``sweeps`` under ``root``, by run name, with the finished folder. For a sweep file's twin in
-    another precision, whose scores equal this one's (docs/results.md A4): a point finished by one need not run in
-    the other, and ``peftlab table --sweep a,b`` joins the two. A sweep with no folder under ``root``, or this
-    sweep itself, is a :class:`ConfigError` naming the sweeps that are there."""
-    root = Path(root)
-    own = {run.point["sweep"] for run in runs}
-    there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    for name in sweeps:
-        if name in own:
-            raise ConfigError(f"--done_in {name}: that is this sweep; name its twin (another sweep under {root}).")
-        if name not in there:
-            raise ConfigError(f"--done_in {name}: no sweep of that name under {root}; sweeps there: {', '.join(there) or 'none'}.")  # fmt: skip
-    found = {}
-    for run in runs:
-        for name in sweeps:
-            if not run.finished and (root / name / run.name / RESULTS).is_file():
-                found.setdefault(run.name, root / name / run.name)
-    return found
-
-
 def reuse(run: Run, source: Path) -> None:
     """Fill ``run`` with the results of the identical finished run ``source`` (no weights), and say so."""
     from peftlab.io import output_lock

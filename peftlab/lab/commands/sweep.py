@@ -42,14 +42,13 @@ from peftlab.lab.costmodel import gpu_seconds, job_terms, run_cost, run_terms, s
 from peftlab.lab.progress import PROGRESS_EVERY, sweep_status
 from peftlab.lab.sweep import (
     BACKENDS,
-    done_in,
     fingerprint,
     finished_runs,
     load_sweep,
     plan_jobs,
     run_sweep,
 )
-from peftlab.lab.sweepfile import SET_BY_THE_SWEEP, check_runs, effective_args, expand
+from peftlab.lab.sweepfile import RESULTS, SET_BY_THE_SWEEP, Run, check_runs, effective_args, expand
 
 DEFAULT_ROOT = "runs/sweeps"
 """Where runs go without --root (relative to the working directory; ignored by git). The committed results under
@@ -113,6 +112,35 @@ def dry_run(runs, args) -> int:
     return 0
 
 
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that keep part of the grid, or leave out runs finished elsewhere (:func:`select`, :func:`done_in`)."""
+    parser.add_argument(
+        "--tasks",
+        help="comma-separated subset of the sweep's tasks to run now, in the order given (e.g. the cheap ones "
+        "first); default: all, in the sweep's order",
+    )
+    parser.add_argument("--seeds", help="comma-separated subset of the sweep's seeds to run now")
+    parser.add_argument(
+        "--layers", help="comma-separated subset of the sweep's layers (its per-layer variants') to run now"
+    )
+    parser.add_argument("--bottleneck_dims", help="comma-separated subset of the sweep's bottleneck sizes to run now")
+    parser.add_argument(
+        "--variants", help="comma-separated subset of the sweep's variants to run now (e.g. the ones a verdict needs)"
+    )
+    parser.add_argument(
+        "--no_reuse",
+        action="store_true",
+        help="run every run, even one whose arguments equal those of a finished run elsewhere under --root "
+        "(by default its results are copied in, with reused_from.txt naming the source)",
+    )
+    parser.add_argument(
+        "--done_in", metavar="SWEEPS",
+        help="comma-separated other sweeps under --root (this sweep file's twin in another precision, whose scores "
+        "are equal): a grid point finished there is left out here, neither run nor copied; `peftlab table --sweep "
+        "a,b` joins the two",
+    )  # fmt: skip
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peftlab sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,31 +174,7 @@ def make_parser() -> argparse.ArgumentParser:
         "achieved in fp32 on roberta-base-shaped MRPC runs, docs/bench_gpu.md)",
     )  # fmt: skip
     parser.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR", "../shared/glue"))
-    parser.add_argument(
-        "--tasks",
-        help="comma-separated subset of the sweep's tasks to run now, in the order given (e.g. the cheap ones "
-        "first); default: all, in the sweep's order",
-    )
-    parser.add_argument("--seeds", help="comma-separated subset of the sweep's seeds to run now")
-    parser.add_argument(
-        "--layers", help="comma-separated subset of the sweep's layers (its per-layer variants') to run now"
-    )
-    parser.add_argument("--bottleneck_dims", help="comma-separated subset of the sweep's bottleneck sizes to run now")
-    parser.add_argument(
-        "--variants", help="comma-separated subset of the sweep's variants to run now (e.g. the ones a verdict needs)"
-    )
-    parser.add_argument(
-        "--no_reuse",
-        action="store_true",
-        help="run every run, even one whose arguments equal those of a finished run elsewhere under --root "
-        "(by default its results are copied in, with reused_from.txt naming the source)",
-    )
-    parser.add_argument(
-        "--done_in", metavar="SWEEPS",
-        help="comma-separated other sweeps under --root (this sweep file's twin in another precision, whose scores "
-        "are equal): a grid point finished there is left out here, neither run nor copied; `peftlab table --sweep "
-        "a,b` joins the two",
-    )  # fmt: skip
+    add_selection_arguments(parser)
     parser.add_argument("--workers", type=int, default=1, help="jobs side by side (each gets cores // workers threads)")
     parser.add_argument("--backend", default="local", choices=BACKENDS, help="local process pool, or Ray")
     parser.add_argument(
@@ -207,6 +211,28 @@ def select(sweep: dict, args: argparse.Namespace, parser: argparse.ArgumentParse
                 sweep[key] = {name: v for name, v in sweep[key].items() if name in chosen}
             else:  # in the order given: cheap tasks first finish whole columns
                 sweep[key] = list(dict.fromkeys(chosen))
+
+
+def done_in(runs: list[Run], root: str | os.PathLike, sweeps: list[str]) -> dict[str, Path]:
+    """The unfinished ``runs`` whose grid point (task, variant, layer, bottleneck, seed: the run's name) has finished
+    in one of the other ``sweeps`` under ``root``, by run name, with the finished folder. For a sweep file's twin in
+    another precision, whose scores equal this one's (docs/results.md A4): a point finished by one need not run in
+    the other, and ``peftlab table --sweep a,b`` joins the two. A sweep with no folder under ``root``, or this
+    sweep itself, is a :class:`ConfigError` naming the sweeps that are there."""
+    root = Path(root)
+    own = {run.point["sweep"] for run in runs}
+    there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for name in sweeps:
+        if name in own:
+            raise ConfigError(f"--done_in {name}: that is this sweep; name its twin (another sweep under {root}).")
+        if name not in there:
+            raise ConfigError(f"--done_in {name}: no sweep of that name under {root}; sweeps there: {', '.join(there) or 'none'}.")  # fmt: skip
+    found = {}
+    for run in runs:
+        for name in sweeps:
+            if not run.finished and (root / name / run.name / RESULTS).is_file():
+                found.setdefault(run.name, root / name / run.name)
+    return found
 
 
 def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
