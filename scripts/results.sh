@@ -19,6 +19,12 @@ has() { python -c "import csv,sys; v={r['variant'] for r in csv.DictReader(open(
 # present SWEEPS: those of the sweeps (comma-separated) that have runs in the CSV, in the order given (a table of
 # several sweep files' runs takes the ones that have run so far)
 present() { python -c "import csv; s={r['sweep'] for r in csv.DictReader(open('$CSV'))}; print(','.join(x for x in '$1'.split(',') if x in s))"; }
+# table1 NAME SWEEPS SCORE VARIANTS: Table 1 of the sweeps' runs as $OUT/NAME, and its gap bridged per task as
+# $OUT/NAME_gap
+table1() {
+  python scripts/tables.py "$CSV" --sweep "$2" --score "$3" --out "$OUT/$1" --variants "$4"
+  python scripts/tables.py "$CSV" --sweep "$2" --score "$3" --out "$OUT/${1}_gap" --variants "$4" --cells gap_bridged
+}
 TABLE1=raw_cls,raw_mean,prefix,lora,bitfit,adapter,parallel_adapter,finetune
 LAYER=adapter_ffn,adapter_attn,prefix,lora,bitfit,ffn_finetune,raw,finetune
 BN=parallel_adapter_bn,raw,finetune
@@ -29,9 +35,7 @@ for suffix in "" _paper; do
   for score in "${scores[@]}"; do
     tag=$suffix; [ "$score" = last ] && tag=${suffix}_last
     if has "table1$suffix" $TABLE1; then
-      python scripts/tables.py "$CSV" --sweep "table1$suffix" --score "$score" --out "$OUT/table1$tag" --variants $TABLE1
-      python scripts/tables.py "$CSV" --sweep "table1$suffix" --score "$score" --out "$OUT/table1${tag}_gap" \
-        --variants $TABLE1 --cells gap_bridged
+      table1 "table1$tag" "table1$suffix" "$score" $TABLE1
     else echo "table1$suffix: not every row has finished runs yet"; fi
     if has "layer_sweep_mrpc$suffix" $LAYER; then
       python scripts/tables.py "$CSV" --sweep "layer_sweep_mrpc$suffix" --score "$score" --by layer --variants $LAYER \
@@ -58,9 +62,7 @@ MPNET=$(present table1_paper_mpnet,table1_paper_mpnet_bf16)
 if [ -n "$MPNET" ] && has $MPNET $TABLE1; then
   for tag in "" _last; do
     score=reported; [ -n "$tag" ] && score=last
-    python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet$tag" --variants $TABLE1
-    python scripts/tables.py "$CSV" --sweep $MPNET --score $score --out "$OUT/table1_paper_mpnet${tag}_gap" \
-      --variants $TABLE1 --cells gap_bridged
+    table1 "table1_paper_mpnet$tag" $MPNET $score $TABLE1
     # MiniLM's gap bridged over the same tasks as MPNet's whole columns, for the averages side by side
     tasks=$(python -c "import csv; from peftlab.glue.tasks import TASKS; print(','.join(c for c in next(csv.reader(open('$OUT/table1_paper_mpnet$tag.csv'))) if c in TASKS))")
     python scripts/tables.py "$CSV" --sweep table1_paper --score $score --out "$OUT/table1_paper${tag}_gap_mpnet_tasks" \
@@ -75,10 +77,7 @@ SPARSE_ROWS=raw_cls,raw_mean,adapter,parallel_adapter,adapter_pruned,sparse_rand
 if [ -n "$SPARSE" ] && has $SPARSE,table1_paper $SPARSE_ROWS; then
   for tag in "" _last; do
     score=reported; [ -n "$tag" ] && score=last
-    python scripts/tables.py "$CSV" --sweep $SPARSE,table1_paper --score $score --out "$OUT/table1_paper_sparse$tag" \
-      --variants $SPARSE_ROWS
-    python scripts/tables.py "$CSV" --sweep $SPARSE,table1_paper --score $score --out "$OUT/table1_paper_sparse${tag}_gap" \
-      --variants $SPARSE_ROWS --cells gap_bridged
+    table1 "table1_paper_sparse$tag" $SPARSE,table1_paper $score $SPARSE_ROWS
   done
   python scripts/selection_cost.py "$CSV" --sweep $SPARSE --out "$OUT/sparse_selection_cost"
 else echo "table1_paper_sparse: not every row has finished runs yet"; fi

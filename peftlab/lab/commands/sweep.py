@@ -213,9 +213,9 @@ def select(sweep: dict, args: argparse.Namespace, parser: argparse.ArgumentParse
                 sweep[key] = list(dict.fromkeys(chosen))
 
 
-def done_in(runs: list[Run], root: str | os.PathLike, sweeps: list[str]) -> dict[str, Path]:
-    """The unfinished ``runs`` whose grid point (task, variant, layer, bottleneck, seed: the run's name) has finished
-    in one of the other ``sweeps`` under ``root``, by run name, with the finished folder. For a sweep file's twin in
+def done_in(runs: list[Run], root: str | os.PathLike, sweeps: list[str]) -> set[str]:
+    """The names of the unfinished ``runs`` whose grid point (task, variant, layer, bottleneck, seed: the run's name)
+    has finished in one of the other ``sweeps`` under ``root``. For a sweep file's twin in
     another precision, whose scores equal this one's (docs/results.md A4): a point finished by one need not run in
     the other, and ``peftlab table --sweep a,b`` joins the two. A sweep with no folder under ``root``, or this
     sweep itself, is a :class:`ConfigError` naming the sweeps that are there."""
@@ -227,12 +227,11 @@ def done_in(runs: list[Run], root: str | os.PathLike, sweeps: list[str]) -> dict
             raise ConfigError(f"--done_in {name}: that is this sweep; name its twin (another sweep under {root}).")
         if name not in there:
             raise ConfigError(f"--done_in {name}: no sweep of that name under {root}; sweeps there: {', '.join(there) or 'none'}.")  # fmt: skip
-    found = {}
-    for run in runs:
-        for name in sweeps:
-            if not run.finished and (root / name / run.name / RESULTS).is_file():
-                found.setdefault(run.name, root / name / run.name)
-    return found
+    return {
+        run.name
+        for run in runs
+        if not run.finished and any((root / name / run.name / RESULTS).is_file() for name in sweeps)
+    }
 
 
 def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
